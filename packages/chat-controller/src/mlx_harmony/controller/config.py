@@ -1,0 +1,509 @@
+"""PromptConfig: the JSON file that sets up a chat (prompt text, sampling, limits, memory).
+
+Loading checks everything once and says what to fix: a missing file, invalid JSON (with line
+and column), an unknown key (with the closest valid key), a value out of range (naming the
+field and its range). Placeholders are expanded at load, see `mlx_harmony.controller.placeholders`.
+
+The sampling keys are the fields of `mlx_harmony.sampling.SamplingParams`, checked by it; a
+key left out (null) means "SamplingParams' default".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from mlx_harmony.sampling import SamplingParams
+
+from ._suggest import closest
+from .placeholders import NAME_RE, expand_placeholders, parse_deterministic_time
+
+__all__ = [
+    "ConfigError",
+    "DialogueMessage",
+    "LoopDetection",
+    "PromptConfig",
+    "ReasoningEffort",
+    "format_validation_error",
+    "render_config_reference",
+    "render_prompt_config_schema",
+]
+
+ReasoningEffort = Literal["low", "medium", "high"]
+LoopDetection = Literal["off", "cheap", "full"]
+
+DEFAULT_MODEL_IDENTITY = "You are ChatGPT, a large language model trained by OpenAI."
+SCHEMA_URL = "https://json-schema.org/draft/2020-12/schema"
+
+
+class ConfigError(ValueError):
+    """A config or profiles file that cannot be used; the message names the file and the fix."""
+
+
+def _lower(value: Any) -> Any:
+    return value.lower() if isinstance(value, str) else value
+
+
+def _json(value: Any) -> str:
+    return json.dumps(list(value) if isinstance(value, tuple) else value)
+
+
+def _sampling_field(name: str) -> Any:
+    """A PromptConfig field for SamplingParams' `name`: its description and bounds, default None."""
+    info = SamplingParams.model_fields[name]
+    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else None
+    return Field(
+        None,
+        description=f"{info.description} Null: SamplingParams' default, {_json(info.default)}.",
+        json_schema_extra=extra,
+    )
+
+
+class DialogueMessage(BaseModel):
+    """One message of an example dialogue."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    role: Literal["user", "assistant"]
+    content: str
+
+
+class PromptConfig(BaseModel):
+    """Everything a chat session reads from its prompt config file.
+
+    Frozen: change it with `updated(...)` (validates again) or read the values that apply now
+    with `effective()` (performance-mode overrides applied).
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        title="PromptConfig",
+        json_schema_extra=lambda schema: _schema_extra(schema),
+    )
+
+    PLACEHOLDER_FIELDS: ClassVar[tuple[str, ...]] = (
+        "system_model_identity",
+        "developer_instructions",
+        "assistant_greeting",
+        "conversation_start_date",
+        "example_dialogues",
+    )
+    SAMPLING_FIELDS: ClassVar[tuple[str, ...]] = tuple(SamplingParams.model_fields)
+    PERFORMANCE_OVERRIDES: ClassVar[Mapping[str, str]] = {
+        "perf_max_tokens": "max_tokens",
+        "perf_max_context_tokens": "max_context_tokens",
+        "perf_max_kv_size": "max_kv_size",
+        "perf_reasoning_effort": "reasoning_effort",
+        "perf_loop_detection": "loop_detection",
+    }
+
+    # -- the prompt ---------------------------------------------------------------------------
+    system_model_identity: str = Field(
+        DEFAULT_MODEL_IDENTITY,
+        description="First line of the system message: who the model is. Placeholders expand.",
+    )
+    reasoning_effort: Annotated[ReasoningEffort, BeforeValidator(_lower)] = Field(
+        "medium", description="gpt-oss reasoning effort in the system message: low, medium, high."
+    )
+    conversation_start_date: str | None = Field(
+        None,
+        description="Date shown in the system message, e.g. '<|DATE|>'; null leaves it out. "
+        "Placeholders expand.",
+    )
+    knowledge_cutoff: str = Field("2024-06", description="Knowledge cutoff in the system message.")
+    developer_instructions: str | None = Field(
+        None,
+        description="Developer message instructions (the 'system prompt'). Placeholders expand.",
+    )
+    assistant_greeting: str | None = Field(
+        None,
+        description="Shown at the start and kept as the first assistant message. Placeholders "
+        "expand.",
+    )
+    example_dialogues: list[list[DialogueMessage]] = Field(
+        default_factory=list,
+        description="Example conversations placed after the developer message, each a list of "
+        "{role: user|assistant, content}. Placeholders expand in content.",
+    )
+    placeholders: dict[str, str] = Field(
+        default_factory=dict,
+        description="Values for {name} placeholders in the text fields, expanded once at load.",
+    )
+
+    # -- sampling defaults (SamplingParams' fields) -------------------------------------------
+    temperature: float | None = _sampling_field("temperature")
+    top_p: float | None = _sampling_field("top_p")
+    top_k: int | None = _sampling_field("top_k")
+    min_p: float | None = _sampling_field("min_p")
+    min_tokens_to_keep: int | None = _sampling_field("min_tokens_to_keep")
+    xtc_probability: float | None = _sampling_field("xtc_probability")
+    xtc_threshold: float | None = _sampling_field("xtc_threshold")
+    xtc_special_tokens: tuple[int, ...] | None = _sampling_field("xtc_special_tokens")
+    repetition_penalty: float | None = _sampling_field("repetition_penalty")
+    repetition_context_size: int | None = _sampling_field("repetition_context_size")
+    presence_penalty: float | None = _sampling_field("presence_penalty")
+    presence_context_size: int | None = _sampling_field("presence_context_size")
+    frequency_penalty: float | None = _sampling_field("frequency_penalty")
+    frequency_context_size: int | None = _sampling_field("frequency_context_size")
+    logit_bias: dict[int, float] | None = _sampling_field("logit_bias")
+    seed: int | None = _sampling_field("seed")
+
+    # -- generation limits --------------------------------------------------------------------
+    max_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Most tokens one reply may generate; null: until the context is full.",
+    )
+    max_context_tokens: int | None = Field(
+        None,
+        ge=1,
+        description="Context window to use; null: the model's own limit. Older turns are "
+        "dropped to stay inside it.",
+    )
+    max_context_tokens_margin: int = Field(
+        512,
+        ge=0,
+        description="Tokens kept free for the reply when dropping old turns: the prompt may use "
+        "at most max_context_tokens - max_context_tokens_margin.",
+    )
+    max_kv_size: int | None = Field(
+        None, ge=1, description="Rotating KV cache size in tokens; null: the cache grows as needed."
+    )
+    reseed_each_turn: bool = Field(
+        False,
+        description="With a seed: reseed before every turn (each turn reproducible on its own) "
+        "instead of once per session.",
+    )
+    end_token_strings: list[str] = Field(
+        default_factory=list,
+        description="Extra strings that end a reply, on top of the Harmony stop tokens.",
+    )
+    loop_detection: Annotated[LoopDetection, BeforeValidator(_lower)] = Field(
+        "cheap",
+        description="Stop a reply stuck repeating itself. off: never check; cheap: look for a "
+        "repeated tail of token ids now and then; full: check every token, longer periods too.",
+    )
+
+    # -- performance mode ---------------------------------------------------------------------
+    performance_mode: bool = Field(
+        False, description="Use the perf_* values instead of the normal ones (see effective())."
+    )
+    perf_max_tokens: int | None = Field(
+        None, ge=1, description="max_tokens in performance mode; null keeps max_tokens."
+    )
+    perf_max_context_tokens: int | None = Field(
+        None, ge=1, description="max_context_tokens in performance mode; null keeps it."
+    )
+    perf_max_kv_size: int | None = Field(
+        None, ge=1, description="max_kv_size in performance mode; null keeps it."
+    )
+    perf_reasoning_effort: Annotated[ReasoningEffort | None, BeforeValidator(_lower)] = Field(
+        None, description="reasoning_effort in performance mode; null keeps it."
+    )
+    perf_loop_detection: Annotated[LoopDetection | None, BeforeValidator(_lower)] = Field(
+        None, description="loop_detection in performance mode; null keeps it."
+    )
+
+    # -- memory -------------------------------------------------------------------------------
+    mlock: bool = Field(
+        False,
+        description="Keep the model's weights wired in memory (Metal's wired limit) so the OS "
+        "does not page them out.",
+    )
+    clear_cache: bool = Field(
+        False,
+        description="Free MLX's buffer cache between turns, every clear_cache_interval turns.",
+    )
+    clear_cache_interval: int = Field(
+        1, ge=1, description="Turns between cache clears when clear_cache is on."
+    )
+    clear_cache_generation: int = Field(
+        0,
+        ge=0,
+        description="Also free MLX's buffer cache every this many generated tokens (mlx-lm "
+        "uses 256); 0: never. Works whether or not clear_cache is on.",
+    )
+    log_memory_stats: bool = Field(
+        False, description="Log MLX active, cache and peak memory after each turn."
+    )
+    models_dir: Path | None = Field(
+        None,
+        description="Folder where model names are looked up; '~' expands, a relative path is "
+        "taken from the config file's folder.",
+    )
+
+    # -- time ---------------------------------------------------------------------------------
+    deterministic_time_enabled: bool = Field(
+        False,
+        description="Expand time placeholders from deterministic_time_iso instead of the clock "
+        "(stable prompts for tests and caches).",
+    )
+    deterministic_time_iso: str | None = Field(
+        None,
+        description="ISO 8601 date-time used when deterministic_time_enabled, e.g. "
+        "'2025-01-31T14:05:09+01:00'; without an offset it is UTC.",
+    )
+
+    # -- validation ---------------------------------------------------------------------------
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            data = {k: v for k, v in data.items() if k != "$schema"}
+            unknown = [k for k in data if k not in cls.model_fields]
+            if unknown:
+                hints = "; ".join(_unknown_key_hint(str(k), cls.model_fields) for k in unknown)
+                raise PydanticCustomError(
+                    "unknown_key",
+                    "{hints} (the valid keys are in configs/prompt-config.schema.json)",
+                    {"hints": hints},
+                )
+        return data
+
+    @field_validator(*SAMPLING_FIELDS, mode="after")
+    @classmethod
+    def _check_sampling_value(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None:
+            return None
+        try:
+            params = SamplingParams.model_validate({info.field_name: value})
+        except ValidationError as error:
+            message = error.errors()[0]["msg"].removeprefix("Value error, ")
+            raise PydanticCustomError("sampling_value", message) from None
+        return getattr(params, str(info.field_name))
+
+    @field_validator("models_dir", mode="after")
+    @classmethod
+    def _resolve_models_dir(cls, value: Path | None, info: ValidationInfo) -> Path | None:
+        if value is None:
+            return None
+        value = value.expanduser()
+        base = (info.context or {}).get("base_dir")
+        if not value.is_absolute() and base is not None:
+            value = Path(base) / value
+        return value
+
+    @field_validator("placeholders", mode="after")
+    @classmethod
+    def _check_placeholders(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if not name.isidentifier():
+                raise ValueError(
+                    f"placeholder name {name!r} must be an identifier (letters, digits, _), "
+                    f"used as {{name}} in the text"
+                )
+            nested = [m.group(1) for m in NAME_RE.finditer(text) if m.group(1) in value]
+            if nested:
+                raise ValueError(
+                    f"placeholder {name!r} uses {{{nested[0]}}}; placeholders do not nest, "
+                    "write the text out"
+                )
+        return value
+
+    @field_validator("deterministic_time_iso", mode="after")
+    @classmethod
+    def _check_time(cls, value: str | None) -> str | None:
+        if value is not None:
+            parse_deterministic_time(value)
+        return value
+
+    @model_validator(mode="after")
+    def _finish(self) -> PromptConfig:
+        if self.deterministic_time_enabled and self.deterministic_time_iso is None:
+            raise ValueError(
+                "deterministic_time_enabled is true but deterministic_time_iso is not set; "
+                "give a date-time like '2025-01-31T14:05:09+01:00'"
+            )
+        try:
+            self.sampling_params()
+        except ValidationError as error:
+            raise ValueError(error.errors()[0]["msg"].removeprefix("Value error, ")) from None
+        # Expand placeholders once; the model is frozen, so write the fields directly.
+        now = self.now()
+        values = self.placeholders
+
+        def expand(text: str) -> str:
+            return expand_placeholders(text, values=values, now=now)
+
+        for name in self.PLACEHOLDER_FIELDS:
+            value = getattr(self, name)
+            if isinstance(value, str):
+                self.__dict__[name] = expand(value)
+            elif name == "example_dialogues":
+                self.__dict__[name] = [
+                    [m.model_copy(update={"content": expand(m.content)}) for m in dialogue]
+                    for dialogue in value
+                ]
+        return self
+
+    # -- use ----------------------------------------------------------------------------------
+    def now(self) -> datetime:
+        """The time placeholders use: the deterministic time when enabled, else the clock."""
+        if self.deterministic_time_enabled and self.deterministic_time_iso is not None:
+            return parse_deterministic_time(self.deterministic_time_iso)
+        return datetime.now().astimezone()
+
+    def effective(self) -> PromptConfig:
+        """The values that apply now: in performance mode, each perf_* that is set replaces its
+        normal field. Calling it again changes nothing."""
+        if not self.performance_mode:
+            return self
+        update = {
+            target: getattr(self, source)
+            for source, target in self.PERFORMANCE_OVERRIDES.items()
+            if getattr(self, source) is not None
+        }
+        return self.model_copy(update=update) if update else self
+
+    def sampling_params(self, **overrides: Any) -> SamplingParams:
+        """SamplingParams from the sampling keys that are set, then `overrides` (e.g. CLI flags;
+        None values there are ignored)."""
+        values = {name: getattr(self, name) for name in self.SAMPLING_FIELDS}
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return SamplingParams(**{k: v for k, v in values.items() if v is not None})
+
+    def updated(self, **changes: Any) -> PromptConfig:
+        """A copy with `changes` validated like a loaded file (ValidationError when not valid)."""
+        return type(self).model_validate({**self.model_dump(exclude_unset=True), **changes})
+
+    def clears_cache_after_turn(self, turn: int) -> bool:
+        """Whether to free MLX's buffer cache after turn number `turn` (counted from 1)."""
+        return self.clear_cache and turn % self.clear_cache_interval == 0
+
+    @classmethod
+    def from_file(cls, path: str | os.PathLike[str]) -> PromptConfig:
+        """Load and check a JSON prompt config; ConfigError says what is wrong and where."""
+        data = _read_json_object(path, what="prompt config")
+        return cls.from_dict(data, source=os.fspath(path), base_dir=Path(path).parent)
+
+    @classmethod
+    def from_dict(
+        cls,
+        data: Mapping[str, Any],
+        *,
+        source: str = "prompt config",
+        base_dir: str | os.PathLike[str] | None = None,
+    ) -> PromptConfig:
+        """Check `data` like a file's contents; relative `models_dir` is taken from `base_dir`."""
+        try:
+            return cls.model_validate(dict(data), context={"base_dir": base_dir})
+        except ValidationError as error:
+            raise ConfigError(format_validation_error(error, source=source)) from None
+
+
+def _unknown_key_hint(key: str, valid: Iterable[str]) -> str:
+    match = closest(key, valid)
+    return f"unknown key {key!r}" + (f" (did you mean {match!r}?)" if match else "")
+
+
+def _read_json_object(path: str | os.PathLike[str], *, what: str) -> dict[str, Any]:
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{what} file {path} does not exist; check the path") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{what} file {path} is a folder; give the JSON file in it") from None
+    except UnicodeDecodeError as error:
+        raise ConfigError(f"{what} file {path} is not UTF-8 text ({error.reason})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(
+            f"{path}:{error.lineno}:{error.colno}: invalid JSON in {what}: {error.msg}"
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"{path}: a {what} must be a JSON object {{...}}, got {type(data).__name__}"
+        )
+    return data
+
+
+def format_validation_error(error: ValidationError, *, source: str) -> str:
+    """One line per problem, each naming the key: ``source: top_p: top_p must be in (0, 1]...``."""
+    lines = []
+    for item in error.errors(include_url=False):
+        loc = ".".join(str(part) for part in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        head = item["loc"][0] if item["loc"] else None
+        if loc and not message.startswith(str(head)):
+            message = f"{loc}: {message}"
+            if item["type"] not in ("missing", "unknown_key") and "input" in item:
+                shown = repr(item["input"])
+                if len(shown) <= 60 and "got" not in message:
+                    message += f" (got {shown})"
+        lines.append(f"{source}: {message}")
+    return "\n".join(lines)
+
+
+def _schema_extra(schema: dict[str, Any]) -> None:
+    schema["$schema"] = SCHEMA_URL
+    schema["description"] = (
+        "mlx-harmony prompt config. Generated from "
+        "mlx_harmony.controller.PromptConfig; do not edit by hand."
+    )
+    schema["properties"] = {
+        "$schema": {"type": "string", "description": "Path or URL of this schema, for editors."},
+        **schema["properties"],
+    }
+
+
+def render_prompt_config_schema() -> str:
+    """The JSON schema text committed as configs/prompt-config.schema.json."""
+    return json.dumps(PromptConfig.model_json_schema(), indent=2, ensure_ascii=False) + "\n"
+
+
+def render_config_reference() -> str:
+    """The README's table of keys: name, type, default, description."""
+    schema = PromptConfig.model_json_schema()
+    rows = ["| key | type | default | description |", "|---|---|---|---|"]
+    for name, info in PromptConfig.model_fields.items():
+        prop = schema["properties"][name]
+        default = info.get_default(call_default_factory=True)
+        shown = "null" if default is None else json.dumps(default, default=str)
+        description = (info.description or "").replace("|", "\\|")
+        rows.append(f"| `{name}` | {_type_text(prop, schema)} | `{shown}` | {description} |")
+    return "\n".join(rows) + "\n"
+
+
+def _type_text(prop: dict[str, Any], schema: dict[str, Any]) -> str:
+    if "anyOf" in prop:
+        kind = " or ".join(dict.fromkeys(_type_text(p, schema) for p in prop["anyOf"]))
+    elif "enum" in prop:
+        kind = " \\| ".join(json.dumps(v) for v in prop["enum"])
+    elif "$ref" in prop:
+        kind = "object"
+    elif prop.get("type") == "array":
+        kind = f"list of {_type_text(prop.get('items', {}), schema)}"
+    elif prop.get("type") == "object" and "additionalProperties" in prop:
+        kind = f"map to {_type_text(prop['additionalProperties'], schema)}"
+    else:
+        kind = prop.get("type", "any")
+    bounds = []
+    for key, symbol in (
+        ("exclusiveMinimum", ">"),
+        ("minimum", ">="),
+        ("exclusiveMaximum", "<"),
+        ("maximum", "<="),
+    ):
+        if key in prop:
+            value = prop[key]
+            bounds.append(f"{symbol} {value if isinstance(value, int) else format(value, 'g')}")
+    return kind + (f" ({', '.join(bounds)})" if bounds else "")

@@ -1,0 +1,442 @@
+"""The gpt-oss `browser` tool (`search`, `open`, `find`) over plain HTTP(S) with httpx.
+
+Pages are shown the way OpenAI's reference browser shows them, because that is what gpt-oss
+learned: a cursor in brackets, a title line, a "viewing lines" bar, then numbered lines
+(``L12: ...``), with links written as ``【id†text】`` (``【id†text†domain】`` for other sites).
+Every display gets the next cursor, so the model can cite ``【cursor†L3-L5】``, scroll with
+`open` without `id`, and follow link ids of any earlier display.
+
+`search` needs a search endpoint (`search_url`, a URL template with ``{query}``); there is no
+default, because every public engine needs a key or forbids scripts. A SearxNG instance with
+``format=json`` works well; an HTML result page works too (its links become the results).
+Without one, `search` is left out of the declaration and refused when called.
+
+By default only public addresses are opened: a URL whose host is (or resolves to) a loopback,
+private, link-local or reserved address is refused, redirects included.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import socket
+import textwrap
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import quote_plus, urlsplit
+
+import httpx
+from openai_harmony import ToolNamespaceConfig
+
+from ._html import extract_html, get_domain
+from .base import ToolDeclarations, ToolResult
+
+__all__ = ["BrowserError", "BrowserTool", "Link", "Page"]
+
+_USER_AGENT = "Mozilla/5.0 (compatible; mlx-harmony-browser/0.1)"
+_HTML_TYPES = ("text/html", "application/xhtml+xml")
+_TEXT_TYPES = ("text/", "application/json", "application/xml", "application/javascript")
+
+
+class BrowserError(Exception):
+    """A browser call that cannot be done; the message goes back to the model."""
+
+
+@dataclass(frozen=True)
+class Link:
+    """A link target; `line` is where to open (find results, search snippets)."""
+
+    url: str
+    line: int | None = None
+
+
+@dataclass(frozen=True)
+class Page:
+    url: str
+    title: str
+    lines: tuple[str, ...]
+    links: Mapping[int, Link] = field(default_factory=dict)
+    kind: str = "page"  # "page", "search", "find" or "source"
+
+
+def _wrap(text: str, width: int) -> tuple[str, ...]:
+    out: list[str] = []
+    for line in text.split("\n"):
+        if len(line) <= width:
+            out.append(line)
+        else:
+            out.extend(textwrap.wrap(line, width, break_on_hyphens=False) or [""])
+    return tuple(out)
+
+
+class BrowserTool:
+    """State (the page stack) lives here; `reset()` forgets it for a new conversation."""
+
+    def __init__(
+        self,
+        *,
+        search_url: str | None = None,
+        timeout_s: float = 15.0,
+        max_bytes: int = 2_000_000,
+        view_lines: int = 50,
+        line_width: int = 80,
+        max_search_results: int = 10,
+        allow_private: bool = False,
+        user_agent: str = _USER_AGENT,
+        client: httpx.Client | None = None,
+    ) -> None:
+        if search_url is not None and "{query}" not in search_url:
+            raise ValueError(
+                f"search_url must contain '{{query}}' where the query goes, got {search_url!r}"
+            )
+        if view_lines < 1:
+            raise ValueError(f"view_lines must be >= 1, got {view_lines}")
+        self.search_url = search_url
+        self.max_bytes = max_bytes
+        self.view_lines = view_lines
+        self.line_width = line_width
+        self.max_search_results = max_search_results
+        self.allow_private = allow_private
+        self._owns_client = client is None
+        self._client = client or httpx.Client(
+            timeout=timeout_s,
+            follow_redirects=True,
+            max_redirects=5,
+            headers={"User-Agent": user_agent},
+        )
+        self._client.event_hooks.setdefault("request", []).append(self._check_request)
+        self.stack: list[Page] = []
+        self._cache: dict[str, Page] = {}
+
+    # -- tool protocol ----------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return "browser"
+
+    def handles(self, recipient: str) -> bool:
+        return recipient == "browser" or recipient.startswith("browser.")
+
+    def declarations(self) -> ToolDeclarations:
+        config = ToolNamespaceConfig.browser()
+        if self.search_url is None:
+            config = ToolNamespaceConfig(
+                name=config.name,
+                description=(config.description or "")
+                + "\nThere is no search: open URLs directly with `open`.",
+                tools=[tool for tool in config.tools if tool.name != "search"],
+            )
+        return ToolDeclarations(system=(config,))
+
+    def execute(self, recipient: str, arguments: str) -> ToolResult:
+        function = recipient.partition(".")[2]
+        try:
+            args = _parse_arguments(arguments)
+            if function == "search":
+                text = self.search(
+                    _arg(args, "query", str, required=True),
+                    topn=_arg(args, "topn", int, default=self.max_search_results),
+                )
+            elif function == "open":
+                text = self.open(
+                    args.get("id", -1),
+                    cursor=_arg(args, "cursor", int, default=-1),
+                    loc=_arg(args, "loc", int, default=-1),
+                    num_lines=_arg(args, "num_lines", int, default=-1),
+                    view_source=_arg(args, "view_source", bool, default=False),
+                )
+            elif function == "find":
+                text = self.find(
+                    _arg(args, "pattern", str, required=True),
+                    cursor=_arg(args, "cursor", int, default=-1),
+                )
+            else:
+                raise BrowserError(
+                    f"unknown browser function {function!r}; use browser.search, browser.open "
+                    "or browser.find"
+                )
+        except BrowserError as error:
+            return ToolResult(name=recipient, content=str(error), error=True)
+        return ToolResult(name=recipient, content=text)
+
+    def reset(self) -> None:
+        self.stack.clear()
+        self._cache.clear()
+
+    def close(self) -> None:
+        if self._owns_client:
+            self._client.close()
+
+    # -- the three functions ----------------------------------------------------------------
+    def search(self, query: str, *, topn: int = 10) -> str:
+        if self.search_url is None:
+            raise BrowserError(
+                "search is off: no search endpoint is configured. Open URLs directly with "
+                "browser.open (the user can set a search URL template to turn search on)."
+            )
+        topn = max(1, min(topn, self.max_search_results))
+        url = self.search_url.replace("{query}", quote_plus(query)).replace("{topn}", str(topn))
+        body, content_type, final_url = self._fetch(url)
+        title = f"Search results for `{query}`"
+        if "json" in content_type:
+            page = self._search_page_from_json(body, final_url, title, topn)
+        else:
+            page = self._make_page(body, content_type, final_url)
+            page = Page(final_url, title, page.lines, page.links, kind="search")
+        return self._show(page, loc=0, num_lines=-1)
+
+    def open(
+        self,
+        id: int | str = -1,
+        *,
+        cursor: int = -1,
+        loc: int = -1,
+        num_lines: int = -1,
+        view_source: bool = False,
+    ) -> str:
+        if isinstance(id, str) and id.strip().lstrip("-").isdigit():
+            id = int(id)
+        if isinstance(id, float) and id.is_integer():
+            id = int(id)
+        if isinstance(id, str):
+            page = self._load(id.strip(), view_source=view_source, refresh=True)
+            return self._show(page, loc=max(loc, 0), num_lines=num_lines)
+        if not isinstance(id, int) or isinstance(id, bool):
+            raise BrowserError(f"`id` must be a link id (a number) or a URL, got {id!r}")
+        current = self._page(cursor)
+        if id < 0:  # scroll the page at `cursor`
+            if view_source and current.kind != "source":
+                current = self._load(current.url, view_source=True, refresh=False)
+            return self._show(current, loc=max(loc, 0), num_lines=num_lines)
+        link = current.links.get(id)
+        if link is None:
+            known = f"0-{max(current.links)}" if current.links else "none"
+            raise BrowserError(
+                f"invalid link id `{id}` for cursor {self._cursor_of(cursor)} (its links: {known})"
+            )
+        page = self._load(link.url, view_source=view_source, refresh=False)
+        if loc < 0 and link.line is not None:
+            loc = link.line - 4 if link.line > 4 else 0
+        return self._show(page, loc=max(loc, 0), num_lines=num_lines)
+
+    def find(self, pattern: str, *, cursor: int = -1) -> str:
+        page = self._page(cursor)
+        if page.kind in ("search", "find"):
+            raise BrowserError(
+                "cannot run `find` on a search or find results page; open a result first"
+            )
+        needle = pattern.lower()
+        if not needle:
+            raise BrowserError("`pattern` is empty; give the text to look for")
+        chunks: list[str] = []
+        links: dict[int, Link] = {}
+        index = 0
+        plain = [_strip_links(line) for line in page.lines]
+        while index < len(plain) and len(chunks) < 50:
+            if needle in plain[index].lower():
+                match = len(chunks)
+                snippet = "\n".join(plain[index : index + 4])
+                chunks.append(f"# 【{match}†match at L{index}】\n{snippet}")
+                links[match] = Link(page.url, line=index)
+                index += 4
+            else:
+                index += 1
+        text = "\n\n".join(chunks) if chunks else f"No `find` results for pattern: `{pattern}`"
+        result = Page(
+            url=f"{page.url}/find?pattern={quote_plus(pattern)}",
+            title=f"Find results for text: `{pattern}` in `{page.title}`",
+            lines=_wrap(text, self.line_width),
+            links=links,
+            kind="find",
+        )
+        return self._show(result, loc=0, num_lines=-1)
+
+    # -- display ----------------------------------------------------------------------------
+    def _show(self, page: Page, *, loc: int, num_lines: int) -> str:
+        total = len(page.lines)
+        if total and loc >= total:
+            raise BrowserError(f"invalid location `{loc}`: the page has lines 0-{total - 1}")
+        count = self.view_lines if num_lines <= 0 else num_lines
+        end = min(loc + count, total)
+        self.stack.append(page)
+        cursor = len(self.stack) - 1
+        body = "\n".join(f"L{i}: {page.lines[i]}" for i in range(loc, end))
+        header = page.title + (f" ({page.url})" if page.url else "")
+        bar = f"viewing lines [{loc} - {max(end - 1, loc)}] of {max(total - 1, 0)}"
+        return f"[{cursor}] {header}\n**{bar}**\n\n{body}"
+
+    def _cursor_of(self, cursor: int) -> int:
+        return len(self.stack) - 1 if cursor < 0 else cursor
+
+    def _page(self, cursor: int) -> Page:
+        if not self.stack:
+            raise BrowserError("no page is open yet; use browser.open with a URL first")
+        if cursor < 0:
+            return self.stack[-1]
+        if cursor >= len(self.stack):
+            raise BrowserError(
+                f"cursor `{cursor}` is out of range; valid cursors are 0-{len(self.stack) - 1}"
+            )
+        return self.stack[cursor]
+
+    # -- fetching ---------------------------------------------------------------------------
+    def _load(self, url: str, *, view_source: bool, refresh: bool) -> Page:
+        key = ("view-source:" if view_source else "") + url
+        if not refresh and key in self._cache:
+            return self._cache[key]
+        body, content_type, final_url = self._fetch(url)
+        if view_source:
+            text = body.decode("utf-8", errors="replace")
+            page = Page(
+                f"view-source:{final_url}", final_url, _wrap(text, self.line_width), {}, "source"
+            )
+        else:
+            page = self._make_page(body, content_type, final_url)
+        self._cache[key] = page
+        return page
+
+    def _make_page(self, body: bytes, content_type: str, url: str) -> Page:
+        text = _decode(body, content_type)
+        if content_type.startswith(_HTML_TYPES) or (
+            not content_type and "<html" in text[:2000].lower()
+        ):
+            extracted = extract_html(text, url)
+            links = {i: Link(link) for i, link in enumerate(extracted.links)}
+            title = extracted.title or get_domain(url) or url
+            return Page(url, title, _wrap(extracted.text, self.line_width), links)
+        return Page(url, get_domain(url) or url, _wrap(text, self.line_width), {})
+
+    def _search_page_from_json(self, body: bytes, url: str, title: str, topn: int) -> Page:
+        try:
+            data = json.loads(body)
+        except json.JSONDecodeError as error:
+            raise BrowserError(f"the search endpoint sent invalid JSON ({error})") from None
+        results = data.get("results") if isinstance(data, dict) else data
+        if not isinstance(results, list):
+            raise BrowserError("the search endpoint's JSON has no `results` list")
+        lines: list[str] = []
+        links: dict[int, Link] = {}
+        for item in results:
+            if len(links) >= topn:
+                break
+            if not isinstance(item, dict) or not isinstance(item.get("url"), str):
+                continue
+            link_id = len(links)
+            links[link_id] = Link(item["url"])
+            name = str(item.get("title") or item["url"]).replace("†", "‡")
+            lines.append(f"# 【{link_id}†{name}†{get_domain(item['url'])}】")
+            snippet = str(item.get("content") or item.get("snippet") or "").strip()
+            if snippet:
+                lines.extend(_wrap(snippet, self.line_width))
+            lines.append("")
+        if not links:
+            lines = ["No results."]
+        return Page(url, title, tuple(lines), links, kind="search")
+
+    def _fetch(self, url: str) -> tuple[bytes, str, str]:
+        """Body (cut at `max_bytes`), lower-case content type and final URL."""
+        if urlsplit(url).scheme not in ("http", "https"):
+            raise BrowserError(f"only http and https URLs can be opened, got {url!r}")
+        try:
+            with self._client.stream("GET", url) as response:
+                if response.status_code >= 400:
+                    raise BrowserError(
+                        f"HTTP {response.status_code} {response.reason_phrase} for {url}"
+                    )
+                content_type = response.headers.get("content-type", "").lower()
+                if content_type and not content_type.startswith(_TEXT_TYPES):
+                    raise BrowserError(
+                        f"cannot show {url}: its content type is {content_type}, not text"
+                    )
+                chunks: list[bytes] = []
+                size = 0
+                for chunk in response.iter_bytes():
+                    chunks.append(chunk[: self.max_bytes - size])
+                    size += len(chunks[-1])
+                    if size >= self.max_bytes:
+                        break
+                charset = response.charset_encoding
+                final_url = str(response.url)
+        except httpx.HTTPError as error:
+            raise BrowserError(
+                f"could not fetch {url}: {error.__class__.__name__}: {error}"
+            ) from None
+        if charset and "charset=" not in content_type:
+            content_type += f"; charset={charset}"
+        return b"".join(chunks), content_type, final_url
+
+    def _check_request(self, request: httpx.Request) -> None:
+        if self.allow_private:
+            return
+        host = request.url.host
+        try:
+            addresses = {ipaddress.ip_address(host)}
+        except ValueError:
+            try:
+                infos = socket.getaddrinfo(host, request.url.port or 443, type=socket.SOCK_STREAM)
+            except OSError as error:
+                raise httpx.ConnectError(
+                    f"cannot resolve {host}: {error}", request=request
+                ) from None
+            addresses = {ipaddress.ip_address(info[4][0]) for info in infos}
+        for address in addresses:
+            if not address.is_global or address.is_multicast:
+                raise httpx.ConnectError(
+                    f"refused: {host} is a local or private address ({address}); "
+                    "the browser opens public addresses only",
+                    request=request,
+                )
+
+
+def _decode(body: bytes, content_type: str) -> str:
+    charset = "utf-8"
+    if "charset=" in content_type:
+        charset = content_type.split("charset=", 1)[1].split(";")[0].strip().strip('"')
+    try:
+        return body.decode(charset, errors="replace")
+    except LookupError:
+        return body.decode("utf-8", errors="replace")
+
+
+def _strip_links(line: str) -> str:
+    """`【3†text†domain】` -> `text`, for `find`."""
+    out = []
+    rest = line
+    while (start := rest.find("【")) >= 0 and (end := rest.find("】", start)) >= 0:
+        out.append(rest[:start])
+        parts = rest[start + 1 : end].split("†")
+        out.append(parts[1] if len(parts) > 1 else parts[0])
+        rest = rest[end + 1 :]
+    out.append(rest)
+    return "".join(out)
+
+
+def _parse_arguments(arguments: str) -> dict[str, Any]:
+    if not arguments.strip():
+        return {}
+    try:
+        value = json.loads(arguments)
+    except json.JSONDecodeError as error:
+        raise BrowserError(
+            f'arguments must be a JSON object, e.g. {{"query": "..."}} ({error})'
+        ) from None
+    if not isinstance(value, dict):
+        raise BrowserError(f"arguments must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _arg(
+    args: Mapping[str, Any], name: str, kind: type, *, default: Any = None, required: bool = False
+) -> Any:
+    if name not in args or args[name] is None:
+        if required:
+            raise BrowserError(f"`{name}` is required")
+        return default
+    value = args[name]
+    if kind is int and isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if kind is int and isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        value = int(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise BrowserError(f"`{name}` must be a {kind.__name__}, got {value!r}")
+    return value
