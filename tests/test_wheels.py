@@ -21,8 +21,8 @@ CHECKS = {
         "from mlx_harmony.harmony_format import render_prompt, parse_completion, Message\n"
         "tokens = render_prompt([Message.user('Hi')])\n"
         "assert len(tokens) > 5\n"
-        "r = parse_completion([200005, 17196, 200008, 12194, 200002])\n"  # final, 'Hello'
-        "print(r)\n"
+        "r = parse_completion([200005, 17196, 200008, 12194, 200002])\n"  # final, "Hi"
+        "assert (r.final, r.parse_path, r.truncated) == ('Hi', 'strict', False), r\n"
     ),
 }
 

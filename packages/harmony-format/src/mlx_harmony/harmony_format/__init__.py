@@ -1,7 +1,83 @@
-"""Harmony prompt rendering and parsing over openai-harmony, offline."""
+"""Harmony prompt rendering and parsing over openai-harmony, offline.
+
+Render a conversation into prompt tokens (``render_prompt``, or ``PromptRenderer`` to re-render
+only new messages), parse what the model generated (``parse_completion``, or ``StreamParser``
+token by token). The o200k vocabulary ships with the package; nothing is downloaded.
+"""
 
 from importlib.metadata import version as _version
 
+from .encoding import (
+    ASSISTANT,
+    CALL,
+    CHANNEL,
+    CONSTRAIN,
+    END,
+    MESSAGE,
+    RETURN,
+    START,
+    STOP_TOKENS,
+    VOCAB_SIZE,
+    HarmonyVocabError,
+    get_encoding,
+    verify_vocab,
+    vocab_dir,
+)
+from .messages import (
+    Channel,
+    DeveloperConfig,
+    FunctionTool,
+    Message,
+    ReasoningEffort,
+    Role,
+    SystemConfig,
+)
+from .parse import ParsedCompletion, ParsePath, ToolCall, parse_completion
+from .render import (
+    PromptRenderer,
+    RenderStats,
+    render_completion,
+    render_message,
+    render_prompt,
+    render_prompt_text,
+)
+from .stream import StreamDelta, StreamParser
+
 __version__ = _version("mlx-harmony-format")
 
-__all__ = ["__version__"]
+__all__ = [
+    "ASSISTANT",
+    "CALL",
+    "CHANNEL",
+    "CONSTRAIN",
+    "END",
+    "MESSAGE",
+    "RETURN",
+    "START",
+    "STOP_TOKENS",
+    "VOCAB_SIZE",
+    "Channel",
+    "DeveloperConfig",
+    "FunctionTool",
+    "HarmonyVocabError",
+    "Message",
+    "ParsePath",
+    "ParsedCompletion",
+    "PromptRenderer",
+    "ReasoningEffort",
+    "RenderStats",
+    "Role",
+    "StreamDelta",
+    "StreamParser",
+    "SystemConfig",
+    "ToolCall",
+    "__version__",
+    "get_encoding",
+    "parse_completion",
+    "render_completion",
+    "render_message",
+    "render_prompt",
+    "render_prompt_text",
+    "verify_vocab",
+    "vocab_dir",
+]
