@@ -1,11 +1,26 @@
-"""Prompt config, profiles, chat commands and built-in tools for mlx-harmony chats.
+"""The brain shared by the CLI and the server: prompt config, chat turns, tools, commands.
 
-The model-independent half of the controller: nothing here loads a model or imports MLX
-directly (`mlx_harmony.sampling`, which PromptConfig uses for its sampling keys, does).
+It turns a conversation and a prompt config into prompt tokens (through an adapter: Harmony
+for gpt-oss, the chat template for other models), runs the model, reads the answer, recovers
+when the model misbehaves (runs out of tokens, only thinks, loops), runs the built-in tools,
+records the turn in a chat log, and drives the front-end loop the CLI and clients share.
+
+Importing it does not import mlx-generate (nor mlx-lm): only `LocalBackend` with a real
+`TokenGenerator` needs them, so HTTP front ends start fast. Test doubles live in
+`mlx_harmony.controller.testing`.
 """
 
 from importlib.metadata import version as _version
 
+from .adapters import (
+    ChatAdapter,
+    HarmonyAdapter,
+    NativeAdapter,
+    OutputParser,
+    TurnOutput,
+    adapter_for,
+)
+from .backend import ChatBackend, ChatRequest, LocalBackend, TokenCount, context_length_of
 from .commands import (
     COMMANDS,
     SETTINGS,
@@ -29,8 +44,36 @@ from .config import (
     render_config_reference,
     render_prompt_config_schema,
 )
+from .context import DEFAULT_MAX_TOKENS, ContextBudget, ContextOverflowError, fit_context
+from .debug import DebugOptions, DebugTokens, DebugWriter
+from .events import (
+    AnswerDelta,
+    CommandOutput,
+    CommentaryDelta,
+    ContextTrimmed,
+    FrontendEvent,
+    GenerationInfo,
+    Quit,
+    RetryEvent,
+    RetryReason,
+    StatsEvent,
+    ThinkingDelta,
+    ToolCallEvent,
+    ToolResultEvent,
+    TurnDone,
+    TurnEvent,
+)
+from .frontend import ChatFrontend
 from .placeholders import TIME_TOKENS, expand_placeholders, time_token_values
 from .profiles import Profile, Profiles, ResolvedProfile
+from .recording import drop_last_turn, record_turn, turns_from_log
+from .retries import (
+    DEFAULT_RETRY_POLICY,
+    RetryDecision,
+    RetryPolicy,
+    decide_retry,
+    looks_complete,
+)
 from .tools import (
     ToolCall,
     ToolCallLike,
@@ -39,40 +82,104 @@ from .tools import (
     ToolResult,
     render_tool_result,
 )
+from .turn import (
+    DEFAULT_MAX_TOOL_ROUNDS,
+    TRUNCATED_MARKER,
+    FinishReason,
+    RetryRecord,
+    TokenStreamer,
+    TurnResult,
+    as_turn,
+    hyperparameters_of,
+    run_chat_turn,
+    stream_chat_turn,
+)
 
 __version__ = _version("mlx-harmony-chat-controller")
 
 __all__ = [
     "COMMANDS",
+    "DEFAULT_MAX_TOKENS",
+    "DEFAULT_MAX_TOOL_ROUNDS",
+    "DEFAULT_RETRY_POLICY",
     "SETTINGS",
     "TIME_TOKENS",
+    "TRUNCATED_MARKER",
+    "AnswerDelta",
+    "ChatAdapter",
+    "ChatBackend",
+    "ChatFrontend",
+    "ChatRequest",
     "Command",
     "CommandAction",
+    "CommandOutput",
     "CommandResult",
     "CommandSpec",
+    "CommentaryDelta",
     "ConfigError",
+    "ContextBudget",
+    "ContextOverflowError",
+    "ContextTrimmed",
+    "DebugOptions",
+    "DebugTokens",
+    "DebugWriter",
     "DialogueMessage",
+    "FinishReason",
+    "FrontendEvent",
+    "GenerationInfo",
+    "HarmonyAdapter",
+    "LocalBackend",
     "LoopDetection",
+    "NativeAdapter",
+    "OutputParser",
     "Profile",
     "Profiles",
     "PromptConfig",
+    "Quit",
     "ReasoningEffort",
     "ResolvedProfile",
+    "RetryDecision",
+    "RetryEvent",
+    "RetryPolicy",
+    "RetryReason",
+    "RetryRecord",
     "SessionState",
+    "StatsEvent",
+    "ThinkingDelta",
+    "TokenCount",
+    "TokenStreamer",
     "ToolCall",
+    "ToolCallEvent",
     "ToolCallLike",
     "ToolDeclarations",
     "ToolRegistry",
     "ToolResult",
+    "ToolResultEvent",
     "Turn",
+    "TurnDone",
+    "TurnEvent",
+    "TurnOutput",
+    "TurnResult",
     "__version__",
+    "adapter_for",
     "apply_command",
+    "as_turn",
     "complete_command",
+    "context_length_of",
+    "decide_retry",
+    "drop_last_turn",
     "expand_placeholders",
+    "fit_context",
     "format_validation_error",
+    "hyperparameters_of",
+    "looks_complete",
     "parse_command",
+    "record_turn",
     "render_config_reference",
     "render_prompt_config_schema",
     "render_tool_result",
+    "run_chat_turn",
+    "stream_chat_turn",
     "time_token_values",
+    "turns_from_log",
 ]

@@ -1,0 +1,219 @@
+"""The front-end loop the CLI and the server's stdio client share: lines in, events out.
+
+`ChatFrontend.handle(line)` takes one line the user typed. A chat command (``\\set``,
+``\\undo``, ...) is applied with the pure functions of `mlx_harmony.controller.commands` and
+the actions they ask for are carried out here: ``\\save`` and ``\\load`` read and write the
+chat log (chat-history v2), ``\\retry`` runs the last turn again, ``\\tokens`` asks the backend,
+``\\clear`` starts a new log, ``\\quit`` ends `run`. Any other line is a message: the backend
+answers it and its events come out as they happen. The front end keeps the session (config
+and turns) and the chat log in step, and saves the log after every turn with ``autosave``.
+
+Nothing here prints or reads a terminal: the CLI renders the events, tests feed lines.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+
+from mlx_harmony.chat_history import (
+    ChatLog,
+    ChatLogError,
+    Finding,
+    load_chat,
+    new_chat,
+    save_chat,
+)
+from mlx_harmony.harmony_format import FunctionTool, Message
+
+from .backend import ChatBackend, ChatRequest
+from .commands import CommandAction, SessionState, Turn, apply_command, parse_command
+from .config import PromptConfig
+from .context import ContextOverflowError
+from .events import CommandOutput, FrontendEvent, Quit, TurnDone
+from .recording import drop_last_turn, record_turn, turns_from_log
+from .turn import hyperparameters_of
+
+__all__ = ["ChatFrontend"]
+
+Cancel = threading.Event | Callable[[], bool] | None
+
+
+class ChatFrontend:
+    """A chat session driven by input lines; see the module docstring.
+
+    ``log`` continues a saved chat (its turns become the session's); ``chat_path`` is where
+    ``\\save`` without a path and ``autosave`` write. ``model_path``, ``prompt_config_path``
+    and ``tools`` describe the session in a new log's header.
+    """
+
+    def __init__(
+        self,
+        backend: ChatBackend,
+        *,
+        config: PromptConfig | None = None,
+        log: ChatLog | None = None,
+        chat_path: str | os.PathLike[str] | None = None,
+        autosave: bool = False,
+        function_tools: Sequence[FunctionTool] = (),
+        model_path: str | None = None,
+        prompt_config_path: str | None = None,
+        tools: Mapping[str, bool] | None = None,
+    ) -> None:
+        config = config if config is not None else PromptConfig()
+        self.backend = backend
+        self.function_tools = tuple(function_tools)
+        self.chat_path = Path(chat_path) if chat_path is not None else None
+        self.autosave = autosave
+        self._header = {
+            "model_path": model_path,
+            "prompt_config_path": prompt_config_path,
+            "tools": dict(tools or {}),
+        }
+        self.log = log if log is not None else self._new_log(config)
+        self.state = SessionState(config, turns_from_log(self.log) if log is not None else ())
+        self.quit = False
+
+    # -- session ------------------------------------------------------------------------------
+
+    @property
+    def config(self) -> PromptConfig:
+        return self.state.config
+
+    @property
+    def turns(self) -> tuple[Turn, ...]:
+        return self.state.turns
+
+    @property
+    def greeting(self) -> str | None:
+        """The prompt config's greeting, to show when the chat starts."""
+        return self.config.assistant_greeting
+
+    def _new_log(self, config: PromptConfig) -> ChatLog:
+        return new_chat(hyperparameters=hyperparameters_of(config), **self._header)  # type: ignore[arg-type]
+
+    def _save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_chat(self.log, path)
+
+    # -- the loop -----------------------------------------------------------------------------
+
+    def run(self, lines: Iterable[str], *, cancel: Cancel = None) -> Iterator[FrontendEvent]:
+        """Handle `lines` one by one until they run out or ``\\quit``."""
+        for line in lines:
+            yield from self.handle(line, cancel=cancel)
+            if self.quit:
+                return
+
+    def handle(self, line: str, *, cancel: Cancel = None) -> Iterator[FrontendEvent]:
+        """The events of one input line (nothing for a blank line)."""
+        if not line.strip():
+            return
+        command = parse_command(line)
+        if command is None:
+            yield from self.send(line, cancel=cancel)
+            return
+        result = apply_command(self.state, command)
+        name = command.name
+        if result.error:
+            yield CommandOutput(result.message, error=True, command=name)
+            return
+        action = result.action
+        if action is CommandAction.QUIT:
+            self.quit = True
+            yield Quit()
+        elif action is CommandAction.SAVE:
+            yield self._do_save(result.path)
+        elif action is CommandAction.LOAD:
+            assert result.path is not None
+            yield self._do_load(result.path)
+        elif action is CommandAction.TOKENS:
+            count = self.backend.count_tokens(
+                self.state.turns, config=self.config, function_tools=self.function_tools
+            )
+            yield CommandOutput(count.describe(), command=name)
+        elif action is CommandAction.RETRY:
+            yield from self._do_retry(result.state, result.message, cancel)
+        else:
+            if name == "clear":
+                self.log = self._new_log(result.state.config)
+                self.backend.reset()
+            elif name == "undo":
+                drop_last_turn(self.log)
+                self._autosave()
+            self.state = result.state
+            yield CommandOutput(result.message, command=name)
+
+    def send(self, text: str, *, cancel: Cancel = None) -> Iterator[FrontendEvent]:
+        """Send `text` to the model as the next user message."""
+        yield from self._run_turn(Turn(Message.user(text)), self.state.turns, cancel)
+
+    # -- actions ------------------------------------------------------------------------------
+
+    def _run_turn(
+        self, turn: Turn, history: tuple[Turn, ...], cancel: Cancel
+    ) -> Iterator[FrontendEvent]:
+        request = ChatRequest(turn, history, self.config, self.function_tools, cancel)
+        try:
+            for event in self.backend.stream_turn(request):
+                if isinstance(event, TurnDone):
+                    result = event.result
+                    self.state = SessionState(self.config, (*history, result.turn))
+                    record_turn(self.log, result)
+                    self._autosave()
+                yield event
+        except ContextOverflowError as error:
+            yield CommandOutput(str(error), error=True)
+
+    def _autosave(self) -> None:
+        if self.autosave and self.chat_path is not None:
+            self._save(self.chat_path)
+
+    def _do_retry(
+        self, state: SessionState, message: str, cancel: Cancel
+    ) -> Iterator[FrontendEvent]:
+        before_state, before_messages = self.state, list(self.log.messages)
+        drop_last_turn(self.log)
+        self.state = state
+        yield CommandOutput(message, command="retry")
+        finished = False
+        for event in self._run_turn(state.turns[-1], state.turns[:-1], cancel):
+            finished = finished or isinstance(event, TurnDone)
+            yield event
+        if not finished:  # the turn failed: put the old reply back
+            self.state = before_state
+            self.log.messages[:] = before_messages
+
+    def _do_save(self, path: str | None) -> CommandOutput:
+        target = Path(path) if path else self.chat_path
+        if target is None:
+            return CommandOutput(
+                "No chat file yet: give one with \\save PATH.", error=True, command="save"
+            )
+        try:
+            self._save(target)
+        except OSError as error:
+            return CommandOutput(f"Cannot save to {target}: {error}", error=True, command="save")
+        self.chat_path = target
+        count = len(self.log.messages)
+        return CommandOutput(
+            f"Saved {count} message{'s' if count != 1 else ''} to {target}.", command="save"
+        )
+
+    def _do_load(self, path: str) -> CommandOutput:
+        target = Path(path)
+        findings: list[Finding] = []
+        try:
+            log = load_chat(target, on_warning=findings.append)
+        except ChatLogError as error:
+            return CommandOutput(f"Cannot load: {error}", error=True, command="load")
+        self.log = log
+        self.state = SessionState(self.config, turns_from_log(log))
+        self.chat_path = target
+        self.backend.reset()
+        count = len(self.state.turns)
+        lines = [f"Loaded {count} turn{'s' if count != 1 else ''} from {target}."]
+        lines.extend(f"warning: {finding}" for finding in findings)
+        return CommandOutput("\n".join(lines), command="load")
