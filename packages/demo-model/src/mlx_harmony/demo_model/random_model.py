@@ -108,10 +108,15 @@ def build_random_model(
     mx.random.seed(seed)
     args = ModelArgs.from_dict(config)
     model = Model(args)
-    # Small weights keep activations finite in deep random stacks.
-    model.update(tree_map(lambda p: (p * 0.5).astype(dtype), model.parameters()))
-    for layer in model.layers:
-        layer.self_attn.sinks = mx.zeros_like(layer.self_attn.sinks)
+    # Evaluate one block at a time: a 20B-shaped model initialises in float32 (4 bytes a
+    # parameter) before the cast, which would not fit in GPU memory all at once. Small weights
+    # keep activations finite in deep random stacks.
+    blocks = [model.model.embed_tokens, model.model.norm, model.lm_head, *model.layers]
+    for block in blocks:
+        block.update(tree_map(lambda p: (p * 0.5).astype(dtype), block.parameters()))
+        if hasattr(block, "self_attn"):
+            block.self_attn.sinks = mx.zeros_like(block.self_attn.sinks)
+        mx.eval(block.parameters())
     if quantize_bits is not None:
         nn.quantize(
             model,

@@ -1,7 +1,72 @@
 """Model loading, the generation loop, KV and prompt cache for MLX models."""
 
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
-__version__ = _version("mlx-harmony-generate")
+from .cache import CacheReuse, PromptCache, common_prefix_len, make_cache, maybe_quantize_kv_cache
+from .detokenizer import ByteLevelDetokenizer, Detokenizer, make_detokenizer
+from .generator import HARMONY_END_TOKEN, HARMONY_STOP_TOKENS, TokenGenerator
+from .loading import (
+    HARMONY_MODEL_TYPES,
+    LoadedModel,
+    ModelLoadError,
+    is_supported_model_type,
+    load_model,
+    resolve_model_path,
+)
+from .loop import (
+    Cancel,
+    GenerationResult,
+    LogitsProcessor,
+    Sampler,
+    StreamEvent,
+    generate,
+    generate_step,
+    generation_stream,
+    stream_generate,
+)
+from .loop_detection import LoopDetectionMode, LoopDetector, make_loop_detector
+from .stats import CacheReuseMode, GenerationStats, StopReason
+from .stop_strings import StopStringMatcher
 
-__all__ = ["__version__"]
+try:
+    __version__ = _version("mlx-harmony-generate")
+except _PackageNotFoundError:  # a source tree on PYTHONPATH (the GPU benchmark), not installed
+    __version__ = "0+unknown"
+
+__all__ = [
+    "HARMONY_END_TOKEN",
+    "HARMONY_MODEL_TYPES",
+    "HARMONY_STOP_TOKENS",
+    "ByteLevelDetokenizer",
+    "CacheReuse",
+    "CacheReuseMode",
+    "Cancel",
+    "Detokenizer",
+    "GenerationResult",
+    "GenerationStats",
+    "LoadedModel",
+    "LogitsProcessor",
+    "LoopDetectionMode",
+    "LoopDetector",
+    "ModelLoadError",
+    "PromptCache",
+    "Sampler",
+    "StopReason",
+    "StopStringMatcher",
+    "StreamEvent",
+    "TokenGenerator",
+    "__version__",
+    "common_prefix_len",
+    "generate",
+    "generate_step",
+    "generation_stream",
+    "is_supported_model_type",
+    "load_model",
+    "make_cache",
+    "make_detokenizer",
+    "make_loop_detector",
+    "maybe_quantize_kv_cache",
+    "resolve_model_path",
+    "stream_generate",
+]

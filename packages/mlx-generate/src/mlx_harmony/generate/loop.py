@@ -1,0 +1,442 @@
+"""Our generation loop, layered as mlx-lm's: `generate_step` -> `stream_generate` -> `generate`.
+
+`generate_step` is mlx-lm's loop (same prefill chunks, same asynchronous evaluation: the next
+step is queued before the current token is handed out) minus the work nobody asked for: greedy
+decoding takes the argmax of the logits without normalizing them, log-probabilities are computed
+only for a sampler or on request, and no step is queued past `max_tokens`.
+
+`stream_generate` adds what a chat needs: prompt-cache reuse, stop tokens, stop strings,
+cancellation, loop detection, UTF-8-safe text deltas and timing stats. Text is decoded only when
+someone reads it (or stop strings need it).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Generator, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.cache import KVCache
+
+from .cache import CacheReuse, PromptCache, maybe_quantize_kv_cache
+from .detokenizer import make_detokenizer
+from .loop_detection import LoopDetectionMode, LoopDetector, make_loop_detector
+from .stats import CacheReuseMode, GenerationStats, StopReason
+from .stop_strings import StopStringMatcher
+
+__all__ = [
+    "Cancel",
+    "GenerationResult",
+    "LogitsProcessor",
+    "Sampler",
+    "StreamEvent",
+    "generate",
+    "generate_step",
+    "generation_stream",
+    "stream_generate",
+]
+
+Sampler = Callable[[mx.array], mx.array]
+"""Log-probabilities (B, V) in, token ids (B,) out."""
+LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
+"""(tokens so far, logits (B, V)) in, logits out."""
+
+
+class _IsSet(Protocol):
+    def is_set(self) -> bool: ...
+
+
+Cancel = _IsSet | Callable[[], bool] | None
+"""A `threading.Event` (or anything with `is_set()`) or a callable: checked every token."""
+
+
+def _new_generation_stream() -> Any:
+    make = getattr(mx, "new_thread_local_stream", None) or mx.new_stream
+    return make(mx.default_device())
+
+
+generation_stream = _new_generation_stream()
+"""The stream generation runs on, as in mlx-lm (thread-local where MLX supports it)."""
+
+
+@dataclass(slots=True)
+class StreamEvent:
+    """One generated token and the text it completes; the last event of a generation carries
+    `stop_reason` and `stats` (and `token` is None when it ended without a new token:
+    cancellation)."""
+
+    token: int | None
+    text: str = ""
+    logprobs: mx.array | None = None
+    stop_reason: StopReason | None = None
+    stats: GenerationStats | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationResult:
+    """A whole generation: what `generate` returns."""
+
+    text: str
+    tokens: list[int]
+    stop_reason: StopReason
+    stats: GenerationStats
+
+
+def generate_step(
+    prompt: mx.array,
+    model: nn.Module,
+    *,
+    cache: list[Any],
+    sampler: Sampler | None = None,
+    logits_processors: Sequence[LogitsProcessor] | None = None,
+    max_tokens: int = 256,
+    prefill_step_size: int = 2048,
+    kv_bits: int | None = None,
+    kv_group_size: int = 64,
+    quantized_kv_start: int = 0,
+    context: mx.array | None = None,
+    logprobs: bool = False,
+    prompt_progress_callback: Callable[[int, int], None] | None = None,
+    prompt_end_callback: Callable[[], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    stream: Any = None,
+) -> Generator[tuple[int, mx.array | None], None, None]:
+    """Yield (token, log-probabilities or None) for `prompt`, continuing `cache` in place.
+
+    `sampler=None` is greedy. `context` is what `cache` already holds, passed to the logits
+    processors ahead of `prompt`. `prompt_end_callback` runs once the whole prompt is in the
+    cache, before the first generated token is fed back. `should_stop` is checked between
+    prefill chunks; when it says stop, the generator ends without a token. ``max_tokens=-1``
+    never stops on length.
+    """
+    if prompt.size == 0:
+        raise ValueError("prompt must hold at least one token to generate from")
+    if max_tokens == 0 or max_tokens < -1:
+        raise ValueError(f"max_tokens must be positive (or -1 for no limit), got {max_tokens}")
+    if prefill_step_size < 1:
+        raise ValueError(f"prefill_step_size must be positive, got {prefill_step_size}")
+    stream = generation_stream if stream is None else stream
+    processors = list(logits_processors or ())
+    history = context if processors and context is not None and context.size else None
+    quantize = kv_bits is not None and any(type(c) is KVCache for c in cache)
+    need_logprobs = logprobs or sampler is not None
+
+    def _quantize() -> None:
+        maybe_quantize_kv_cache(
+            cache,
+            kv_bits=kv_bits,
+            kv_group_size=kv_group_size,
+            quantized_kv_start=quantized_kv_start,
+        )
+
+    def _step(y: mx.array) -> tuple[mx.array, mx.array | None]:
+        nonlocal history
+        logits = model(y[None], cache=cache)[:, -1, :]
+        if processors:
+            history = mx.concat([history, y]) if history is not None else y
+            for processor in processors:
+                logits = processor(history, logits)
+        if quantize:
+            _quantize()
+        if not need_logprobs:
+            return mx.argmax(logits, axis=-1), None
+        scores = logits - mx.logsumexp(logits, keepdims=True)
+        token = sampler(scores) if sampler is not None else mx.argmax(scores, axis=-1)
+        return token, scores.squeeze(0)
+
+    with mx.stream(stream):
+        total = prompt.size
+        processed = 0
+        if prompt_progress_callback is not None:
+            prompt_progress_callback(0, total)
+        while total - processed > 1:
+            if should_stop is not None and should_stop():
+                return
+            n = min(prefill_step_size, total - processed - 1)
+            chunk = prompt[processed : processed + n]
+            model(chunk[None], cache=cache)
+            if quantize:
+                _quantize()
+            mx.eval([c.state for c in cache])
+            if processors:
+                history = mx.concat([history, chunk]) if history is not None else chunk
+            processed += n
+            if prompt_progress_callback is not None:
+                prompt_progress_callback(processed, total)
+            mx.clear_cache()
+        if should_stop is not None and should_stop():
+            return
+
+        y, scores = _step(prompt[processed:])
+        if prompt_end_callback is not None:
+            prompt_end_callback()
+        _async_eval(y, scores)
+        n = 0
+        while True:
+            last = n + 1 == max_tokens
+            if not last:
+                next_y, next_scores = _step(y)
+                _async_eval(next_y, next_scores)
+            if n == 0:
+                mx.eval(y)
+                if prompt_progress_callback is not None:
+                    prompt_progress_callback(total, total)
+            yield y.item(), scores
+            if last:
+                return
+            if n % 256 == 0:
+                mx.clear_cache()
+            y, scores = next_y, next_scores
+            n += 1
+
+
+def _async_eval(token: mx.array, scores: mx.array | None) -> None:
+    if scores is None:
+        mx.async_eval(token)
+    else:
+        mx.async_eval(token, scores)
+
+
+def _as_cancel_check(cancel: Cancel) -> Callable[[], bool] | None:
+    if cancel is None:
+        return None
+    is_set = getattr(cancel, "is_set", None)
+    if callable(is_set):
+        return is_set
+    if callable(cancel):
+        return cancel
+    raise TypeError(
+        f"cancel must be a threading.Event (anything with is_set()) or a callable, got "
+        f"{type(cancel).__name__}"
+    )
+
+
+def _prompt_ids(prompt: str | Sequence[int] | mx.array, tokenizer: Any) -> list[int]:
+    if isinstance(prompt, str):
+        if tokenizer is None:
+            raise ValueError("a text prompt needs a tokenizer; pass prompt token ids instead")
+        bos = getattr(tokenizer, "bos_token", None)
+        return list(
+            tokenizer.encode(prompt, add_special_tokens=bos is None or not prompt.startswith(bos))
+        )
+    if isinstance(prompt, mx.array):
+        return [int(t) for t in prompt.reshape(-1).tolist()]
+    return [int(t) for t in prompt]
+
+
+def stream_generate(
+    model: nn.Module,
+    tokenizer: Any,
+    prompt: str | Sequence[int] | mx.array,
+    *,
+    prompt_cache: PromptCache | None = None,
+    reuse_prompt_cache: bool = True,
+    max_tokens: int = 256,
+    sampler: Sampler | None = None,
+    logits_processors: Sequence[LogitsProcessor] | None = None,
+    stop_tokens: Iterable[int] | None = None,
+    stop_strings: Sequence[str] = (),
+    cancel: Cancel = None,
+    loop_detection: LoopDetector | LoopDetectionMode | str = LoopDetectionMode.OFF,
+    detokenize: bool = True,
+    logprobs: bool = False,
+    prefill_step_size: int = 2048,
+    max_kv_size: int | None = None,
+    kv_bits: int | None = None,
+    kv_group_size: int = 64,
+    quantized_kv_start: int = 0,
+    prompt_progress_callback: Callable[[int, int], None] | None = None,
+) -> Generator[StreamEvent, None, None]:
+    """Stream the generation for `prompt` as `StreamEvent`s; the last one has the stop reason
+    and the stats.
+
+    With a `prompt_cache`, the cache of the previous call is reused up to the longest common
+    prefix (cache options then come from the `PromptCache`); without one, a fresh cache is
+    built from `max_kv_size` / `kv_bits`. `stop_tokens=None` means the tokenizer's EOS ids; a
+    stop token is the last event's token, with no text. A stop string ends the text before it.
+    `tokenizer` may be None when `detokenize=False` and no stop strings are given.
+    """
+    t_start = time.perf_counter()
+    prompt_ids = _prompt_ids(prompt, tokenizer)
+    if not prompt_ids:
+        raise ValueError("prompt must hold at least one token to generate from")
+    if max_tokens == 0 or max_tokens < -1:
+        raise ValueError(f"max_tokens must be positive (or -1 for no limit), got {max_tokens}")
+    should_stop = _as_cancel_check(cancel)
+    if stop_tokens is None:
+        if tokenizer is None:
+            raise ValueError("stop_tokens=None means the tokenizer's EOS ids; pass a tokenizer")
+        stop_tokens = tokenizer.eos_token_ids
+    stops = frozenset(int(t) for t in stop_tokens)
+    matcher = StopStringMatcher(stop_strings) if stop_strings else None
+    if (detokenize or matcher is not None) and tokenizer is None:
+        raise ValueError(
+            "text deltas and stop strings need a tokenizer; pass one, or detokenize=False "
+            "without stop strings"
+        )
+    detokenizer = make_detokenizer(tokenizer) if (detokenize or matcher is not None) else None
+    if isinstance(loop_detection, LoopDetector):
+        detector = loop_detection
+    else:
+        detector = make_loop_detector(loop_detection)
+    interval = detector.interval
+
+    if prompt_cache is None:
+        cache = PromptCache(
+            model,
+            max_kv_size=max_kv_size,
+            kv_bits=kv_bits,
+            kv_group_size=kv_group_size,
+            quantized_kv_start=quantized_kv_start,
+        )
+    else:
+        cache = prompt_cache
+    if reuse_prompt_cache:
+        reuse = cache.reuse(prompt_ids)
+    else:
+        if cache.tokens or cache.offset:
+            cache.reset()
+        reuse = CacheReuse(0, CacheReuseMode.DISABLED)
+    reused = reuse.reused
+    n_prompt = len(prompt_ids)
+    context = mx.array(prompt_ids[:reused]) if logits_processors and reused else None
+
+    prompt_done = False
+
+    def on_prompt_end() -> None:
+        nonlocal prompt_done
+        prompt_done = True
+        cache.checkpoint(n_prompt)
+
+    mx.reset_peak_memory()
+    steps = generate_step(
+        mx.array(prompt_ids[reused:]),
+        model,
+        cache=cache.caches,
+        sampler=sampler,
+        logits_processors=logits_processors,
+        max_tokens=max_tokens,
+        prefill_step_size=prefill_step_size,
+        kv_bits=cache.kv_bits,
+        kv_group_size=cache.kv_group_size,
+        quantized_kv_start=cache.quantized_kv_start,
+        context=context,
+        logprobs=logprobs,
+        prompt_progress_callback=prompt_progress_callback,
+        prompt_end_callback=on_prompt_end,
+        should_stop=should_stop,
+    )
+
+    generated: list[int] = []
+    append = generated.append
+    committed = False
+    t_prefill = time.perf_counter()
+    t_first = t_prefill
+    reason: StopReason | None = None
+    stop_token: int | None = None
+    stop_string: str | None = None
+    next_check = interval if interval else -1
+    last_token: int | None = None
+    last_text = ""
+    last_scores: mx.array | None = None
+    n = 0
+    try:
+        for token, scores in steps:
+            n += 1
+            if n == 1:
+                t_first = time.perf_counter()
+            if should_stop is not None and should_stop():
+                append(token)  # fed to the cache already, never handed out
+                reason = StopReason.CANCELLED
+                break
+            append(token)
+            text = ""
+            if token in stops:
+                reason = StopReason.STOP
+                stop_token = token
+            else:
+                if detokenizer is not None:
+                    text = detokenizer.add_token(token)
+                    if matcher is not None:
+                        text, stop_string = matcher.feed(text)
+                        if stop_string is not None:
+                            reason = StopReason.STOP
+                if reason is None:
+                    if n == max_tokens:
+                        reason = StopReason.LENGTH
+                    elif n == next_check:
+                        next_check += interval
+                        if detector(generated):
+                            reason = StopReason.LOOP_DETECTED
+            if reason is None:
+                yield StreamEvent(token, text, scores)
+                continue
+            last_token, last_text, last_scores = token, text, scores
+            break
+        else:
+            reason = StopReason.CANCELLED  # the prompt was cancelled before the first token
+        t_end = time.perf_counter()
+
+        if stop_string is None and detokenizer is not None:
+            tail = detokenizer.finalize()
+            if matcher is not None:
+                tail, stop_string = matcher.feed(tail)
+                if stop_string is None:
+                    tail += matcher.flush()
+                elif reason is not StopReason.STOP:
+                    reason = StopReason.STOP
+            last_text += tail
+        steps.close()
+        cache.commit(prompt_ids + generated, single_tail=prompt_done)
+        committed = True
+
+        completion = len(generated) - (1 if reason is StopReason.CANCELLED and n else 0)
+        decode_s = t_end - t_first if completion else 0.0
+        prefill_s = (t_first if n else t_end) - t_prefill
+        stats = GenerationStats(
+            prompt_tokens=n_prompt,
+            reused_prompt_tokens=reused,
+            prefilled_tokens=n_prompt - reused,
+            prefill_s=prefill_s,
+            time_to_first_token_s=(t_first - t_start) if n else 0.0,
+            completion_tokens=completion,
+            decode_s=decode_s,
+            decode_tokens_per_s=(completion - 1) / decode_s if completion > 1 and decode_s else 0.0,
+            peak_memory_gb=mx.get_peak_memory() / 1e9,
+            kv_length=cache.offset,
+            stop_reason=reason,
+            loop_detection=detector.mode.value,
+            cache_reuse=reuse.mode,
+            stop_token=stop_token,
+            stop_string=stop_string,
+        )
+        if reason is StopReason.CANCELLED:
+            yield StreamEvent(None, last_text, None, reason, stats)
+        else:
+            yield StreamEvent(last_token, last_text, last_scores, reason, stats)
+    finally:
+        steps.close()
+        if not committed:
+            cache.commit(prompt_ids + generated, single_tail=prompt_done)
+
+
+def generate(
+    model: nn.Module,
+    tokenizer: Any,
+    prompt: str | Sequence[int] | mx.array,
+    **kwargs: Any,
+) -> GenerationResult:
+    """The whole generation at once; options as `stream_generate`."""
+    text: list[str] = []
+    tokens: list[int] = []
+    event = None
+    for event in stream_generate(model, tokenizer, prompt, **kwargs):
+        if event.token is not None:
+            tokens.append(event.token)
+        text.append(event.text)
+    if event is None or event.stop_reason is None or event.stats is None:
+        raise RuntimeError("stream_generate ended without its final event")
+    return GenerationResult("".join(text), tokens, event.stop_reason, event.stats)
