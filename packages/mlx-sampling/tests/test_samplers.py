@@ -353,7 +353,8 @@ def test_sampled_tokens_are_always_allowed(
     if min_p > 0:
         allowed &= {i for i, p in enumerate(probs) if p >= min_p * max(probs) * (1 - 1e-4)}
     if top_k:
-        allowed &= set(order[:top_k])
+        # Ties at the k-th place (float32 normalisation can merge close values) may go either way.
+        allowed &= {i for i, p in enumerate(probs) if p >= probs[order[top_k - 1]]}
     sampler = make_sampler(temperature=1.0, top_p=top_p, min_p=min_p, top_k=top_k, seed=seed)
     for _ in range(5):
         assert sampler(logprobs).item() in allowed
