@@ -1,7 +1,37 @@
-"""An OpenAI-compatible FastAPI server for gpt-oss and other MLX models."""
+"""An OpenAI-compatible FastAPI server for gpt-oss and other MLX models.
+
+`create_app(settings)` builds the app; its lifespan starts the `ModelWorker`, the one thread
+that owns the model, and stores the services on ``app.state``. ``mlx-harmony-server`` (`main`)
+runs it with uvicorn.
+"""
 
 from importlib.metadata import version as _version
 
+from .app import create_app
+from .cli import main
+from .models import DEMO_MODEL_ID, ModelEntry, ModelRegistry, demo_model_folder, load_generator
+from .service import ChatService, RequestPlan, plan_chat
+from .settings import ServerSettings
+from .tool_names import ToolNameMap
+from .worker import ModelWorker, TurnPlan, WorkerStats
+
 __version__ = _version("mlx-harmony-server")
 
-__all__ = ["__version__"]
+__all__ = [
+    "DEMO_MODEL_ID",
+    "ChatService",
+    "ModelEntry",
+    "ModelRegistry",
+    "ModelWorker",
+    "RequestPlan",
+    "ServerSettings",
+    "ToolNameMap",
+    "TurnPlan",
+    "WorkerStats",
+    "__version__",
+    "create_app",
+    "demo_model_folder",
+    "load_generator",
+    "main",
+    "plan_chat",
+]

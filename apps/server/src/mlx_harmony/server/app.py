@@ -1,0 +1,69 @@
+"""`create_app(settings)`: the FastAPI application, its services on ``app.state``."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from .errors import install_error_handlers
+from .middleware import BodyLimitMiddleware, RequestLogMiddleware, make_request_logger
+from .models import ModelRegistry, load_generator
+from .routes import health_router, v1_router
+from .service import ChatService
+from .settings import ServerSettings
+from .worker import ModelLoader, ModelWorker
+
+__all__ = ["create_app"]
+
+logger = logging.getLogger("mlx_harmony.server")
+
+
+def create_app(
+    settings: ServerSettings | None = None,
+    *,
+    loader: ModelLoader | None = None,
+    registry: ModelRegistry | None = None,
+) -> FastAPI:
+    """The server for `settings`.
+
+    ``loader`` builds a generator for a `ModelEntry` (default: mlx-generate's
+    `TokenGenerator`; tests pass a scripted one). The prompt config, profiles and model
+    names are checked here (`ConfigError`); the model itself loads in the lifespan with
+    ``preload``, else on the first request, on the worker thread that will run it.
+    """
+    from . import __version__
+
+    settings = settings if settings is not None else ServerSettings()
+    registry = registry if registry is not None else settings.registry()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        worker = ModelWorker(loader or load_generator, max_queue=settings.max_queue)
+        worker.start()
+        app.state.settings = settings
+        app.state.registry = registry
+        app.state.worker = worker
+        app.state.chat = ChatService(registry, worker, max_tokens_cap=settings.max_tokens_cap)
+        try:
+            if settings.preload:
+                await asyncio.to_thread(worker.load, registry.default)
+            yield
+        finally:
+            await asyncio.to_thread(worker.stop)
+
+    app = FastAPI(
+        title="mlx-harmony-server",
+        version=__version__,
+        summary="An OpenAI-compatible server for gpt-oss and other MLX models.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(health_router)
+    app.include_router(v1_router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestLogMiddleware, logger=make_request_logger(settings.log_file))
+    return app

@@ -1,0 +1,522 @@
+"""The model worker: one thread that owns the model and runs every MLX call, fed by a queue.
+
+MLX arrays and streams belong to the thread that made them, and one model can run one
+generation at a time, so (as mlx-lm's server does) a single thread loads the model and runs
+every turn. Requests wait their turn in a FIFO queue: fair, and no state is ever shared
+between two generations. The worker pushes each turn's events into the request's
+`EventChannel` as they happen; a request that goes away sets its job's cancel flag, which the
+generation loop checks before every token.
+
+Consecutive requests of one conversation share the prompt prefix, so the generator's prompt
+cache serves them (``prompt_tokens_details.cached_tokens`` says how much).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from mlx_harmony.controller import (
+    AnswerDelta,
+    ChatAdapter,
+    CommentaryDelta,
+    ContextBudget,
+    ContextOverflowError,
+    RetryPolicy,
+    ThinkingDelta,
+    ToolDeclarations,
+    TurnDone,
+    adapter_for,
+    context_length_of,
+    stream_chat_turn,
+)
+
+from .channel import EventChannel
+from .errors import APIError
+from .models import ModelEntry
+
+__all__ = [
+    "CountJob",
+    "Finished",
+    "LoadedState",
+    "ModelWorker",
+    "TokenLogprobs",
+    "TurnJob",
+    "TurnPlan",
+    "WorkerStats",
+]
+
+logger = logging.getLogger("mlx_harmony.server")
+
+ModelLoader = Callable[[ModelEntry], Any]
+"""Loads a model entry: returns a `TokenGenerator` (or a test double with its API)."""
+
+_HARMONY_SPECIAL_START = 199998  # o200k_harmony's special tokens start here
+_MESSAGE = 200008  # <|message|>
+
+
+@dataclass(frozen=True, slots=True)
+class TurnPlan:
+    """One chat turn to run, everything checked: what the service hands the worker."""
+
+    entry: ModelEntry
+    turn: Any
+    history: tuple[Any, ...]
+    config: Any
+    function_tools: tuple[Any, ...] = ()
+    top_logprobs: int | None = None
+    """None: no logprobs; 0-20: logprobs with this many alternatives per token."""
+    policy: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass(frozen=True, slots=True)
+class TokenLogprobs:
+    """The logprobs of the content tokens of the `AnswerDelta` that follows."""
+
+    entries: tuple[dict[str, Any], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The turn is done: the controller's result and what the worker counted."""
+
+    result: Any
+    reasoning_tokens: int
+    queued_s: float
+
+
+@dataclass
+class WorkerStats:
+    """What the worker did, for tests and the health route."""
+
+    turns: int = 0
+    cancelled: int = 0
+    """Turns that ended because their request went away (before or during generation)."""
+    failed: int = 0
+    loads: int = 0
+
+
+@dataclass
+class LoadedState:
+    """The model the worker holds now."""
+
+    entry: ModelEntry
+    generator: Any
+    adapter: ChatAdapter
+    context_length: int | None
+    vocab_size: int | None
+    loaded_at: float
+
+
+class _Job:
+    entry: ModelEntry
+    cancel: threading.Event
+    submitted: float
+
+    def run(self, state: LoadedState, worker: ModelWorker) -> None:
+        raise NotImplementedError
+
+    def fail(self, error: BaseException) -> None:
+        raise NotImplementedError
+
+
+class TurnJob(_Job):
+    """Run one turn, streaming its events into `channel`."""
+
+    def __init__(self, plan: TurnPlan, channel: EventChannel) -> None:
+        self.plan = plan
+        self.entry = plan.entry
+        self.channel = channel
+        self.cancel = threading.Event()
+        self.submitted = time.perf_counter()
+
+    def fail(self, error: BaseException) -> None:
+        self.channel.close(error)
+
+    def run(self, state: LoadedState, worker: ModelWorker) -> None:
+        plan = self.plan
+        queued = time.perf_counter() - self.submitted
+        if self.cancel.is_set():
+            worker.stats.cancelled += 1
+            self.channel.close()
+            return
+        problem = _check_against_model(plan, state)
+        if problem is not None:
+            self.channel.close(problem)
+            return
+        tap = _TokenTap(state.generator, top=plan.top_logprobs, harmony=_is_harmony(state))
+        put = self.channel.put
+        reasoning = 0
+        result = None
+        try:
+            for event in stream_chat_turn(
+                tap,
+                state.adapter,
+                plan.turn,
+                history=plan.history,
+                config=plan.config,
+                function_tools=plan.function_tools,
+                policy=plan.policy,
+                context_length=state.context_length,
+                cancel=self.cancel,
+            ):
+                kind = type(event)
+                if kind is AnswerDelta or kind is CommentaryDelta:
+                    if tap.top is not None:
+                        put(TokenLogprobs(tap.take_content()))
+                    else:
+                        tap.pending = 0
+                elif kind is ThinkingDelta:
+                    reasoning += tap.take_count()
+                elif kind is TurnDone:
+                    result = event.result
+                    continue
+                put(event)
+        except ContextOverflowError as error:
+            worker.stats.failed += 1
+            self.channel.close(
+                APIError(400, str(error), param="messages", code="context_length_exceeded")
+            )
+            return
+        except BaseException as error:
+            worker.stats.failed += 1
+            logger.exception("the turn failed")
+            self.channel.close(error)
+            return
+        if self.cancel.is_set():
+            worker.stats.cancelled += 1
+        worker.stats.turns += 1
+        put(Finished(result, reasoning, queued))
+        self.channel.close()
+
+
+class CountJob(_Job):
+    """Count a conversation's prompt tokens (``POST /v1/tokenize``)."""
+
+    def __init__(self, plan: TurnPlan, channel: EventChannel) -> None:
+        self.plan = plan
+        self.entry = plan.entry
+        self.channel = channel
+        self.cancel = threading.Event()
+        self.submitted = time.perf_counter()
+
+    def fail(self, error: BaseException) -> None:
+        self.channel.close(error)
+
+    def run(self, state: LoadedState, worker: ModelWorker) -> None:
+        plan = self.plan
+        cfg = plan.config.effective()
+        turns = [*plan.history, plan.turn]
+        try:
+            tokens = state.adapter.render(
+                turns, config=cfg, tools=ToolDeclarations(), function_tools=plan.function_tools
+            )
+            budget = ContextBudget.from_config(cfg, context_length=state.context_length)
+        except BaseException as error:
+            self.channel.close(error)
+            return
+        self.channel.put((len(tokens), budget.window, budget.margin))
+        self.channel.close()
+
+
+class _LoadJob(_Job):
+    def __init__(self, entry: ModelEntry) -> None:
+        self.entry = entry
+        self.cancel = threading.Event()
+        self.submitted = time.perf_counter()
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+
+    def run(self, state: LoadedState, worker: ModelWorker) -> None:
+        self.done.set()
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.done.set()
+
+
+def _check_against_model(plan: TurnPlan, state: LoadedState) -> APIError | None:
+    """What only the loaded model can say: token ids beyond its vocabulary."""
+    vocab = state.vocab_size
+    if vocab is None:
+        return None
+    cfg = plan.config
+    bad = sorted(t for t in (cfg.logit_bias or {}) if not 0 <= int(t) < vocab)
+    if bad:
+        return APIError(
+            400,
+            f"logit_bias has token ids outside this model's vocabulary [0, {vocab}): {bad[:5]}",
+            param="logit_bias",
+            code="invalid_value",
+        )
+    if cfg.top_k is not None and cfg.top_k >= vocab:
+        return APIError(
+            400,
+            f"top_k must be below the vocabulary size {vocab} (0 turns it off), got {cfg.top_k}",
+            param="top_k",
+            code="invalid_value",
+        )
+    return None
+
+
+def _is_harmony(state: LoadedState) -> bool:
+    return bool(getattr(state.generator, "is_harmony", True))
+
+
+class _TokenTap:
+    """Wraps the generator for one turn: counts the tokens between text deltas (the reasoning
+    tokens) and, when logprobs were asked for, computes each token's entry.
+
+    The turn feeds each token to its parser right after this yields it, so the tokens seen
+    since the last delta are those that produced the next one.
+    """
+
+    def __init__(self, generator: Any, *, top: int | None, harmony: bool) -> None:
+        self.generator = generator
+        self.top = top
+        self.harmony = harmony
+        self.pending = 0
+        self._tokens: list[int] = []
+        self._entries: list[dict[str, Any]] = []
+        self._stops: frozenset[int] = frozenset()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.generator, name)
+
+    def stream(self, **kwargs: Any) -> Iterator[Any]:
+        if self.top is None:
+            for event in self.generator.stream(**kwargs):
+                if event.token is not None:
+                    self.pending += 1
+                yield event
+            return
+        self._stops = frozenset(kwargs.get("stop_tokens") or ())
+        for event in self.generator.stream(**kwargs, logprobs=True):
+            token = event.token
+            if token is not None:
+                self.pending += 1
+                self._tokens.append(token)
+                self._entries.append(self._entry(token, event.logprobs))
+            yield event
+
+    def take_count(self) -> int:
+        count, self.pending = self.pending, 0
+        self._tokens.clear()
+        self._entries.clear()
+        return count
+
+    def take_content(self) -> tuple[dict[str, Any], ...]:
+        """The entries of the content tokens since the last delta: header and special tokens
+        (``<|start|>assistant<|channel|>final<|message|>``) left out."""
+        tokens, entries = self._tokens, self._entries
+        start = 0
+        if self.harmony:
+            for i in range(len(tokens) - 1, -1, -1):
+                if tokens[i] == _MESSAGE:
+                    start = i + 1
+                    break
+        out = tuple(
+            e
+            for t, e in zip(tokens[start:], entries[start:], strict=True)
+            if not (self.harmony and t >= _HARMONY_SPECIAL_START) and t not in self._stops
+        )
+        self.pending = 0
+        tokens.clear()
+        entries.clear()
+        return out
+
+    def _entry(self, token: int, logprobs: Any) -> dict[str, Any]:
+        text, raw = self._token_text(token)
+        if logprobs is None:
+            return {"token": text, "logprob": 0.0, "bytes": raw, "top_logprobs": []}
+        import mlx.core as mx
+
+        scores = logprobs.reshape(-1)
+        top: list[dict[str, Any]] = []
+        k = self.top or 0
+        if k:
+            k = min(k, scores.size)
+            ids = mx.argpartition(-scores, kth=k - 1)[:k]
+            values = scores[ids]
+            order = mx.argsort(-values)
+            ids, values = ids[order].tolist(), values[order].tolist()
+            for i, v in zip(ids, values, strict=True):
+                t, b = self._token_text(int(i))
+                top.append({"token": t, "logprob": _finite(v), "bytes": b})
+        return {
+            "token": text,
+            "logprob": _finite(scores[token].item()),
+            "bytes": raw,
+            "top_logprobs": top,
+        }
+
+    def _token_text(self, token: int) -> tuple[str, list[int]]:
+        decode = getattr(self.generator, "decode", None)
+        try:
+            text = decode([token]) if decode is not None else ""
+        except Exception:
+            text = ""
+        return text, list(text.encode("utf-8"))
+
+
+def _finite(value: float) -> float:
+    return value if value > -1e30 else -9999.0
+
+
+class ModelWorker:
+    """The thread that owns the model; see the module docstring.
+
+    ``loader`` builds the generator for a `ModelEntry` (mlx-generate's `TokenGenerator` in
+    production, a scripted test double in tests). One model is held at a time; a request for
+    another one waits its turn in the queue, then the worker swaps models.
+    """
+
+    def __init__(self, loader: ModelLoader, *, max_queue: int = 64) -> None:
+        self.loader = loader
+        self.max_queue = max_queue
+        self.stats = WorkerStats()
+        self.state: LoadedState | None = None
+        self.load_error: str | None = None
+        self.loading: ModelEntry | None = None
+        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._pending = 0
+        self._lock = threading.Lock()
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is not None:
+            return
+        self._thread = threading.Thread(target=self._run, name="mlx-harmony-model", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Cancel what waits, finish the current job, stop the thread."""
+        thread, self._thread = self._thread, None
+        if thread is None:
+            return
+        while True:
+            try:
+                job = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None:
+                job.cancel.set()
+                job.fail(APIError(503, "the server is shutting down", code="shutting_down"))
+        self._queue.put(None)
+        thread.join(timeout)
+        state, self.state = self.state, None
+        close = getattr(state.generator, "close", None) if state is not None else None
+        if callable(close):
+            close()
+
+    @property
+    def queued(self) -> int:
+        """Jobs submitted and not finished (the running one included)."""
+        return self._pending
+
+    # -- submitting ---------------------------------------------------------------------------
+
+    def submit(self, job: _Job) -> None:
+        """Queue `job` (FIFO); 503 when the queue is full."""
+        if self._thread is None:
+            raise APIError(503, "the model worker is not running", code="not_ready")
+        with self._lock:
+            if self._pending >= self.max_queue:
+                raise APIError(
+                    503,
+                    f"the server is busy: {self._pending} requests are queued (the limit is "
+                    f"{self.max_queue}, --max-queue); retry later",
+                    code="queue_full",
+                    headers={"Retry-After": "1"},
+                )
+            self._pending += 1
+        self._queue.put(job)
+
+    def load(self, entry: ModelEntry, *, timeout: float | None = None) -> None:
+        """Load `entry` now (blocking); raises the loading error."""
+        job = _LoadJob(entry)
+        self.submit(job)
+        job.done.wait(timeout)
+        if job.error is not None:
+            raise job.error
+
+    # -- the thread ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            try:
+                state = self._ensure(job.entry)
+            except BaseException as error:
+                job.fail(error)
+            else:
+                try:
+                    job.run(state, self)
+                except BaseException as error:  # a job's own bug: never kill the worker
+                    logger.exception("a job failed")
+                    job.fail(error)
+            finally:
+                with self._lock:
+                    self._pending -= 1
+
+    def _ensure(self, entry: ModelEntry) -> LoadedState:
+        state = self.state
+        if state is not None and state.entry.model == entry.model:
+            if state.entry != entry:  # same weights, another profile: keep the model
+                state.entry = entry
+            return state
+        if state is not None:
+            self.state = None
+            close = getattr(state.generator, "close", None)
+            if callable(close):
+                close()
+            del state
+            _clear_mlx_cache()
+        self.loading = entry
+        started = time.perf_counter()
+        try:
+            generator = self.loader(entry)
+        except BaseException as error:
+            self.load_error = f"{type(error).__name__}: {error}"
+            raise APIError(
+                503,
+                f"model {entry.id!r} could not be loaded: {error}",
+                code="model_load_failed",
+            ) from error
+        finally:
+            self.loading = None
+        self.load_error = None
+        self.stats.loads += 1
+        logger.info("loaded %s in %.1f s", entry.model, time.perf_counter() - started)
+        self.state = LoadedState(
+            entry=entry,
+            generator=generator,
+            adapter=adapter_for(generator),
+            context_length=context_length_of(generator),
+            vocab_size=_vocab_size(generator),
+            loaded_at=time.time(),
+        )
+        return self.state
+
+
+def _vocab_size(generator: Any) -> int | None:
+    config = getattr(getattr(generator, "loaded", None), "config", None)
+    value = config.get("vocab_size") if isinstance(config, dict) else None
+    return value if isinstance(value, int) and value > 0 else None
+
+
+def _clear_mlx_cache() -> None:
+    try:
+        import mlx.core as mx
+    except ImportError:  # pragma: no cover - the server always has MLX
+        return
+    mx.clear_cache()
