@@ -1,4 +1,10 @@
-"""The mlx-harmony chat CLI and one-shot tools."""
+"""The mlx-harmony chat CLI and one-shot tools.
+
+Console scripts: ``mlx-harmony-chat`` (`mlx_harmony.cli.chat.main`), ``mlx-harmony-generate``
+(`mlx_harmony.cli.generate.main`) and ``mlx-harmony-convert-dialogue``
+(`mlx_harmony.cli.dialogue.main`). Importing this package is cheap: the commands import what
+they need when they run.
+"""
 
 from importlib.metadata import version as _version
 

@@ -1,0 +1,150 @@
+"""``mlx-harmony-chat``: the interactive chat.
+
+`main(argv)` is the console script; `create_chat_session(argv, input=..., output=...)` builds
+the same session on any terminal, which is how the tests drive the real app.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from prompt_toolkit.history import FileHistory, History
+from prompt_toolkit.input import Input
+from prompt_toolkit.output import Output
+from rich.console import Console
+
+from mlx_harmony.controller import ChatFrontend
+
+from .launch import (
+    BackendFactory,
+    CliError,
+    Launch,
+    ModelLocation,
+    locate_model,
+    make_backend,
+    mlx_harmony_home,
+    prepare,
+)
+from .options import build_chat_parser, parse_args
+from .render import RenderOptions
+from .session import ChatSession, make_chat_session
+
+__all__ = ["BackendFactory", "create_chat_session", "default_history", "main"]
+
+DEMO_NOTE = (
+    "No --model, --profile or chat to resume: chatting with the tiny demo model (it knows a "
+    "few canned answers). Try --model openai/gpt-oss-20b for a real one."
+)
+
+
+def default_history() -> History:
+    """Input history kept across sessions in the mlx-harmony folder (``MLX_HARMONY_HOME``)."""
+    home = mlx_harmony_home()
+    home.mkdir(parents=True, exist_ok=True)
+    return FileHistory(str(home / "chat-input-history"))
+
+
+def _turns(launch: Launch) -> int:
+    log = launch.log
+    return 0 if log is None else sum(1 for m in log.messages if m.role == "user")
+
+
+def _intro(launch: Launch, location: ModelLocation) -> list[str]:
+    lines: list[str] = []
+    if launch.settings.uses_demo_model and location.server is None:
+        lines.append(DEMO_NOTE)
+    if launch.log is not None:
+        turns = _turns(launch)
+        lines.append(f"Resumed {turns} turn{'s' if turns != 1 else ''} from {launch.chat_path}.")
+    lines.extend(launch.notes)
+    saving = f" · saving to {launch.chat_path}" if launch.autosave else ""
+    lines.append(
+        f"{location.label}{saving} · Enter sends, Esc-Enter adds a line · \\help lists "
+        "commands · Ctrl-C stops a reply · Ctrl-D quits"
+    )
+    return lines
+
+
+def create_chat_session(
+    argv: Sequence[str] | None = None,
+    *,
+    input: Input | None = None,
+    output: Output | None = None,
+    console: Console | None = None,
+    history: History | None = None,
+    backend_factory: BackendFactory | None = None,
+) -> ChatSession:
+    """Parse `argv`, read the files it names, find the model and build the session; the
+    model itself loads on the session's worker thread once `run()` starts.
+
+    Raises `CliError` for a problem the user can fix and `SystemExit` for usage errors.
+    """
+    args = parse_args(build_chat_parser(), argv)
+    launch = prepare(args)
+    location = locate_model(launch)
+    factory = backend_factory or make_backend
+    closers: list[Callable[[], Any]] = []
+
+    def build_frontend() -> ChatFrontend:
+        backend = factory(launch, location, on_close=closers.append)
+        tools = dict(launch.settings.tools)
+        if launch.log is not None:  # the header holds the values this session now runs with
+            header = launch.log.header
+            header.model_path = location.name
+            header.prompt_config_path = launch.prompt_config_path
+            header.tools = tools
+        return ChatFrontend(
+            backend,
+            config=launch.config,
+            log=launch.log,
+            chat_path=launch.chat_path,
+            autosave=launch.autosave,
+            model_path=location.name,
+            prompt_config_path=launch.prompt_config_path,
+            tools=tools,
+        )
+
+    def close() -> None:
+        for callback in reversed(closers):
+            callback()
+
+    return make_chat_session(
+        build_frontend,
+        input=input,
+        output=output,
+        console=console,
+        history=history if history is not None else default_history(),
+        render_options=RenderOptions(markdown=args.markdown, show_thinking=not args.hide_thinking),
+        model_label=location.label,
+        config=launch.config,
+        intro=_intro(launch, location),
+        greeting=None if _turns(launch) else launch.config.assistant_greeting,
+        on_close=[close],
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the chat; the exit status (0, 1 for an error, 2 for a usage error)."""
+    try:
+        session = create_chat_session(argv)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 1
+    except CliError as error:
+        print(f"mlx-harmony-chat: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    if not sys.stdin.isatty():
+        session.close()
+        print(
+            "mlx-harmony-chat: error: the chat needs a terminal; to answer a prompt from a pipe "
+            "use mlx-harmony-generate",
+            file=sys.stderr,
+        )
+        return 1
+    try:
+        return session.run()
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,159 @@
+"""``mlx-harmony-generate``: one prompt in, the answer out.
+
+The prompt comes from ``--prompt`` or stdin. The answer streams to stdout as plain text
+(``--show-thinking`` streams the reasoning to stderr); ``--json`` prints one object instead,
+with the reasoning, the answer, how the turn ended and its stats. It takes the chat's model,
+prompt-config, sampling, tool and debug flags and runs the same chat turn, with retries and
+tools, through the controller's front end.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from typing import Any, TextIO
+
+from mlx_harmony.controller import (
+    TRUNCATED_MARKER,
+    AnswerDelta,
+    ChatFrontend,
+    CommandOutput,
+    FinishReason,
+    RetryEvent,
+    ThinkingDelta,
+    ToolCallEvent,
+    TurnDone,
+    TurnResult,
+)
+
+from .launch import BackendFactory, CliError, locate_model, make_backend, prepare
+from .options import build_generate_parser, parse_args
+from .render import one_line
+
+__all__ = ["main", "result_json", "run_generate"]
+
+
+def result_json(result: TurnResult, *, model: str) -> dict[str, Any]:
+    """What ``--json`` prints."""
+    return {
+        "model": model,
+        "final": result.final,
+        "analysis": result.analysis,
+        "finish_reason": result.finish_reason.value,
+        "truncated": result.truncated,
+        "tool_calls": [
+            {"recipient": c.recipient, "arguments": c.arguments} for c in result.tool_calls
+        ],
+        "retries": [r.to_dict() for r in result.retries],
+        "stats": {
+            "prompt_tokens": result.prompt_tokens,
+            "completion_tokens": result.completion_tokens,
+            **result.timing(),
+        },
+    }
+
+
+def run_generate(
+    argv: Sequence[str] | None = None,
+    *,
+    stdin: TextIO | None = None,
+    stdout: TextIO | None = None,
+    stderr: TextIO | None = None,
+    backend_factory: BackendFactory | None = None,
+) -> int:
+    """`main` with its streams and backend given (tests); returns the exit status."""
+    stdin = stdin if stdin is not None else sys.stdin
+    stdout = stdout if stdout is not None else sys.stdout
+    stderr = stderr if stderr is not None else sys.stderr
+    args = parse_args(build_generate_parser(), argv)
+    prompt = args.prompt
+    if prompt is None:
+        if stdin.isatty():
+            raise CliError("give the prompt with --prompt TEXT, or pipe it on stdin")
+        prompt = stdin.read()
+    if not prompt.strip():
+        raise CliError("the prompt is empty")
+    launch = prepare(args, chat_files=False)
+    location = locate_model(launch)
+    closers: list[Callable[[], Any]] = []
+    try:
+        backend = (backend_factory or make_backend)(launch, location, on_close=closers.append)
+        front = ChatFrontend(
+            backend,
+            config=launch.config,
+            model_path=location.name,
+            prompt_config_path=launch.prompt_config_path,
+            tools=dict(launch.settings.tools),
+        )
+        if launch.settings.uses_demo_model:
+            print("note: no --model or --profile: answering with the tiny demo model", file=stderr)
+        for note in launch.notes:
+            print(f"note: {note}", file=stderr)
+        result = _run(front, prompt, args, stdout, stderr)
+    finally:
+        for close in reversed(closers):
+            close()
+    if result is None:
+        return 1
+    if args.json:
+        json.dump(result_json(result, model=location.name), stdout, ensure_ascii=False, indent=2)
+        stdout.write("\n")
+    else:
+        if result.truncated:
+            stdout.write(f" {TRUNCATED_MARKER}")
+        stdout.write("\n")
+    stdout.flush()
+    return 130 if result.finish_reason is FinishReason.CANCELLED else 0
+
+
+def _run(
+    front: ChatFrontend, prompt: str, args: Any, stdout: TextIO, stderr: TextIO
+) -> TurnResult | None:
+    cancel = threading.Event()
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGINT, lambda *_: cancel.set())
+    result: TurnResult | None = None
+    answer_started = False
+    try:
+        for event in front.send(prompt, cancel=cancel):
+            if isinstance(event, ThinkingDelta) and args.show_thinking:
+                stderr.write(event.text)
+                stderr.flush()
+            elif isinstance(event, AnswerDelta) and not args.json:
+                text = event.text if answer_started else event.text.lstrip()
+                answer_started = answer_started or bool(text)
+                stdout.write(text)
+                stdout.flush()
+            elif isinstance(event, RetryEvent):
+                print(f"\nnote: attempt {event.attempt}: {event.detail}", file=stderr)
+            elif isinstance(event, ToolCallEvent):
+                call = event.call
+                print(f"note: tool {call.recipient}: {one_line(call.arguments, 80)}", file=stderr)
+            elif isinstance(event, CommandOutput) and event.error:
+                print(f"mlx-harmony-generate: error: {event.text}", file=stderr)
+            elif isinstance(event, TurnDone):
+                result = event.result
+        if args.show_thinking and result is not None and result.analysis:
+            stderr.write("\n")
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Answer one prompt; the exit status (0, 1 for an error, 2 for a usage error, 130 when
+    cancelled with Ctrl-C)."""
+    try:
+        return run_generate(argv)
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else 1
+    except CliError as error:
+        print(f"mlx-harmony-generate: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,314 @@
+"""From parsed flags to a ready session: read the files, merge the settings, find the model,
+build the backend.
+
+`prepare(args)` does the reading (profiles, prompt config, the chat to resume) and calls the
+pure `merge_settings`; `locate_model` finds the model folder (building the demo model the
+first time, downloading a hub repo when needed); `make_backend` loads it, or connects to a
+server. The heavy imports (mlx-generate, mlx-lm) happen only inside `make_backend`, which the
+chat runs on its worker thread so the prompt is up while the weights load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlx_harmony.chat_history import ChatLog, ChatLogError, Finding, load_chat
+from mlx_harmony.controller import (
+    ChatBackend,
+    ConfigError,
+    DebugOptions,
+    LocalBackend,
+    Profiles,
+    PromptConfig,
+    ToolRegistry,
+)
+
+from .options import command_line_from
+from .settings import Settings, SettingsError, merge_settings
+
+__all__ = [
+    "DEMO_MODEL_ENV",
+    "PROFILES_ENV",
+    "PROFILE_FILES",
+    "BackendFactory",
+    "CliError",
+    "Launch",
+    "ModelLocation",
+    "demo_model_path",
+    "locate_model",
+    "make_backend",
+    "mlx_harmony_home",
+    "prepare",
+]
+
+DEMO_MODEL_ENV = "MLX_HARMONY_DEMO_MODEL"
+"""A prebuilt demo model folder to use instead of building one (tests, CI)."""
+# Where mlx-harmony-demo-model keeps its build (`demo_model_path()`), and the file it writes
+# last into a finished build (`BUILD_RECORD`). Importing that package imports mlx-lm (seconds),
+# so the chat looks for a finished build itself and leaves the full check to the worker
+# thread; a test keeps these in step with the package.
+DEMO_MODEL_FOLDER = ("models", "mlx-harmony-demo")
+DEMO_BUILD_RECORD = "mlx_harmony_demo.json"
+PROFILES_ENV = "MLX_HARMONY_PROFILES"
+"""The profiles file when ``--profiles-file`` is not given (the server reads it too)."""
+PROFILE_FILES = ("profiles.json", "configs/profiles.json")
+"""Where ``--profile`` looks next (in the current folder)."""
+
+
+BackendFactory = Callable[..., ChatBackend]
+"""``(launch, location, *, on_close) -> ChatBackend``: `make_backend` or a test double."""
+
+
+class CliError(Exception):
+    """A problem the user can fix; printed as one line, exit status 1."""
+
+
+@dataclass
+class Launch:
+    """Everything read from disk and merged, before any model is loaded."""
+
+    args: argparse.Namespace
+    settings: Settings
+    prompt_config_path: str | None = None
+    log: ChatLog | None = None
+    chat_path: Path | None = None
+    autosave: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def config(self) -> PromptConfig:
+        return self.settings.config
+
+
+@dataclass(frozen=True)
+class ModelLocation:
+    """Where the model is: a local folder (``path``) or a server (``server``); ``name`` is
+    what the chat log records (None: the server's default model) and ``label`` what the
+    toolbar shows."""
+
+    name: str | None
+    label: str
+    path: Path | None = None
+    server: str | None = None
+    check_demo: bool = False
+    """The demo model's build was found but not checked against the installed recipe: the
+    backend runs ``ensure_demo_model`` (which rebuilds a stale one) before loading it."""
+
+
+def _profiles_file(args: argparse.Namespace) -> Path:
+    if args.profiles_file:
+        return Path(args.profiles_file)
+    if os.environ.get(PROFILES_ENV):
+        return Path(os.environ[PROFILES_ENV]).expanduser()
+    for candidate in PROFILE_FILES:
+        if Path(candidate).is_file():
+            return Path(candidate)
+    raise CliError(
+        f"--profile {args.profile} needs a profiles file: pass --profiles-file PATH or set "
+        f"{PROFILES_ENV} (looked for {' and '.join(PROFILE_FILES)} in {Path.cwd()})"
+    )
+
+
+def _load_chat(path: Path, notes: list[str]) -> ChatLog:
+    findings: list[Finding] = []
+    try:
+        log = load_chat(path, on_warning=findings.append)
+    except ChatLogError as error:
+        raise CliError(f"cannot load the chat: {error}") from None
+    notes.extend(f"warning: {finding}" for finding in findings)
+    return log
+
+
+def prepare(args: argparse.Namespace, *, chat_files: bool = True) -> Launch:
+    """Read the sources the flags name and merge the settings (see `merge_settings`)."""
+    notes: list[str] = []
+    log: ChatLog | None = None
+    chat_path: Path | None = None
+    autosave = False
+    if chat_files:
+        if args.chat:
+            chat_path, autosave = Path(args.chat), True
+            if chat_path.exists():
+                log = _load_chat(chat_path, notes)
+        if args.load_conversation:
+            chat_path = Path(args.load_conversation)
+            if not chat_path.exists():
+                raise CliError(
+                    f"--load-conversation {chat_path}: no such file (use --chat PATH to start "
+                    "a chat file that does not exist yet)"
+                )
+            log = _load_chat(chat_path, notes)
+        if args.save_conversation:
+            target = Path(args.save_conversation)
+            if target.exists() and (chat_path is None or target.resolve() != chat_path.resolve()):
+                raise CliError(
+                    f"--save-conversation {target}: the file exists and would be overwritten; "
+                    "continue it with --chat PATH, or pick a new name"
+                )
+            chat_path, autosave = target, True
+
+    try:
+        profile = None
+        if args.profile or args.profiles_file:
+            profile = Profiles.from_file(_profiles_file(args)).resolve(args.profile)
+        config: PromptConfig | None = None
+        config_path: str | None = None
+        if args.prompt_config:
+            config = PromptConfig.from_file(args.prompt_config)
+            config_path = os.fspath(Path(args.prompt_config).resolve())
+        elif profile is not None:
+            config = profile.prompt_config
+            config_path = (
+                os.fspath(profile.prompt_config_path) if profile.prompt_config_path else None
+            )
+        elif log is not None and log.header.prompt_config_path:
+            saved = Path(log.header.prompt_config_path)
+            if saved.is_file():
+                config, config_path = PromptConfig.from_file(saved), os.fspath(saved)
+            else:
+                notes.append(
+                    f"the chat's prompt config {saved} is gone; using the chat's settings only"
+                )
+        settings = merge_settings(
+            command_line_from(args),
+            chat=log.header if log is not None else None,
+            prompt_config=config,
+            profile=(profile.name, profile.model) if profile is not None else None,
+            chat_source=os.fspath(chat_path) if chat_path is not None else "the chat",
+        )
+    except (ConfigError, SettingsError) as error:
+        raise CliError(str(error)) from None
+    notes.extend(settings.skipped)
+    return Launch(args, settings, config_path, log, chat_path, autosave, notes)
+
+
+def mlx_harmony_home() -> Path:
+    """``$MLX_HARMONY_HOME``, else ~/.cache/mlx-harmony (the demo-model package's rule)."""
+    env = os.environ.get("MLX_HARMONY_HOME")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "mlx-harmony"
+
+
+def demo_model_path(*, progress: bool = True) -> tuple[Path, bool]:
+    """The demo model's folder: ``$MLX_HARMONY_DEMO_MODEL``, a finished build (still to be
+    checked: the second value), else built now with a progress bar."""
+    env = os.environ.get(DEMO_MODEL_ENV)
+    if env:
+        path = Path(env).expanduser()
+        if not (path / "config.json").is_file():
+            raise CliError(f"{DEMO_MODEL_ENV}={env} is not a model folder (no config.json)")
+        return path, False
+    built = mlx_harmony_home().joinpath(*DEMO_MODEL_FOLDER)
+    if (built / DEMO_BUILD_RECORD).is_file():
+        return built, True
+    return _ensure_demo_model(progress=progress), False
+
+
+def _ensure_demo_model(*, progress: bool) -> Path:
+    if progress:
+        print("Building the demo model (once; about a minute)…", file=sys.stderr)
+    from mlx_harmony.demo_model import ensure_demo_model
+
+    return Path(ensure_demo_model(progress=progress))
+
+
+def locate_model(launch: Launch, *, progress: bool = True) -> ModelLocation:
+    """Find the model: the server, a local folder, a name in ``models_dir``, a hub repo
+    (downloaded now, with its progress bar), or the demo model (built the first time)."""
+    args = launch.args
+    model = launch.settings.model
+    if args.server:
+        label = f"{model} @ {args.server}" if model else args.server
+        return ModelLocation(name=model, label=label, server=args.server)
+    if model is None:
+        path, check = demo_model_path(progress=progress)
+        return ModelLocation(name=os.fspath(path), label="demo model", path=path, check_demo=check)
+    local = Path(model).expanduser()
+    if local.exists():
+        return ModelLocation(name=os.fspath(local.resolve()), label=local.name, path=local)
+    models_dir = launch.config.models_dir
+    if models_dir is not None and (models_dir / model).exists():
+        found = models_dir / model
+        return ModelLocation(name=os.fspath(found), label=model, path=found)
+    from mlx_harmony.generate import ModelLoadError, resolve_model_path
+
+    try:
+        path = resolve_model_path(model)
+    except ModelLoadError as error:
+        raise CliError(str(error)) from None
+    return ModelLocation(name=model, label=model.rsplit("/", 1)[-1], path=path)
+
+
+def make_tools(launch: Launch) -> ToolRegistry | None:
+    tools = launch.settings.tools
+    if not any(tools.values()):
+        return None
+    return ToolRegistry.from_flags(
+        browser=tools["browser"],
+        python=tools["python"],
+        apply_patch=tools["apply_patch"],
+        workspace=Path.cwd() if tools["apply_patch"] else None,
+    )
+
+
+def debug_options(args: argparse.Namespace) -> DebugOptions | None:
+    options = DebugOptions(raw=args.debug, tokens=args.debug_tokens, folder=args.debug_file)
+    return options if options.enabled else None
+
+
+def make_backend(
+    launch: Launch, location: ModelLocation, *, on_close: Callable[[Callable[[], Any]], None]
+) -> ChatBackend:
+    """Load the model (or connect to the server) and build the backend. Resources to release
+    at the end (the generator, the tools) are passed to `on_close`."""
+    if location.server is not None:
+        return _server_backend(location, on_close=on_close)
+    from mlx_harmony.generate import ModelLoadError, TokenGenerator
+
+    assert location.path is not None
+    path = _ensure_demo_model(progress=False) if location.check_demo else location.path
+    cfg = launch.config.effective()
+    tools = make_tools(launch)
+    if tools is not None:
+        on_close(tools.close)
+    try:
+        generator = TokenGenerator(
+            path,
+            max_kv_size=cfg.max_kv_size,
+            loop_detection=cfg.loop_detection,
+            reseed_each_turn=cfg.reseed_each_turn,
+            mlock=cfg.mlock,
+        )
+    except ModelLoadError as error:
+        raise CliError(str(error)) from None
+    on_close(generator.close)
+    return LocalBackend(generator, tools=tools, debug=debug_options(launch.args))
+
+
+def _server_backend(
+    location: ModelLocation, *, on_close: Callable[[Callable[[], Any]], None]
+) -> ChatBackend:
+    """The controller's `ServerBackend` (over the api-client), after checking that the server answers (and, without
+    ``--model``, which model it serves)."""
+    from mlx_harmony.api_client import APIError, Client
+    from mlx_harmony.controller.remote import ServerBackend
+
+    assert location.server is not None
+    client = Client(location.server, max_retries=0)
+    on_close(client.close)
+    try:
+        served = [m.get("id") for m in client.models()]
+    except APIError as error:
+        raise CliError(f"the server at {location.server} does not answer: {error}") from None
+    model = location.name
+    if model is not None and served and model not in served:
+        raise CliError(
+            f"the server at {location.server} has no model {model!r}; it serves "
+            f"{', '.join(map(str, served))}"
+        )
+    return ServerBackend(client, model=model)

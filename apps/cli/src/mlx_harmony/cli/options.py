@@ -1,0 +1,339 @@
+"""Command-line flags shared by `mlx-harmony-chat` and `mlx-harmony-generate`.
+
+Every field of `mlx_harmony.sampling.SamplingParams` has one flag (``top_p`` is ``--top-p``),
+made from the field itself, so a new sampling parameter gets its flag, its help and its
+validation without touching this module. Values are checked by SamplingParams when the
+command line is parsed, so a mistake is reported as a usage error naming the flag.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any, get_args, get_origin
+
+from pydantic import ValidationError
+
+from mlx_harmony.sampling import SamplingParams
+
+from .settings import TOOL_NAMES, CommandLine
+
+__all__ = [
+    "GENERATION_FLAGS",
+    "SAMPLING_FLAGS",
+    "add_common_options",
+    "build_chat_parser",
+    "build_generate_parser",
+    "command_line_from",
+    "flag_name",
+    "parse_args",
+]
+
+
+def flag_name(field: str) -> str:
+    """``top_p`` -> ``--top-p``."""
+    return "--" + field.replace("_", "-")
+
+
+SAMPLING_FLAGS: dict[str, str] = {flag_name(name): name for name in SamplingParams.model_fields}
+"""Each sampling flag and the SamplingParams field it sets."""
+
+GENERATION_FLAGS: dict[str, str] = {
+    "--max-tokens": "max_tokens",
+    "--reasoning-effort": "reasoning_effort",
+    "--performance-mode": "performance_mode",
+    "--loop-detection": "loop_detection",
+    "--max-kv-size": "max_kv_size",
+    "--mlock": "mlock",
+}
+"""Flags that set other prompt-config keys."""
+
+
+def _scalar(annotation: Any) -> type:
+    """int or float inside ``Annotated[...]`` / ``X | None``."""
+    if annotation in (int, float):
+        return annotation
+    for arg in get_args(annotation):
+        if arg in (int, float):
+            return arg
+        found = _scalar(arg)
+        if found is not type(None):
+            return found
+    return type(None)
+
+
+def _container(annotation: Any) -> Any:
+    """tuple or dict when the field holds one (possibly inside Annotated / Optional)."""
+    origin = get_origin(annotation)
+    if origin in (tuple, dict):
+        return origin
+    if origin in (typing.Union, types.UnionType, typing.Annotated):
+        for arg in get_args(annotation):
+            found = _container(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _logit_bias_item(text: str) -> tuple[int, float]:
+    token, sep, bias = text.partition("=")
+    try:
+        if not sep:
+            raise ValueError
+        return int(token), float(bias)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected TOKEN_ID=BIAS such as 1234=-100, got {text!r}"
+        ) from None
+
+
+def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group(
+        "sampling", "Sampling parameters (default: the prompt config's, else SamplingParams')."
+    )
+    for flag, name in SAMPLING_FLAGS.items():
+        info = SamplingParams.model_fields[name]
+        help_text = f"{info.description} (default {json.dumps(_jsonable(info.default))})"
+        container = _container(info.annotation)
+        if container is tuple:
+            group.add_argument(
+                flag, dest=name, type=int, nargs="+", metavar="TOKEN_ID", help=help_text
+            )
+        elif container is dict:
+            group.add_argument(
+                flag,
+                dest=name,
+                type=_logit_bias_item,
+                nargs="+",
+                metavar="TOKEN_ID=BIAS",
+                help=help_text,
+            )
+        else:
+            kind = _scalar(info.annotation)
+            metavar = "N" if kind is int else "X"
+            group.add_argument(flag, dest=name, type=kind, metavar=metavar, help=help_text)
+
+
+def _jsonable(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    """The model, prompt-config, sampling, generation, tool and debug flags."""
+    model = parser.add_argument_group("model")
+    model.add_argument(
+        "--model",
+        metavar="MODEL",
+        help="An MLX model folder or a Hugging Face repo id (openai/gpt-oss-20b, "
+        "mlx-community/gpt-oss-20b-MXFP4-Q8); a bare name is also looked up in the prompt "
+        "config's models_dir. Default: the profile's, the resumed chat's, else the demo model.",
+    )
+    model.add_argument("--profile", metavar="NAME", help="A profile: a model and a prompt config.")
+    model.add_argument(
+        "--profiles-file",
+        metavar="PATH",
+        help="The profiles file (default: $MLX_HARMONY_PROFILES, ./profiles.json, else "
+        "./configs/profiles.json); without --profile its default profile is used.",
+    )
+    model.add_argument(
+        "--prompt-config",
+        metavar="PATH",
+        help="A prompt config JSON file (wins over the profile's).",
+    )
+    model.add_argument(
+        "--server",
+        metavar="URL",
+        help="Chat with a running mlx-harmony server (e.g. http://127.0.0.1:8000) instead of "
+        "loading a model here; --model then names one of the server's models.",
+    )
+    _add_sampling_options(parser)
+
+    gen = parser.add_argument_group("generation")
+    gen.add_argument("--max-tokens", type=int, metavar="N", help="Most tokens one reply may use.")
+    gen.add_argument(
+        "--reasoning-effort",
+        choices=("low", "medium", "high"),
+        type=str.lower,
+        help="gpt-oss reasoning effort.",
+    )
+    gen.add_argument(
+        "--performance-mode",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Use the prompt config's perf_* values (shorter, faster replies).",
+    )
+    gen.add_argument(
+        "--loop-detection",
+        choices=("off", "cheap", "full"),
+        type=str.lower,
+        help="Stop replies stuck repeating themselves (default: cheap).",
+    )
+    gen.add_argument(
+        "--max-kv-size",
+        type=int,
+        metavar="N",
+        help="Rotating KV cache size in tokens (default: grows as needed).",
+    )
+    gen.add_argument(
+        "--mlock",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Keep the weights wired in memory (Metal).",
+    )
+
+    tools = parser.add_argument_group(
+        "tools", "Built-in gpt-oss tools (default: off, or what the resumed chat used)."
+    )
+    tools.add_argument(
+        "--browser",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Let the model open web pages.",
+    )
+    tools.add_argument(
+        "--python",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Let the model run Python in a limited subprocess.",
+    )
+    tools.add_argument(
+        "--apply-patch",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="Let the model edit files under the current folder.",
+    )
+
+    debug = parser.add_argument_group("debugging")
+    debug.add_argument(
+        "--debug",
+        action="store_true",
+        help="Print each raw prompt and response (stderr).",
+    )
+    debug.add_argument(
+        "--debug-tokens",
+        choices=("in", "out", "both"),
+        help="Print the prompt's and/or the response's token ids (stderr).",
+    )
+    debug.add_argument(
+        "--debug-file",
+        metavar="DIR",
+        help="Write every prompt, response and retry decision under DIR, one folder each.",
+    )
+
+
+def build_chat_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlx-harmony-chat",
+        description="Chat with a gpt-oss (or other MLX) model in the terminal. With no model "
+        "flag it uses the tiny demo model. Enter sends, Esc-Enter (Alt-Enter) adds a line, "
+        "\\help lists the chat commands, Ctrl-C stops a reply, Ctrl-D quits.",
+    )
+    parser.add_argument("--version", action="version", version=_version_text())
+    add_common_options(parser)
+    chats = parser.add_argument_group("chat files (chat-log v2)")
+    chats.add_argument(
+        "--chat",
+        metavar="PATH",
+        help="Continue PATH if it exists (with its model, unless given) and save to it after "
+        "every exchange.",
+    )
+    chats.add_argument(
+        "--load-conversation", metavar="PATH", help="Start from a saved chat (\\save writes back)."
+    )
+    chats.add_argument(
+        "--save-conversation", metavar="PATH", help="Save the chat to PATH after every exchange."
+    )
+    display = parser.add_argument_group("display")
+    display.add_argument(
+        "--no-markdown",
+        dest="markdown",
+        action="store_false",
+        help="Print answers as plain text instead of rendered markdown.",
+    )
+    display.add_argument(
+        "--hide-thinking", action="store_true", help="Do not show the model's reasoning."
+    )
+    return parser
+
+
+def build_generate_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mlx-harmony-generate",
+        description="Answer one prompt and exit: the answer on stdout, or --json with the "
+        "reasoning, the answer and the stats.",
+    )
+    parser.add_argument("--version", action="version", version=_version_text())
+    parser.add_argument(
+        "--prompt", metavar="TEXT", help="The prompt (default: read from stdin until EOF)."
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help="Print one JSON object: final, analysis, finish_reason, truncated, stats.",
+    )
+    parser.add_argument(
+        "--show-thinking", action="store_true", help="Stream the reasoning to stderr."
+    )
+    add_common_options(parser)
+    return parser
+
+
+def _version_text() -> str:
+    from importlib.metadata import version
+
+    return f"%(prog)s {version('mlx-harmony-cli')}"
+
+
+def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    for flag, name in SAMPLING_FLAGS.items():
+        value = getattr(args, name)
+        if value is None:
+            continue
+        if isinstance(value, list) and name == "logit_bias":
+            value = dict(value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        try:
+            SamplingParams.model_validate({name: value})
+        except ValidationError as error:
+            parser.error(f"{flag}: {error.errors()[0]['msg'].removeprefix('Value error, ')}")
+        setattr(args, name, value)
+    for flag in ("--max-tokens", "--max-kv-size"):
+        value = getattr(args, GENERATION_FLAGS[flag])
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be at least 1, got {value}")
+    if getattr(args, "chat", None) and (args.load_conversation or args.save_conversation):
+        parser.error(
+            "--chat loads and saves one file; use it alone, or --load-conversation and "
+            "--save-conversation"
+        )
+    if args.server and any(
+        getattr(args, name) for name in ("browser", "python", "apply_patch", "mlock")
+    ):
+        parser.error(
+            "--browser, --python, --apply-patch and --mlock apply to a local model; "
+            "the server decides its own tools and memory"
+        )
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse and check `argv` (usage errors exit with status 2, as argparse does)."""
+    args = parser.parse_args(argv)
+    _check(parser, args)
+    return args
+
+
+def command_line_from(args: argparse.Namespace) -> CommandLine:
+    """The settings the flags ask for, for `merge_settings`."""
+    values: dict[str, Any] = {name: getattr(args, name) for name in SAMPLING_FLAGS.values()}
+    values.update({name: getattr(args, name) for name in GENERATION_FLAGS.values()})
+    tools = {name: getattr(args, name) for name in TOOL_NAMES}
+    return CommandLine(
+        values={k: v for k, v in values.items() if v is not None},
+        model=args.model,
+        tools=tools,
+        server=args.server,
+    )
