@@ -293,8 +293,8 @@ def make_backend(
 def _server_backend(
     location: ModelLocation, *, on_close: Callable[[Callable[[], Any]], None]
 ) -> ChatBackend:
-    """The controller's `ServerBackend` (over the api-client), after checking that the server answers (and, without
-    ``--model``, which model it serves)."""
+    """The controller's `ServerBackend` over the api-client, once the server answers (and,
+    without ``--model``, says which model it serves)."""
     from mlx_harmony.api_client import APIError, Client
     from mlx_harmony.controller.remote import ServerBackend
 
