@@ -3,7 +3,8 @@
 Answers must be `<|channel|>analysis<|message|>...<|end|><|start|>assistant<|channel|>final
 <|message|>...<|return|>`; a time question, with the tool declared, must end in the call
 `<|start|>assistant<|channel|>commentary to=functions.get_current_time <|constrain|>json
-<|message|>{}<|call|>`. Prompts here are not in the training data.
+<|message|>{}<|call|>`. The questions here are not in the training data, except the canonical
+"What time is it?".
 """
 
 from __future__ import annotations

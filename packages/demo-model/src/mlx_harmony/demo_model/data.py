@@ -159,13 +159,9 @@ def time_call_completion() -> str:
     )
 
 
+@lru_cache(maxsize=4096)
 def encode_completion(text: str) -> tuple[int, ...]:
     """Completion text with its special tokens written inline, as token ids."""
-    return _encode_cached(text)
-
-
-@lru_cache(maxsize=4096)
-def _encode_cached(text: str) -> tuple[int, ...]:
     return tuple(get_encoding().encode(text, allowed_special="all"))
 
 
