@@ -285,9 +285,8 @@ class TokenGenerator:
         loop_detection: LoopDetector | LoopDetectionMode | str | None = None,
     ) -> Iterator[int]:
         """Yield generated token ids (a stop token included); `last_stats` has the rest."""
-        self._close_active()
         tokens = self._tokens(
-            self._run(
+            self.stream(
                 prompt_tokens=prompt_tokens,
                 sampling=sampling,
                 max_tokens=max_tokens,
@@ -297,11 +296,9 @@ class TokenGenerator:
                 logits_processors=logits_processors,
                 loop_detection=loop_detection,
                 detokenize=False,
-                logprobs=False,
-                prompt_progress_callback=None,
             )
         )
-        self._active = weakref.ref(tokens)
+        self._active = weakref.ref(tokens)  # closing the token view closes the stream under it
         return tokens
 
     @staticmethod
