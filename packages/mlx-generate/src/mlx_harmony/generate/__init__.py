@@ -3,9 +3,18 @@
 from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
+from .batch import (
+    BatchGenerator,
+    BatchOutput,
+    BatchRequest,
+    BatchStats,
+    BatchTokenGenerator,
+    PrefillInfo,
+)
 from .cache import CacheReuse, PromptCache, common_prefix_len, make_cache, maybe_quantize_kv_cache
 from .detokenizer import ByteLevelDetokenizer, Detokenizer, make_detokenizer
-from .generator import HARMONY_END_TOKEN, HARMONY_STOP_TOKENS, TokenGenerator
+from .emit import TokenEvents
+from .generator import HARMONY_END_TOKEN, HARMONY_STOP_TOKENS, ModelFacts, TokenGenerator
 from .loading import (
     HARMONY_MODEL_TYPES,
     LoadedModel,
@@ -26,6 +35,7 @@ from .loop import (
     stream_generate,
 )
 from .loop_detection import LoopDetectionMode, LoopDetector, make_loop_detector
+from .shared_cache import CacheHit, SharedPromptCache
 from .stats import CacheReuseMode, GenerationStats, StopReason
 from .stop_strings import StopStringMatcher
 
@@ -38,7 +48,13 @@ __all__ = [
     "HARMONY_END_TOKEN",
     "HARMONY_MODEL_TYPES",
     "HARMONY_STOP_TOKENS",
+    "BatchGenerator",
+    "BatchOutput",
+    "BatchRequest",
+    "BatchStats",
+    "BatchTokenGenerator",
     "ByteLevelDetokenizer",
+    "CacheHit",
     "CacheReuse",
     "CacheReuseMode",
     "Cancel",
@@ -49,12 +65,16 @@ __all__ = [
     "LogitsProcessor",
     "LoopDetectionMode",
     "LoopDetector",
+    "ModelFacts",
     "ModelLoadError",
+    "PrefillInfo",
     "PromptCache",
     "Sampler",
+    "SharedPromptCache",
     "StopReason",
     "StopStringMatcher",
     "StreamEvent",
+    "TokenEvents",
     "TokenGenerator",
     "__version__",
     "common_prefix_len",

@@ -22,7 +22,7 @@ from .stats import GenerationStats
 if TYPE_CHECKING:
     from mlx_harmony.sampling import SamplingParams
 
-__all__ = ["HARMONY_END_TOKEN", "HARMONY_STOP_TOKENS", "TokenGenerator"]
+__all__ = ["HARMONY_END_TOKEN", "HARMONY_STOP_TOKENS", "ModelFacts", "TokenGenerator", "token_view"]
 
 HARMONY_STOP_TOKENS = frozenset({200002, 200012})
 """<|return|> and <|call|>: where a Harmony assistant turn ends."""
@@ -46,7 +46,63 @@ def _model_bytes(model: Any) -> int:
     )
 
 
-class TokenGenerator:
+def token_view(events: Generator[StreamEvent, None, None]) -> Generator[int, None, None]:
+    """The token ids of a stream of events; closing the view closes the stream."""
+    try:
+        for event in events:
+            if event.token is not None:
+                yield event.token
+    finally:
+        events.close()
+
+
+class ModelFacts:
+    """What a generator says about its model; `loaded` is the `LoadedModel`."""
+
+    loaded: LoadedModel
+
+    @property
+    def model(self) -> Any:
+        return self.loaded.model
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.loaded.tokenizer
+
+    @property
+    def is_harmony(self) -> bool:
+        return self.loaded.is_harmony
+
+    @property
+    def model_type(self) -> str:
+        return self.loaded.model_type
+
+    @property
+    def default_stop_tokens(self) -> frozenset[int]:
+        """Harmony: <|return|> and <|call|> (plus the tokenizer's EOS ids, never <|end|>);
+        other models: the tokenizer's EOS ids."""
+        eos = self.loaded.eos_token_ids
+        if self.is_harmony:
+            return (_harmony_stop_tokens() | eos) - {HARMONY_END_TOKEN}
+        return eos
+
+    def apply_chat_template(self, messages: list[dict[str, Any]], **kwargs: Any) -> list[int]:
+        """Prompt tokens from the tokenizer's chat template (non-Harmony models)."""
+        return self.loaded.apply_chat_template(messages, **kwargs)
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def decode(self, tokens: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(tokens))
+
+    def _stop_token_set(self, stop_tokens: Iterable[int] | None) -> frozenset[int]:
+        if stop_tokens is None:
+            return self.default_stop_tokens
+        return frozenset(int(t) for t in stop_tokens)
+
+
+class TokenGenerator(ModelFacts):
     """Generate from a model with prompt-cache reuse across calls.
 
     Construct with a model folder, a Hugging Face repo id or a `LoadedModel`; then call
@@ -109,43 +165,6 @@ class TokenGenerator:
         self._old_wired_limit: int | None = None
         if mlock:
             self._wire_memory()
-
-    # -- model facts ---------------------------------------------------------------------
-
-    @property
-    def model(self) -> Any:
-        return self.loaded.model
-
-    @property
-    def tokenizer(self) -> Any:
-        return self.loaded.tokenizer
-
-    @property
-    def is_harmony(self) -> bool:
-        return self.loaded.is_harmony
-
-    @property
-    def model_type(self) -> str:
-        return self.loaded.model_type
-
-    @property
-    def default_stop_tokens(self) -> frozenset[int]:
-        """Harmony: <|return|> and <|call|> (plus the tokenizer's EOS ids, never <|end|>);
-        other models: the tokenizer's EOS ids."""
-        eos = self.loaded.eos_token_ids
-        if self.is_harmony:
-            return (_harmony_stop_tokens() | eos) - {HARMONY_END_TOKEN}
-        return eos
-
-    def apply_chat_template(self, messages: list[dict[str, Any]], **kwargs: Any) -> list[int]:
-        """Prompt tokens from the tokenizer's chat template (non-Harmony models)."""
-        return self.loaded.apply_chat_template(messages, **kwargs)
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def decode(self, tokens: Sequence[int]) -> str:
-        return self.tokenizer.decode(list(tokens))
 
     # -- memory ----------------------------------------------------------------------------
 
@@ -285,7 +304,7 @@ class TokenGenerator:
         loop_detection: LoopDetector | LoopDetectionMode | str | None = None,
     ) -> Iterator[int]:
         """Yield generated token ids (a stop token included); `last_stats` has the rest."""
-        tokens = self._tokens(
+        tokens = token_view(
             self.stream(
                 prompt_tokens=prompt_tokens,
                 sampling=sampling,
@@ -300,15 +319,6 @@ class TokenGenerator:
         )
         self._active = weakref.ref(tokens)  # closing the token view closes the stream under it
         return tokens
-
-    @staticmethod
-    def _tokens(events: Generator[StreamEvent, None, None]) -> Generator[int, None, None]:
-        try:
-            for event in events:
-                if event.token is not None:
-                    yield event.token
-        finally:
-            events.close()
 
     def _run(
         self,

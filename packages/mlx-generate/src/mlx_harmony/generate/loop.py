@@ -22,10 +22,9 @@ import mlx.nn as nn
 from mlx_lm.models.cache import KVCache
 
 from .cache import CacheReuse, PromptCache, maybe_quantize_kv_cache
-from .detokenizer import make_detokenizer
-from .loop_detection import LoopDetectionMode, LoopDetector, make_loop_detector
+from .emit import StreamEvent, TokenEvents
+from .loop_detection import LoopDetectionMode, LoopDetector
 from .stats import CacheReuseMode, GenerationStats, StopReason
-from .stop_strings import StopStringMatcher
 
 __all__ = [
     "Cancel",
@@ -60,19 +59,6 @@ def _new_generation_stream() -> Any:
 
 generation_stream = _new_generation_stream()
 """The stream generation runs on, as in mlx-lm (thread-local where MLX supports it)."""
-
-
-@dataclass(slots=True)
-class StreamEvent:
-    """One generated token and the text it completes; the last event of a generation carries
-    `stop_reason` and `stats` (and `token` is None when it ended without a new token:
-    cancellation)."""
-
-    token: int | None
-    text: str = ""
-    logprobs: mx.array | None = None
-    stop_reason: StopReason | None = None
-    stats: GenerationStats | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -270,19 +256,14 @@ def stream_generate(
         if tokenizer is None:
             raise ValueError("stop_tokens=None means the tokenizer's EOS ids; pass a tokenizer")
         stop_tokens = tokenizer.eos_token_ids
-    stops = frozenset(int(t) for t in stop_tokens)
-    matcher = StopStringMatcher(stop_strings) if stop_strings else None
-    if (detokenize or matcher is not None) and tokenizer is None:
-        raise ValueError(
-            "text deltas and stop strings need a tokenizer; pass one, or detokenize=False "
-            "without stop strings"
-        )
-    detokenizer = make_detokenizer(tokenizer) if (detokenize or matcher is not None) else None
-    if isinstance(loop_detection, LoopDetector):
-        detector = loop_detection
-    else:
-        detector = make_loop_detector(loop_detection)
-    interval = detector.interval
+    out = TokenEvents(
+        tokenizer,
+        stop_tokens=stop_tokens,
+        stop_strings=stop_strings,
+        detokenize=detokenize,
+        loop_detection=loop_detection,
+        max_tokens=max_tokens,
+    )
 
     if prompt_cache is None:
         cache = PromptCache(
@@ -330,18 +311,9 @@ def stream_generate(
         should_stop=should_stop,
     )
 
-    generated: list[int] = []
-    append = generated.append
     committed = False
     t_prefill = time.perf_counter()
     t_first = t_prefill
-    reason: StopReason | None = None
-    stop_token: int | None = None
-    stop_string: str | None = None
-    next_check = interval if interval else -1
-    last_token: int | None = None
-    last_text = ""
-    last_scores: mx.array | None = None
     n = 0
     try:
         for token, scores in steps:
@@ -349,78 +321,44 @@ def stream_generate(
             if n == 1:
                 t_first = time.perf_counter()
             if should_stop is not None and should_stop():
-                append(token)  # fed to the cache already, never handed out
-                reason = StopReason.CANCELLED
+                out.cancel(token)  # fed to the cache already, never handed out
                 break
-            append(token)
-            text = ""
-            if token in stops:
-                reason = StopReason.STOP
-                stop_token = token
-            else:
-                if detokenizer is not None:
-                    text = detokenizer.add_token(token)
-                    if matcher is not None:
-                        text, stop_string = matcher.feed(text)
-                        if stop_string is not None:
-                            reason = StopReason.STOP
-                if reason is None:
-                    if n == max_tokens:
-                        reason = StopReason.LENGTH
-                    elif n == next_check:
-                        next_check += interval
-                        if detector(generated):
-                            reason = StopReason.LOOP_DETECTED
-            if reason is None:
-                yield StreamEvent(token, text, scores)
-                continue
-            last_token, last_text, last_scores = token, text, scores
-            break
+            event = out.add(token, scores)
+            if event is None:
+                break
+            yield event
         else:
-            reason = StopReason.CANCELLED  # the prompt was cancelled before the first token
+            out.cancel()  # the prompt was cancelled before the first token
         t_end = time.perf_counter()
-
-        if stop_string is None and detokenizer is not None:
-            tail = detokenizer.finalize()
-            if matcher is not None:
-                tail, stop_string = matcher.feed(tail)
-                if stop_string is None:
-                    tail += matcher.flush()
-                elif reason is not StopReason.STOP:
-                    reason = StopReason.STOP
-            last_text += tail
         steps.close()
-        cache.commit(prompt_ids + generated, single_tail=prompt_done)
+        cache.commit(prompt_ids + out.generated, single_tail=prompt_done)
         committed = True
 
-        completion = len(generated) - (1 if reason is StopReason.CANCELLED and n else 0)
+        final = out.final()
+        completion = out.handed_out
         decode_s = t_end - t_first if completion else 0.0
-        prefill_s = (t_first if n else t_end) - t_prefill
-        stats = GenerationStats(
+        final.stats = GenerationStats(
             prompt_tokens=n_prompt,
             reused_prompt_tokens=reused,
             prefilled_tokens=n_prompt - reused,
-            prefill_s=prefill_s,
+            prefill_s=(t_first if n else t_end) - t_prefill,
             time_to_first_token_s=(t_first - t_start) if n else 0.0,
             completion_tokens=completion,
             decode_s=decode_s,
             decode_tokens_per_s=(completion - 1) / decode_s if completion > 1 and decode_s else 0.0,
             peak_memory_gb=mx.get_peak_memory() / 1e9,
             kv_length=cache.offset,
-            stop_reason=reason,
-            loop_detection=detector.mode.value,
+            stop_reason=final.stop_reason,
+            loop_detection=out.detector.mode.value,
             cache_reuse=reuse.mode,
-            stop_token=stop_token,
-            stop_string=stop_string,
+            stop_token=out.stop_token,
+            stop_string=out.stop_string,
         )
-        if reason is StopReason.CANCELLED:
-            yield StreamEvent(None, last_text, None, reason, stats)
-        else:
-            yield StreamEvent(last_token, last_text, last_scores, reason, stats)
+        yield final
     finally:
         steps.close()
         if not committed:
-            cache.commit(prompt_ids + generated, single_tail=prompt_done)
+            cache.commit(prompt_ids + out.generated, single_tail=prompt_done)
 
 
 def generate(

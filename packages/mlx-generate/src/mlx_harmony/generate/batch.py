@@ -1,0 +1,742 @@
+"""Continuous batching: many generations share each decode step of one model.
+
+`BatchGenerator` is the engine, driven by one thread: `insert` requests at any time, call
+`step` in a loop. Each step runs one decode step for every running request (one forward pass
+over the batch) and, between steps, one prefill chunk of the next newcomer, so a long prompt
+never stalls the running requests for more than a chunk. A newcomer is prefilled alone in its
+own single-sequence cache (the same cache and chunks as a lone generation) and joins the batch
+when only its last prompt token is left, which the next batched step feeds. Finished, cancelled
+and failed requests leave the batch at the step that finds them; the rest go on.
+
+Steps are pipelined as in mlx-lm: the next forward pass is queued before the tokens of the
+current one are read back, so the device works while Python hands tokens out.
+
+Each request has its own sampler with its own PRNG key, its own logits processors, stop tokens
+and token limit, so its output does not depend on what else runs: under greedy sampling a
+request gives the same tokens batched as alone (tested). gpt-oss's sliding-window layers batch
+through mlx-lm's `BatchRotatingKVCache`.
+
+`BatchTokenGenerator` puts the engine on its own thread behind `TokenGenerator`'s interface:
+`stream()` may be called from many threads at once, and each call is one request in the batch.
+"""
+
+from __future__ import annotations
+
+import queue
+import secrets
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .cache import make_cache
+from .emit import StreamEvent, TokenEvents
+from .generator import ModelFacts, token_view
+from .loading import LoadedModel, load_model
+from .loop import Cancel, LogitsProcessor, _as_cancel_check, _new_generation_stream
+from .loop_detection import LoopDetectionMode, LoopDetector, make_loop_detector
+from .shared_cache import SharedPromptCache
+from .stats import CacheReuseMode, GenerationStats, StopReason
+
+if TYPE_CHECKING:
+    from mlx_harmony.sampling import SamplingParams
+
+__all__ = [
+    "BatchGenerator",
+    "BatchOutput",
+    "BatchRequest",
+    "BatchStats",
+    "BatchTokenGenerator",
+    "PrefillInfo",
+]
+
+
+@dataclass(eq=False)
+class BatchRequest:
+    """One generation to run in the batch. ``sampling=None`` (or temperature 0) is greedy;
+    ``max_tokens=-1`` never stops on length; ``cancel`` is checked at every step."""
+
+    prompt: Sequence[int]
+    max_tokens: int = 256
+    sampling: SamplingParams | None = None
+    logits_processors: Sequence[LogitsProcessor] = ()
+    stop_tokens: Iterable[int] = ()
+    logprobs: bool = False
+    cancel: Callable[[], bool] | None = None
+    uid: int = -1
+    """Set by `BatchGenerator.insert`."""
+
+
+@dataclass(frozen=True, slots=True)
+class PrefillInfo:
+    """How a request's prompt got into the cache; on the request's first output."""
+
+    prompt_tokens: int
+    reused_prompt_tokens: int
+    cache_reuse: CacheReuseMode
+    queued_s: float
+    prefill_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class BatchOutput:
+    """A token of request `uid`, or (token None) the end of a request that made no new token."""
+
+    uid: int
+    token: int | None
+    logprobs: mx.array | None = None
+    finish_reason: StopReason | None = None
+    prefill: PrefillInfo | None = None
+    error: BaseException | None = None
+
+
+@dataclass
+class BatchStats:
+    """What the engine did, for benchmarks and the server's health route."""
+
+    steps: int = 0
+    generated_tokens: int = 0
+    prefilled_tokens: int = 0
+    reused_tokens: int = 0
+    finished: int = 0
+    cancelled: int = 0
+    max_batch: int = 0
+    batch_token_sum: int = 0
+    """Sum over steps of the batch size: / steps is the mean batch."""
+
+    @property
+    def mean_batch(self) -> float:
+        return self.batch_token_sum / self.steps if self.steps else 0.0
+
+
+@dataclass(eq=False)
+class _Row:
+    request: BatchRequest
+    prompt: list[int]
+    submitted: float
+    cache: list[Any] | None = None
+    done: int = 0
+    """Prompt tokens in `cache` (prefill progress)."""
+    last_chunk: int = 0
+    reused: int = 0
+    reuse_mode: CacheReuseMode = CacheReuseMode.FRESH
+    prefill_started: float = 0.0
+    prefill_s: float = 0.0
+    sampler: Any = None
+    processors: list[LogitsProcessor] = field(default_factory=list)
+    history: mx.array | None = None
+    generated: int = 0
+    fresh: bool = True
+    """The row's pending input is its last prompt token, not a generated one."""
+    info_sent: bool = False
+    stops: frozenset[int] = frozenset()
+
+    def cancelled(self) -> bool:
+        check = self.request.cancel
+        return check is not None and bool(check())
+
+
+def _request_key(sampling: SamplingParams) -> mx.array:
+    seed = sampling.seed
+    return mx.random.key(seed if seed is not None else secrets.randbits(63))
+
+
+class BatchGenerator:
+    """The continuous-batching engine; see the module docstring. One thread drives it."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        max_batch_size: int = 8,
+        prefill_step_size: int = 1024,
+        prompt_cache: SharedPromptCache | None = None,
+        stream: Any = None,
+    ) -> None:
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
+        if prefill_step_size < 1:
+            raise ValueError(f"prefill_step_size must be positive, got {prefill_step_size}")
+        self.model = model
+        self.max_batch_size = max_batch_size
+        self.prefill_step_size = prefill_step_size
+        self.prompt_cache = prompt_cache
+        self.stream = stream if stream is not None else _new_generation_stream()
+        self.stats = BatchStats()
+        self._uids = 0
+        self._waiting: deque[_Row] = deque()
+        self._prefilling: _Row | None = None
+        self._rows: list[_Row] = []
+        self._cache: list[Any] | None = None
+        self._y: mx.array | None = None
+        self._scores: list[mx.array | None] = []
+
+    # -- state ---------------------------------------------------------------------------------
+
+    @property
+    def active(self) -> int:
+        """Requests decoding in the batch."""
+        return len(self._rows)
+
+    @property
+    def waiting(self) -> int:
+        """Requests not yet in the batch (the one prefilling included)."""
+        return len(self._waiting) + (self._prefilling is not None)
+
+    @property
+    def has_work(self) -> bool:
+        return bool(self._rows or self._waiting or self._prefilling)
+
+    # -- requests --------------------------------------------------------------------------------
+
+    def insert(self, request: BatchRequest) -> int:
+        """Queue `request`; returns its uid. It joins the batch when a slot is free."""
+        prompt = [int(t) for t in request.prompt]
+        if not prompt:
+            raise ValueError("prompt must hold at least one token to generate from")
+        if request.max_tokens == 0 or request.max_tokens < -1:
+            raise ValueError(
+                f"max_tokens must be positive (or -1 for no limit), got {request.max_tokens}"
+            )
+        request.uid = self._uids
+        self._uids += 1
+        self._waiting.append(_Row(request, prompt, time.perf_counter()))
+        return request.uid
+
+    def remove(self, uid: int) -> bool:
+        """Drop request `uid` wherever it is; True when it was there."""
+        for row in self._waiting:
+            if row.request.uid == uid:
+                self._waiting.remove(row)
+                return True
+        if self._prefilling is not None and self._prefilling.request.uid == uid:
+            self._prefilling = None
+            return True
+        for i, row in enumerate(self._rows):
+            if row.request.uid == uid:
+                self._drop([j for j in range(len(self._rows)) if j != i])
+                return True
+        return False
+
+    def fail_all(self, error: BaseException) -> list[BatchOutput]:
+        """End every request with `error` (after the model itself failed) and start clean."""
+        rows = [*self._rows, *self._waiting]
+        if self._prefilling is not None:
+            rows.append(self._prefilling)
+        self._waiting.clear()
+        self._prefilling = None
+        self._rows = []
+        self._cache = None
+        self._y = None
+        self._scores = []
+        return [BatchOutput(r.request.uid, None, error=error) for r in rows]
+
+    # -- the step ------------------------------------------------------------------------------
+
+    def step(self) -> list[BatchOutput]:
+        """One decode step for the batch and one prefill chunk; the tokens it produced."""
+        with mx.stream(self.stream):
+            outputs = self._decode() if self._rows else []
+            outputs += self._prefill()
+        return outputs
+
+    def _decode(self) -> list[BatchOutput]:
+        rows = self._rows
+        assert self._y is not None
+        next_y, next_scores = self._forward(self._y)
+        mx.async_eval(next_y, *(s for s in next_scores if s is not None))
+        tokens = self._y.tolist()
+        scores = self._scores
+        stats = self.stats
+        stats.steps += 1
+        stats.batch_token_sum += len(rows)
+        stats.max_batch = max(stats.max_batch, len(rows))
+        outputs: list[BatchOutput] = []
+        keep: list[int] = []
+        for i, row in enumerate(rows):
+            if row.cancelled():
+                stats.cancelled += 1
+                outputs.append(BatchOutput(row.request.uid, None, None, StopReason.CANCELLED))
+                continue
+            if row.fresh:  # its last prompt token went in: nothing to hand out yet
+                row.fresh = False
+                keep.append(i)
+                continue
+            token = tokens[i]
+            row.generated += 1
+            reason = None
+            if token in row.stops:
+                reason = StopReason.STOP
+            elif row.generated == row.request.max_tokens:
+                reason = StopReason.LENGTH
+            info = None
+            if not row.info_sent:
+                row.info_sent = True
+                info = PrefillInfo(
+                    len(row.prompt),
+                    row.reused,
+                    row.reuse_mode,
+                    row.prefill_started - row.submitted,
+                    row.prefill_s,
+                )
+            outputs.append(BatchOutput(row.request.uid, token, scores[i], reason, info))
+            if reason is None:
+                keep.append(i)
+            else:
+                stats.finished += 1
+        stats.generated_tokens += sum(o.token is not None for o in outputs)
+        self._y, self._scores = next_y, next_scores
+        if len(keep) < len(rows):
+            self._drop(keep)
+        if stats.steps % 256 == 0:
+            mx.clear_cache()
+        return outputs
+
+    def _drop(self, keep: list[int]) -> None:
+        if not keep:
+            self._rows = []
+            self._cache = None
+            self._y = None
+            self._scores = []
+            return
+        self._rows = [self._rows[i] for i in keep]
+        assert self._cache is not None
+        assert self._y is not None
+        for c in self._cache:
+            c.filter(keep)
+        self._y = self._y[mx.array(keep)]
+        self._scores = [self._scores[i] for i in keep]
+
+    def _forward(self, y: mx.array) -> tuple[mx.array, list[mx.array | None]]:
+        rows = self._rows
+        logits = self.model(y[:, None], cache=self._cache)[:, -1, :]
+        if any(row.processors for row in rows):
+            parts = []
+            for i, row in enumerate(rows):
+                part = logits[i : i + 1]
+                if row.processors:
+                    token = y[i : i + 1]
+                    row.history = (
+                        token if row.history is None else mx.concatenate([row.history, token])
+                    )
+                    for processor in row.processors:
+                        part = processor(row.history, part)
+                parts.append(part)
+            logits = mx.concatenate(parts, axis=0)
+        samplers = [row.sampler for row in rows]
+        wants = [row.request.logprobs or row.sampler is not None for row in rows]
+        if not any(wants):
+            return mx.argmax(logits, axis=-1), [None] * len(rows)
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        if all(s is None for s in samplers):
+            next_y = mx.argmax(logits, axis=-1)
+        else:
+            next_y = mx.concatenate(
+                [
+                    s(logprobs[i : i + 1]) if s is not None else mx.argmax(logits[i : i + 1], -1)
+                    for i, s in enumerate(samplers)
+                ]
+            )
+        scores = [logprobs[i] if row.request.logprobs else None for i, row in enumerate(rows)]
+        return next_y, scores
+
+    # -- prefill -----------------------------------------------------------------------------------
+
+    def _prefill(self) -> list[BatchOutput]:
+        """Prefill newcomers: up to `prefill_step_size` tokens while others decode, or until
+        one joins the batch when nothing does."""
+        outputs: list[BatchOutput] = []
+        budget = self.prefill_step_size
+        while budget > 0 or not self._rows:
+            row = self._prefilling
+            if row is None:
+                if not self._waiting or len(self._rows) >= self.max_batch_size:
+                    break
+                row = self._waiting.popleft()
+                if row.cancelled():
+                    outputs.append(self._cancelled(row))
+                    continue
+                self._start(row)
+                self._prefilling = row
+            target = len(row.prompt) - 1
+            if row.done < target:
+                n = min(self.prefill_step_size, target - row.done)
+                if self._rows:
+                    n = min(n, budget)
+                chunk = mx.array(row.prompt[row.done : row.done + n])
+                self.model(chunk[None], cache=row.cache)
+                mx.eval([c.state for c in row.cache])
+                mx.clear_cache()
+                row.done += n
+                row.last_chunk = n
+                budget -= n
+                self.stats.prefilled_tokens += n
+                if row.cancelled():
+                    self._prefilling = None
+                    outputs.append(self._cancelled(row))
+                    continue
+                if row.done < target:
+                    continue
+            self._prefilling = None
+            self._join(row)
+        return outputs
+
+    def _cancelled(self, row: _Row) -> BatchOutput:
+        self.stats.cancelled += 1
+        return BatchOutput(row.request.uid, None, None, StopReason.CANCELLED)
+
+    def _start(self, row: _Row) -> None:
+        request = row.request
+        row.prefill_started = time.perf_counter()
+        row.stops = frozenset(int(t) for t in request.stop_tokens)
+        hit = self.prompt_cache.fetch(row.prompt) if self.prompt_cache is not None else None
+        if hit is not None:
+            row.cache, row.reused, row.done = hit.caches, hit.reused, hit.reused
+            row.reuse_mode = CacheReuseMode.TRIM if hit.trimmed else CacheReuseMode.EXTEND
+            self.stats.reused_tokens += hit.reused
+        else:
+            row.cache = make_cache(self.model)
+        processors = list(request.logits_processors or ())
+        sampling = request.sampling
+        if sampling is not None:
+            processors = list(sampling.make_logits_processors() or ()) + processors
+            if sampling.temperature != 0:
+                row.sampler = sampling.make_sampler(key=_request_key(sampling))
+        row.processors = processors
+        if processors:
+            row.history = mx.array(row.prompt[:-1]) if len(row.prompt) > 1 else None
+
+    def _join(self, row: _Row) -> None:
+        """The prompt is in the row's cache but for its last token: keep a copy for later
+        requests, then merge the row into the batch."""
+        assert row.cache is not None
+        row.prefill_s = time.perf_counter() - row.prefill_started
+        if self.prompt_cache is not None and row.done > row.reused:
+            self.prompt_cache.insert(
+                row.prompt[: row.done], row.cache, single_tail=row.last_chunk == 1
+            )
+        merged = [c.merge([c]) for c in row.cache]
+        row.cache = None
+        last = mx.array(row.prompt[-1:], dtype=mx.uint32)
+        if self._cache is None:
+            self._cache = merged
+            self._y = last
+            self._scores = [None]
+        else:
+            for mine, theirs in zip(self._cache, merged, strict=True):
+                mine.extend(theirs)
+            assert self._y is not None
+            self._y = mx.concatenate([self._y.astype(mx.uint32), last])
+            self._scores.append(None)
+        row.fresh = True
+        self._rows.append(row)
+
+
+class _Submission:
+    __slots__ = ("outbox", "request")
+
+    def __init__(self, request: BatchRequest) -> None:
+        self.request = request
+        self.outbox: queue.SimpleQueue[BatchOutput] = queue.SimpleQueue()
+
+
+class BatchTokenGenerator(ModelFacts):
+    """`TokenGenerator`'s interface over a `BatchGenerator` on its own thread: each `stream()`
+    call, from any thread, is one request in the shared batch.
+
+    The engine thread loads the model and makes every MLX call; callers only read tokens and
+    turn them into text. Prompt caches come from a `SharedPromptCache` of
+    ``prompt_cache_size`` entries and at most ``prompt_cache_bytes`` bytes.
+    """
+
+    def __init__(
+        self,
+        model: str | Path | LoadedModel,
+        *,
+        lazy: bool = False,
+        revision: str | None = None,
+        max_batch_size: int = 8,
+        prefill_step_size: int = 1024,
+        prompt_cache_size: int = 16,
+        prompt_cache_bytes: int | None = None,
+        loop_detection: LoopDetector | LoopDetectionMode | str = LoopDetectionMode.CHEAP,
+    ) -> None:
+        self.prompt_cache = SharedPromptCache(
+            max_entries=prompt_cache_size, max_bytes=prompt_cache_bytes
+        )
+        self.loop_detector = (
+            loop_detection
+            if isinstance(loop_detection, LoopDetector)
+            else make_loop_detector(loop_detection)
+        )
+        self._inbox: queue.SimpleQueue[_Submission | None] = queue.SimpleQueue()
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._closed = False
+        self.engine: BatchGenerator | None = None
+        self._thread = threading.Thread(
+            target=self._serve,
+            args=(model, lazy, revision, max_batch_size, prefill_step_size),
+            name="mlx-harmony-batch",
+            daemon=True,
+        )
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    @property
+    def stats(self) -> BatchStats:
+        assert self.engine is not None
+        return self.engine.stats
+
+    def reset_cache(self) -> None:
+        """Forget every cached prompt prefix."""
+        self.prompt_cache.clear()
+
+    def close(self) -> None:
+        """Finish the running requests' current step, end them all, stop the thread."""
+        if self._closed:
+            return
+        self._closed = True
+        self._inbox.put(None)
+        self._thread.join(30)
+
+    def __enter__(self) -> BatchTokenGenerator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the engine thread -------------------------------------------------------------------------
+
+    def _serve(
+        self,
+        model: str | Path | LoadedModel,
+        lazy: bool,
+        revision: str | None,
+        max_batch_size: int,
+        prefill_step_size: int,
+    ) -> None:
+        try:
+            self.loaded = (
+                model
+                if isinstance(model, LoadedModel)
+                else load_model(model, lazy=lazy, revision=revision)
+            )
+            self.engine = BatchGenerator(
+                self.loaded.model,
+                max_batch_size=max_batch_size,
+                prefill_step_size=prefill_step_size,
+                prompt_cache=self.prompt_cache,
+            )
+        except BaseException as error:
+            self._error = error
+            return
+        finally:
+            self._ready.set()
+        engine = self.engine
+        outboxes: dict[int, queue.SimpleQueue[BatchOutput]] = {}
+        stopping = False
+        while not stopping:
+            try:
+                item = self._inbox.get(block=not engine.has_work)
+                while True:
+                    if item is None:
+                        stopping = True
+                        break
+                    try:
+                        outboxes[engine.insert(item.request)] = item.outbox
+                    except BaseException as error:
+                        item.outbox.put(BatchOutput(-1, None, error=error))
+                    item = self._inbox.get_nowait()
+            except queue.Empty:
+                pass
+            if stopping:
+                break
+            try:
+                outputs = engine.step()
+            except BaseException as error:  # the model failed: end every request with it
+                outputs = engine.fail_all(error)
+            for output in outputs:
+                box = outboxes.get(output.uid)
+                if box is None:
+                    continue
+                box.put(output)
+                if output.finish_reason is not None or output.error is not None:
+                    del outboxes[output.uid]
+        shutdown = RuntimeError("the batch generator was closed")
+        for output in engine.fail_all(shutdown):
+            box = outboxes.pop(output.uid, None)
+            if box is not None:
+                box.put(output)
+        # Tear this thread's streams down now: left to process exit, they can abort the
+        # interpreter ("terminate called without an active exception", ml-explore/mlx#3126).
+        mx.synchronize()
+        clear_streams = getattr(mx, "clear_streams", None)
+        if clear_streams is not None:
+            clear_streams()
+
+    # -- generation -----------------------------------------------------------------------------
+
+    def stream(
+        self,
+        *,
+        prompt_tokens: Sequence[int],
+        sampling: SamplingParams | None = None,
+        max_tokens: int = 512,
+        stop_tokens: Iterable[int] | None = None,
+        stop_strings: Sequence[str] = (),
+        cancel: Cancel = None,
+        logits_processors: Sequence[LogitsProcessor] | None = None,
+        loop_detection: LoopDetector | LoopDetectionMode | str | None = None,
+        detokenize: bool = True,
+        logprobs: bool = False,
+        prompt_progress_callback: Callable[[int, int], None] | None = None,
+    ) -> Iterator[StreamEvent]:
+        """As `TokenGenerator.stream`; safe to call from several threads at once."""
+        if isinstance(prompt_tokens, str):
+            raise TypeError(
+                "prompt_tokens must be token ids; encode text with generator.encode(...) or "
+                "apply_chat_template(...)"
+            )
+        if self._closed:
+            raise RuntimeError("the batch generator is closed; make a new one")
+        stops = self._stop_token_set(stop_tokens)
+        events = TokenEvents(
+            self.tokenizer,
+            stop_tokens=stops,
+            stop_strings=stop_strings,
+            detokenize=detokenize,
+            loop_detection=self.loop_detector if loop_detection is None else loop_detection,
+            max_tokens=max_tokens,
+        )
+        return self._consume(
+            list(prompt_tokens),
+            events,
+            sampling=sampling,
+            stops=stops,
+            cancel=_as_cancel_check(cancel),
+            logits_processors=logits_processors,
+            logprobs=logprobs,
+            progress=prompt_progress_callback,
+        )
+
+    def generate(
+        self,
+        *,
+        prompt_tokens: Sequence[int],
+        sampling: SamplingParams | None = None,
+        max_tokens: int = 512,
+        stop_tokens: Iterable[int] | None = None,
+        stop_strings: Sequence[str] = (),
+        cancel: Cancel = None,
+        logits_processors: Sequence[LogitsProcessor] | None = None,
+        loop_detection: LoopDetector | LoopDetectionMode | str | None = None,
+    ) -> Iterator[int]:
+        """Yield generated token ids (a stop token included)."""
+        return token_view(
+            self.stream(
+                prompt_tokens=prompt_tokens,
+                sampling=sampling,
+                max_tokens=max_tokens,
+                stop_tokens=stop_tokens,
+                stop_strings=stop_strings,
+                cancel=cancel,
+                logits_processors=logits_processors,
+                loop_detection=loop_detection,
+                detokenize=False,
+            )
+        )
+
+    def _consume(
+        self,
+        prompt: list[int],
+        out: TokenEvents,
+        *,
+        sampling: SamplingParams | None,
+        stops: frozenset[int],
+        cancel: Callable[[], bool] | None,
+        logits_processors: Sequence[LogitsProcessor] | None,
+        logprobs: bool,
+        progress: Callable[[int, int], None] | None,
+    ) -> Iterator[StreamEvent]:
+        t_start = time.perf_counter()
+        ended = threading.Event()
+
+        def stop_asked() -> bool:
+            return ended.is_set() or (cancel is not None and cancel())
+
+        submission = _Submission(
+            BatchRequest(
+                prompt=prompt,
+                max_tokens=out.max_tokens,
+                sampling=sampling,
+                logits_processors=tuple(logits_processors or ()),
+                stop_tokens=stops,
+                logprobs=logprobs,
+                cancel=stop_asked,
+            )
+        )
+        if progress is not None:
+            progress(0, len(prompt))
+        info: PrefillInfo | None = None
+        t_first = t_end = 0.0
+        try:
+            self._inbox.put(submission)
+            get = submission.outbox.get
+            while True:
+                output = get()
+                if output.error is not None:
+                    raise output.error
+                if output.prefill is not None:
+                    info = output.prefill
+                token = output.token
+                if token is None:
+                    out.cancel()
+                    break
+                if not t_first:
+                    t_first = time.perf_counter()
+                    if progress is not None:
+                        progress(len(prompt), len(prompt))
+                if cancel is not None and cancel():
+                    out.cancel(token)
+                    break
+                event = out.add(token, output.logprobs)
+                if event is None:
+                    break
+                yield event
+                if output.finish_reason is not None:  # the engine ended it: a loose end
+                    out.cancel()
+                    break
+            t_end = time.perf_counter()
+        finally:
+            ended.set()
+        final = out.final()
+        completion = out.handed_out
+        decode_s = t_end - t_first if completion and t_first else 0.0
+        reused = info.reused_prompt_tokens if info is not None else 0
+        final.stats = GenerationStats(
+            prompt_tokens=len(prompt),
+            reused_prompt_tokens=reused,
+            prefilled_tokens=len(prompt) - reused,
+            prefill_s=info.prefill_s if info is not None else 0.0,
+            time_to_first_token_s=t_first - t_start if t_first else 0.0,
+            completion_tokens=completion,
+            decode_s=decode_s,
+            decode_tokens_per_s=(completion - 1) / decode_s if completion > 1 and decode_s else 0.0,
+            peak_memory_gb=mx.get_peak_memory() / 1e9,
+            kv_length=len(prompt) + len(out.generated),
+            stop_reason=final.stop_reason,
+            loop_detection=out.detector.mode.value,
+            cache_reuse=info.cache_reuse if info is not None else CacheReuseMode.FRESH,
+            stop_token=out.stop_token,
+            stop_string=out.stop_string,
+        )
+        yield final
