@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import httpx
@@ -155,11 +156,23 @@ def test_a_full_queue_is_a_503_with_retry_after(
 ) -> None:
     server = start_server(echo(delay=0.05), max_queue=1)
     with Client(server.url) as client, client.stream_chat(USER) as stream:
-        next(iter(stream))  # the one slot is taken
+        next(iter(stream))  # the model is busy with this one
+        queued: list[httpx.Response] = []
+        waiter = threading.Thread(
+            target=lambda: queued.append(post(server.url, {"messages": USER}))
+        )
+        waiter.start()
+        assert wait_for(lambda: server.app.state.worker.waiting == 1)  # the one queue place
         response = post(server.url, {"messages": USER})
         error = assert_openai_error(response, 503)
         assert error["code"] == "queue_full"
         assert response.headers["retry-after"] == "1"
+        assert "--max-queue 1" in error["message"]
+        for _ in stream:
+            pass
+    waiter.join(30)
+    assert queued[0].status_code == 200  # the waiting one ran once the model was free
+    assert server.app.state.worker.stats.rejected == 1
 
 
 def test_n_above_one_is_refused(server: Any) -> None:

@@ -145,9 +145,10 @@ def test_a_client_that_leaves_stops_the_real_generation(real: Any, wait_for: Any
         )
     worker = real.worker
     assert wait_for(lambda: worker.stats.cancelled == 1, timeout=60)
-    stats = worker.state.generator.last_stats
-    assert str(stats.stop_reason) == "cancelled"
-    assert stats.completion_tokens < 3000
+    batch = worker.state.generator  # the batching generator: the request left the batch
+    assert wait_for(lambda: not batch.engine.has_work, timeout=10)
+    assert batch.stats.cancelled == 1
+    assert batch.stats.generated_tokens < 3000
 
 
 @pytest.mark.parametrize(
@@ -174,7 +175,10 @@ def test_extreme_sampling_values_never_break_the_real_model(
 
 def test_the_trained_model_streams_reasoning_then_answer(real: Any) -> None:
     needs_trained(real)
-    with Client(real.url) as client, client.stream_chat(ask("What is the moon?")) as stream:
+    with (
+        Client(real.url) as client,
+        client.stream_chat(ask("What is the moon?"), temperature=0) as stream,
+    ):
         kinds = [type(e).__name__ for e in stream if type(e).__name__.endswith("Delta")]
     assert kinds.count("ReasoningDelta") > 3
     assert kinds.count("ContentDelta") > 3

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -12,6 +13,8 @@ from fastapi import FastAPI
 from .errors import install_error_handlers
 from .middleware import BodyLimitMiddleware, RequestLogMiddleware, make_request_logger
 from .models import ModelRegistry, load_generator
+from .response_store import ResponseStore
+from .responses import ResponsesService, responses_router
 from .routes import health_router, v1_router
 from .service import ChatService
 from .settings import ServerSettings
@@ -42,12 +45,28 @@ def create_app(
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        worker = ModelWorker(loader or load_generator, max_queue=settings.max_queue)
+        worker = ModelWorker(
+            loader
+            or functools.partial(
+                load_generator,
+                max_concurrency=settings.max_concurrency,
+                prompt_cache_size=settings.prompt_cache_size,
+                prompt_cache_bytes=settings.prompt_cache_bytes,
+            ),
+            max_queue=settings.max_queue,
+            max_concurrency=settings.max_concurrency,
+        )
         worker.start()
         app.state.settings = settings
         app.state.registry = registry
         app.state.worker = worker
         app.state.chat = ChatService(registry, worker, max_tokens_cap=settings.max_tokens_cap)
+        app.state.responses = ResponsesService(
+            registry,
+            worker,
+            ResponseStore(settings.response_store_size),
+            max_tokens_cap=settings.max_tokens_cap,
+        )
         try:
             if settings.preload:
                 await asyncio.to_thread(worker.load, registry.default)
@@ -64,6 +83,7 @@ def create_app(
     install_error_handlers(app)
     app.include_router(health_router)
     app.include_router(v1_router)
+    app.include_router(responses_router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestLogMiddleware, logger=make_request_logger(settings.log_file))
     return app

@@ -25,6 +25,37 @@ def _positive(text: str) -> int:
     return value
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
+    return value
+
+
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20}
+_UNITS["GIB"] = 2**30
+
+
+def _byte_size(text: str) -> int:
+    """``4GB``, ``512MiB`` or plain bytes."""
+    number = text.strip().upper().rstrip()
+    unit = number.lstrip("0123456789.")
+    digits = number[: len(number) - len(unit)]
+    scale = _UNITS.get(unit.strip())
+    try:
+        value = float(digits)
+    except ValueError:
+        value = -1.0
+    if scale is None or value < 0:
+        raise argparse.ArgumentTypeError(
+            f"expected a size like 4GB, 512MB, 2GiB or a number of bytes, got {text!r}"
+        )
+    return int(value * scale)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mlx-harmony-server",
@@ -71,7 +102,35 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"largest request body (default {DEFAULT_MAX_BODY_BYTES})",
     )
     parser.add_argument(
-        "--max-queue", type=_positive, default=64, help="requests queued at once (default 64)"
+        "--max-queue",
+        type=_positive,
+        default=64,
+        help="requests that may wait beyond the running ones; more get a 503 (default 64)",
+    )
+    parser.add_argument(
+        "--max-concurrency",
+        type=_positive,
+        default=8,
+        help="requests that decode together in one batch (default 8; 1: one at a time)",
+    )
+    parser.add_argument(
+        "--prompt-cache-size",
+        type=_count,
+        default=16,
+        help="prompt-prefix caches kept across requests and conversations (default 16; 0: off)",
+    )
+    parser.add_argument(
+        "--prompt-cache-bytes",
+        type=_byte_size,
+        default=None,
+        help="the most memory those caches may hold, e.g. 4GB or 512MB (default: no limit "
+        "beyond --prompt-cache-size)",
+    )
+    parser.add_argument(
+        "--response-store-size",
+        type=_positive,
+        default=256,
+        help="responses kept in memory for previous_response_id (default 256)",
     )
     parser.add_argument("--log-level", default="info", help="uvicorn's log level")
     return parser
@@ -96,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
             log_file=args.log_file,
             max_body_bytes=args.max_body_bytes,
             max_queue=args.max_queue,
+            max_concurrency=args.max_concurrency,
+            prompt_cache_size=args.prompt_cache_size,
+            prompt_cache_bytes=args.prompt_cache_bytes,
+            response_store_size=args.response_store_size,
         )
         from .app import create_app
 

@@ -15,6 +15,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .admission import client_key, current_client
 from .errors import error_body
 
 __all__ = ["BodyLimitMiddleware", "RequestLogMiddleware", "make_request_logger"]
@@ -51,6 +52,10 @@ class RequestLogMiddleware:
         request_id = "".join(c for c in request_id if c.isalnum() or c in "-_.")[:64] or "req"
         state: dict[str, Any] = scope.setdefault("state", {})
         state["request_id"] = request_id
+        client = scope.get("client")
+        current_client.set(
+            client_key(_header(scope, b"authorization"), client[0] if client else None)
+        )
         status = 500
 
         async def send_with_id(message: Message) -> None:

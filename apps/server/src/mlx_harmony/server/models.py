@@ -7,6 +7,7 @@ order (``GET /v1/models``): the default model, the folders, then the profiles.
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -24,6 +25,8 @@ __all__ = [
     "demo_model_folder",
     "load_generator",
 ]
+
+logger = logging.getLogger("mlx_harmony.server")
 
 DEMO_MODEL_ID = "mlx-harmony-demo"
 _DEMO = "<demo>"
@@ -73,12 +76,37 @@ def demo_model_folder() -> Path:
     return folder
 
 
-def load_generator(entry: ModelEntry) -> Any:
-    """mlx-generate's `TokenGenerator` for `entry`, set up from its prompt config."""
-    from mlx_harmony.generate import TokenGenerator
+def load_generator(
+    entry: ModelEntry,
+    *,
+    max_concurrency: int = 1,
+    prompt_cache_size: int = 16,
+    prompt_cache_bytes: int | None = None,
+) -> Any:
+    """The generator for `entry`, set up from its prompt config: mlx-generate's
+    `BatchTokenGenerator` when requests may run together, else its `TokenGenerator`.
+
+    A rotating KV cache (``max_kv_size``) does not batch, so it keeps the one-at-a-time
+    generator (and says so in the log).
+    """
+    from mlx_harmony.generate import BatchTokenGenerator, TokenGenerator
 
     cfg = entry.prompt_config.effective()
     path: str | Path = demo_model_folder() if entry.is_demo else entry.model
+    if max_concurrency > 1 and cfg.max_kv_size is None:
+        return BatchTokenGenerator(
+            path,
+            max_batch_size=max_concurrency,
+            prompt_cache_size=prompt_cache_size,
+            prompt_cache_bytes=prompt_cache_bytes,
+            loop_detection=cfg.loop_detection,
+        )
+    if max_concurrency > 1:
+        logger.warning(
+            "max_kv_size=%s does not batch: serving %s one request at a time",
+            cfg.max_kv_size,
+            entry.id,
+        )
     return TokenGenerator(
         path,
         max_kv_size=cfg.max_kv_size,

@@ -321,6 +321,12 @@ class Health(BaseModel):
     prompt_config_path: str | None
     loaded_at_unix: float | None
     queued_requests: int
+    """Waiting and running requests."""
+    running_requests: int = 0
+    waiting_requests: int = 0
+    max_concurrency: int = 1
+    prompt_cache: dict[str, int] | None = None
+    """The shared prompt cache: entries, bytes, hits, misses, evictions (batching only)."""
     load_error: str | None = None
 
 

@@ -92,7 +92,24 @@ async def health(request: Request) -> dict[str, Any]:
         "prompt_config_path": entry.prompt_config_path,
         "loaded_at_unix": state.loaded_at if state is not None else None,
         "queued_requests": worker.queued,
+        "running_requests": worker.running,
+        "waiting_requests": worker.waiting,
+        "max_concurrency": worker.max_concurrency,
+        "prompt_cache": _prompt_cache(state),
         "load_error": worker.load_error,
+    }
+
+
+def _prompt_cache(state: Any) -> dict[str, int] | None:
+    cache = getattr(state.generator, "prompt_cache", None) if state is not None else None
+    if cache is None or not hasattr(cache, "evictions"):
+        return None
+    return {
+        "entries": len(cache),
+        "bytes": cache.nbytes,
+        "hits": cache.hits,
+        "misses": cache.misses,
+        "evictions": cache.evictions,
     }
 
 

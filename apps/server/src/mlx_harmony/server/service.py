@@ -46,9 +46,12 @@ __all__ = [
     "SERVER_RETRY_POLICY",
     "STRICT_RETRY_POLICY",
     "ChatService",
+    "ClientWatch",
     "Outcome",
     "RequestPlan",
+    "chat_usage",
     "plan_chat",
+    "submit_turn",
 ]
 
 SERVER_RETRY_POLICY = RetryPolicy(
@@ -276,7 +279,7 @@ def plan_chat(
 # -- answers ------------------------------------------------------------------------------------
 
 
-def _usage(finished: Finished) -> dict[str, Any]:
+def chat_usage(finished: Finished) -> dict[str, Any]:
     generations = finished.result.generations
     prompt = sum(g.prompt_tokens for g in generations)
     completion = sum(g.completion_tokens for g in generations)
@@ -323,7 +326,7 @@ Receive = Callable[[], Awaitable[dict[str, Any]]]
 
 
 @dataclass
-class _Watch:
+class ClientWatch:
     """Watches for the client going away while its job waits or runs."""
 
     job: TurnJob | CountJob
@@ -347,6 +350,18 @@ class _Watch:
     def stop(self) -> None:
         if self.task is not None and not self.task.done():
             self.task.cancel()
+
+
+def submit_turn(
+    worker: ModelWorker, plan: TurnPlan, receive: Receive | None
+) -> tuple[TurnJob, ClientWatch]:
+    """Queue `plan` on the worker and watch for its client leaving."""
+    channel = EventChannel(asyncio.get_running_loop())
+    job = TurnJob(plan, channel)
+    worker.submit(job)
+    watch = ClientWatch(job, channel)
+    watch.start(receive)
+    return job, watch
 
 
 @dataclass
@@ -377,13 +392,8 @@ class ChatService:
         entry = self.registry.resolve(body.model)
         return plan_chat(body, entry, max_tokens_cap=self.max_tokens_cap)
 
-    def _submit(self, rp: RequestPlan, receive: Receive | None) -> tuple[TurnJob, _Watch]:
-        channel = EventChannel(asyncio.get_running_loop())
-        job = TurnJob(rp.plan, channel)
-        self.worker.submit(job)
-        watch = _Watch(job, channel)
-        watch.start(receive)
-        return job, watch
+    def _submit(self, rp: RequestPlan, receive: Receive | None) -> tuple[TurnJob, ClientWatch]:
+        return submit_turn(self.worker, rp.plan, receive)
 
     async def count_tokens(self, body: ChatCompletionRequest) -> dict[str, Any]:
         rp = self.plan(body)
@@ -431,7 +441,7 @@ class ChatService:
             outcome.cancelled = True
             return None
         result = finished.result
-        usage = _usage(finished)
+        usage = chat_usage(finished)
         outcome.prompt_tokens = usage["prompt_tokens"]
         outcome.completion_tokens = usage["completion_tokens"]
         tool_calls = _tool_calls(result, rp.names)
@@ -497,7 +507,7 @@ class ChatService:
         self,
         rp: RequestPlan,
         job: TurnJob,
-        watch: _Watch,
+        watch: ClientWatch,
         first: list[Any],
         outcome: Outcome,
     ) -> AsyncIterator[bytes]:
@@ -574,7 +584,7 @@ class ChatService:
             parts.append(f'{head}{json_dumps(delta)},"logprobs":null,"finish_reason":null}}]}}\n\n')
         finish = "tool_calls" if tool_calls else _FINISH.get(result.finish_reason, "stop")
         parts.append(f'{head}{{}},"logprobs":null,"finish_reason":"{finish}"}}]}}\n\n')
-        usage = _usage(finished)
+        usage = chat_usage(finished)
         outcome.prompt_tokens = usage["prompt_tokens"]
         outcome.completion_tokens = usage["completion_tokens"]
         outcome.finish_reason = finish

@@ -41,7 +41,15 @@ class ServerSettings:
     """Where the request log goes (appended); default: stderr."""
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_queue: int = 64
-    """Requests waiting or running at once; more get a 503."""
+    """Requests waiting for the model (beyond the running ones); more get a 503."""
+    max_concurrency: int = 8
+    """Requests that decode together in one batch; 1 runs them one at a time."""
+    prompt_cache_size: int = 16
+    """Prompt-prefix caches kept across requests and conversations (LRU)."""
+    prompt_cache_bytes: int | None = None
+    """The most bytes those caches may hold; None: bounded by the count only."""
+    response_store_size: int = 256
+    """Responses kept in memory for ``previous_response_id`` (least recently used out)."""
 
     def __post_init__(self) -> None:
         if self.max_tokens_cap is not None and self.max_tokens_cap < 1:
@@ -50,6 +58,14 @@ class ServerSettings:
             raise ValueError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
         if self.max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {self.max_queue}")
+        if self.max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
+        if self.prompt_cache_size < 0:
+            raise ValueError(f"prompt_cache_size must be >= 0, got {self.prompt_cache_size}")
+        if self.prompt_cache_bytes is not None and self.prompt_cache_bytes < 0:
+            raise ValueError(f"prompt_cache_bytes must be >= 0, got {self.prompt_cache_bytes}")
+        if self.response_store_size < 1:
+            raise ValueError(f"response_store_size must be >= 1, got {self.response_store_size}")
         if self.model and self.profile:
             raise ValueError("give either a model or a profile, not both")
 

@@ -1,23 +1,29 @@
 """The model worker: one thread that owns the model and runs every MLX call, fed by a queue.
 
-MLX arrays and streams belong to the thread that made them, and one model can run one
-generation at a time, so (as mlx-lm's server does) a single thread loads the model and runs
-every turn. Requests wait their turn in a FIFO queue: fair, and no state is ever shared
-between two generations. The worker pushes each turn's events into the request's
-`EventChannel` as they happen; a request that goes away sets its job's cancel flag, which the
-generation loop checks before every token.
+One thread, the dispatcher, loads the model and hands out the work. With a batching generator
+(mlx-generate's `BatchTokenGenerator`, which keeps every MLX call on its own engine thread), up
+to ``max_concurrency`` turns run at once, each on a thread of its own that only reads tokens and
+parses them, and their tokens decode together in one batch. With a one-at-a-time generator
+(`TokenGenerator`, or ``--max-concurrency 1``) the dispatcher runs each turn itself, as mlx-lm's
+server does.
 
-Consecutive requests of one conversation share the prompt prefix, so the generator's prompt
-cache serves them (``prompt_tokens_details.cached_tokens`` says how much).
+Requests beyond the running ones wait in a bounded `FairQueue`, round-robin across clients; a
+full queue answers 503 with ``Retry-After``. The worker pushes each turn's events into the
+request's `EventChannel` as they happen; a request that goes away sets its job's cancel flag,
+which the generation checks at every step, so it leaves the batch at the next one.
+
+Consecutive requests of one conversation share the prompt prefix, so the prompt cache serves
+them (``prompt_tokens_details.cached_tokens`` says how much): the batching generator keeps an
+LRU of prefixes shared by every conversation.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +42,7 @@ from mlx_harmony.controller import (
     stream_chat_turn,
 )
 
+from .admission import FairQueue, QueueFullError, current_client
 from .channel import EventChannel
 from .errors import APIError
 from .models import ModelEntry
@@ -99,6 +106,10 @@ class WorkerStats:
     """Turns that ended because their request went away (before or during generation)."""
     failed: int = 0
     loads: int = 0
+    rejected: int = 0
+    """Requests turned away with a 503 because the queue was full."""
+    max_running: int = 0
+    """The most turns that ran at once."""
 
 
 @dataclass
@@ -142,7 +153,7 @@ class TurnJob(_Job):
         plan = self.plan
         queued = time.perf_counter() - self.submitted
         if self.cancel.is_set():
-            worker.stats.cancelled += 1
+            worker.count("cancelled")
             self.channel.close()
             return
         problem = _check_against_model(plan, state)
@@ -178,19 +189,19 @@ class TurnJob(_Job):
                     continue
                 put(event)
         except ContextOverflowError as error:
-            worker.stats.failed += 1
+            worker.count("failed")
             self.channel.close(
                 APIError(400, str(error), param="messages", code="context_length_exceeded")
             )
             return
         except BaseException as error:
-            worker.stats.failed += 1
+            worker.count("failed")
             logger.exception("the turn failed")
             self.channel.close(error)
             return
         if self.cancel.is_set():
-            worker.stats.cancelled += 1
-        worker.stats.turns += 1
+            worker.count("cancelled")
+        worker.count("turns")
         put(Finished(result, reasoning, queued))
         self.channel.close()
 
@@ -369,48 +380,59 @@ def _finite(value: float) -> float:
 
 
 class ModelWorker:
-    """The thread that owns the model; see the module docstring.
+    """The dispatcher thread and the turns it runs; see the module docstring.
 
-    ``loader`` builds the generator for a `ModelEntry` (mlx-generate's `TokenGenerator` in
-    production, a scripted test double in tests). One model is held at a time; a request for
-    another one waits its turn in the queue, then the worker swaps models.
+    ``loader`` builds the generator for a `ModelEntry` (mlx-generate's `BatchTokenGenerator`
+    or `TokenGenerator` in production, a scripted test double in tests). One model is held at
+    a time; a request for another one waits its turn, then the worker lets the running turns
+    finish and swaps models.
     """
 
-    def __init__(self, loader: ModelLoader, *, max_queue: int = 64) -> None:
+    def __init__(
+        self, loader: ModelLoader, *, max_queue: int = 64, max_concurrency: int = 1
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
         self.loader = loader
         self.max_queue = max_queue
+        self.max_concurrency = max_concurrency
         self.stats = WorkerStats()
         self.state: LoadedState | None = None
         self.load_error: str | None = None
         self.loading: ModelEntry | None = None
-        self._queue: queue.Queue[_Job | None] = queue.Queue()
+        self._queue: FairQueue[_Job] = FairQueue(max_queue)
         self._thread: threading.Thread | None = None
-        self._pending = 0
-        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Condition()
+        self._running = 0
+        self._dispatching = False
+        self._stopping = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def start(self) -> None:
         if self._thread is not None:
             return
+        self._stopping = False
         self._thread = threading.Thread(target=self._run, name="mlx-harmony-model", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 30.0) -> None:
-        """Cancel what waits, finish the current job, stop the thread."""
+        """Refuse what waits, let the running turns finish, stop the threads."""
         thread, self._thread = self._thread, None
         if thread is None:
             return
-        while True:
-            try:
-                job = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if job is not None:
-                job.cancel.set()
-                job.fail(APIError(503, "the server is shutting down", code="shutting_down"))
-        self._queue.put(None)
+        with self._lock:
+            self._stopping = True
+            self._lock.notify_all()
+        for job in self._queue.drain():
+            job.cancel.set()
+            job.fail(APIError(503, "the server is shutting down", code="shutting_down"))
+        self._queue.close()
         thread.join(timeout)
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)
         state, self.state = self.state, None
         close = getattr(state.generator, "close", None) if state is not None else None
         if callable(close):
@@ -418,26 +440,42 @@ class ModelWorker:
 
     @property
     def queued(self) -> int:
-        """Jobs submitted and not finished (the running one included)."""
-        return self._pending
+        """Jobs submitted and not finished (the running ones included)."""
+        return len(self._queue) + self._running + self._dispatching
+
+    @property
+    def running(self) -> int:
+        """Turns running now."""
+        return self._running
+
+    @property
+    def waiting(self) -> int:
+        """Jobs waiting in the queue."""
+        return len(self._queue)
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add to a `WorkerStats` counter (turns run on several threads)."""
+        with self._lock:
+            setattr(self.stats, name, getattr(self.stats, name) + n)
 
     # -- submitting ---------------------------------------------------------------------------
 
     def submit(self, job: _Job) -> None:
-        """Queue `job` (FIFO); 503 when the queue is full."""
+        """Queue `job` in its client's line; 503 with Retry-After when the queue is full."""
         if self._thread is None:
             raise APIError(503, "the model worker is not running", code="not_ready")
-        with self._lock:
-            if self._pending >= self.max_queue:
-                raise APIError(
-                    503,
-                    f"the server is busy: {self._pending} requests are queued (the limit is "
-                    f"{self.max_queue}, --max-queue); retry later",
-                    code="queue_full",
-                    headers={"Retry-After": "1"},
-                )
-            self._pending += 1
-        self._queue.put(job)
+        try:
+            self._queue.put(job, current_client.get(), force=isinstance(job, _LoadJob))
+        except QueueFullError:
+            self.count("rejected")
+            raise APIError(
+                503,
+                f"the server is busy: {len(self._queue)} requests wait behind the "
+                f"{self._running} running (limits: --max-queue {self.max_queue}, "
+                f"--max-concurrency {self.max_concurrency}); retry later",
+                code="queue_full",
+                headers={"Retry-After": "1"},
+            ) from None
 
     def load(self, entry: ModelEntry, *, timeout: float | None = None) -> None:
         """Load `entry` now (blocking); raises the loading error."""
@@ -447,26 +485,61 @@ class ModelWorker:
         if job.error is not None:
             raise job.error
 
-    # -- the thread ----------------------------------------------------------------------------
+    # -- the threads ---------------------------------------------------------------------------
 
     def _run(self) -> None:
-        while True:
+        while not self._stopping:
+            state = self.state
+            if state is not None and _batches(state, self.max_concurrency):
+                with self._lock:  # the next job waits in the (fair) queue until a slot frees
+                    self._lock.wait_for(
+                        lambda: self._running < self.max_concurrency or self._stopping
+                    )
             job = self._queue.get()
             if job is None:
-                return
+                break
+            self._dispatching = True
             try:
-                state = self._ensure(job.entry)
-            except BaseException as error:
-                job.fail(error)
-            else:
-                try:
-                    job.run(state, self)
-                except BaseException as error:  # a job's own bug: never kill the worker
-                    logger.exception("a job failed")
-                    job.fail(error)
+                self._dispatch(job)
             finally:
-                with self._lock:
-                    self._pending -= 1
+                self._dispatching = False
+        self._drain_running()
+
+    def _dispatch(self, job: _Job) -> None:
+        try:
+            state = self._ensure(job.entry)
+        except BaseException as error:
+            job.fail(error)
+            return
+        if not isinstance(job, TurnJob) or not _batches(state, self.max_concurrency):
+            self._run_job(job, state)
+            return
+        with self._lock:  # a free slot, or wait for one: the queue keeps the order meanwhile
+            self._lock.wait_for(lambda: self._running < self.max_concurrency or self._stopping)
+            self._running += 1
+            self.stats.max_running = max(self.stats.max_running, self._running)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.max_concurrency, thread_name_prefix="turn")
+        self._pool.submit(self._run_turn, job, state)
+
+    def _run_turn(self, job: _Job, state: LoadedState) -> None:
+        try:
+            self._run_job(job, state)
+        finally:
+            with self._lock:
+                self._running -= 1
+                self._lock.notify_all()
+
+    def _run_job(self, job: _Job, state: LoadedState) -> None:
+        try:
+            job.run(state, self)
+        except BaseException as error:  # a job's own bug: never kill the worker
+            logger.exception("a job failed")
+            job.fail(error)
+
+    def _drain_running(self) -> None:
+        with self._lock:
+            self._lock.wait_for(lambda: self._running == 0)
 
     def _ensure(self, entry: ModelEntry) -> LoadedState:
         state = self.state
@@ -475,6 +548,7 @@ class ModelWorker:
                 state.entry = entry
             return state
         if state is not None:
+            self._drain_running()  # the running turns finish on the old model first
             self.state = None
             close = getattr(state.generator, "close", None)
             if callable(close):
@@ -495,7 +569,7 @@ class ModelWorker:
         finally:
             self.loading = None
         self.load_error = None
-        self.stats.loads += 1
+        self.count("loads")
         logger.info("loaded %s in %.1f s", entry.model, time.perf_counter() - started)
         self.state = LoadedState(
             entry=entry,
@@ -506,6 +580,11 @@ class ModelWorker:
             loaded_at=time.time(),
         )
         return self.state
+
+
+def _batches(state: LoadedState, max_concurrency: int) -> bool:
+    """Whether the generator takes several streams at once (a batching generator)."""
+    return max_concurrency > 1 and getattr(state.generator, "max_batch_size", 1) > 1
 
 
 def _vocab_size(generator: Any) -> int | None:

@@ -1,0 +1,344 @@
+"""The OpenAI Responses API wire format: ``POST /v1/responses`` requests and the response object.
+
+Input items and tools are discriminated by their ``type``; a type this server does not serve
+(``item_reference``, ``computer_call``, a ``web_search`` tool, an ``input_image`` part) parses
+as an ``Other*`` model, so that planning refuses it with a 400 that names it instead of a
+schema error that lists every union branch. Fields of a known item with the wrong shape (a
+``function_call_output`` without ``call_id``) are a 422 naming the field (``input[2].call_id``).
+
+The shapes follow the official ``openai`` package (``openai.types.responses``). Responses are
+built as plain dicts; the models below document them in ``/openapi.json``.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
+
+__all__ = [
+    "FunctionCallItem",
+    "FunctionCallOutputItem",
+    "FunctionToolSpec",
+    "InputItem",
+    "MessageItem",
+    "OtherContent",
+    "OtherItem",
+    "OtherTool",
+    "ReasoningItem",
+    "ReasoningOptions",
+    "ResponseCreateRequest",
+    "ResponseDeleted",
+    "ResponseObject",
+    "ResponseUsage",
+    "TextContent",
+    "TextOptions",
+    "ToolSpec",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# Lists come before strings in unions so that a schema error names the list's field, not the
+# string branch.
+
+
+def _type_of(value: Any) -> Any:
+    return value.get("type") if isinstance(value, dict) else getattr(value, "type", None)
+
+
+# -- input ------------------------------------------------------------------------------------
+# Tags are capitalised so that the error handler leaves them out of a field's path.
+
+
+class TextContent(_Model):
+    """Text in a message: ``input_text`` (user, system, developer) or ``output_text``
+    (an assistant message sent back)."""
+
+    type: Literal["input_text", "output_text"]
+    text: str
+
+
+class OtherContent(_Model):
+    """Any other part (``input_image``, ``input_file``, ``refusal``, ...): refused with a 400
+    that names it, since the served models read text only."""
+
+    type: str
+
+
+def _content_tag(value: Any) -> str:
+    return "Text" if _type_of(value) in ("input_text", "output_text") else "Other"
+
+
+ContentPart = Annotated[
+    Annotated[TextContent, Tag("Text")] | Annotated[OtherContent, Tag("Other")],
+    Discriminator(_content_tag),
+]
+
+
+class MessageItem(_Model):
+    """A message. ``system`` and ``developer`` messages join the developer instructions."""
+
+    type: Literal["message"] | None = None
+    role: Literal["user", "assistant", "system", "developer"]
+    content: list[ContentPart] | str
+    phase: Literal["commentary", "final_answer"] | None = Field(
+        None,
+        description="An assistant message's kind: a preamble before tool calls (commentary) or "
+        "the answer.",
+    )
+    id: str | None = None
+    status: str | None = None
+
+
+class FunctionCallItem(_Model):
+    """A call the model made, sent back with its result (`FunctionCallOutputItem`)."""
+
+    type: Literal["function_call"]
+    call_id: str = Field(min_length=1)
+    name: str = Field(min_length=1)
+    arguments: str = Field(
+        "", description="The arguments as the model wrote them: usually JSON, not always."
+    )
+    id: str | None = None
+    status: str | None = None
+
+
+class FunctionCallOutputItem(_Model):
+    """The result of the call with the same ``call_id``."""
+
+    type: Literal["function_call_output"]
+    call_id: str = Field(min_length=1)
+    output: list[ContentPart] | str
+    id: str | None = None
+    status: str | None = None
+
+
+class ReasoningText(_Model):
+    type: Literal["reasoning_text"] = "reasoning_text"
+    text: str
+
+
+class SummaryText(_Model):
+    type: Literal["summary_text"] = "summary_text"
+    text: str
+
+
+class ReasoningItem(_Model):
+    """The model's reasoning (Harmony's analysis channel), sent back as the output gave it.
+
+    Kept in the prompt while its turn is in progress (a tool round) and dropped from earlier
+    turns, as gpt-oss expects."""
+
+    type: Literal["reasoning"]
+    id: str | None = None
+    content: list[ReasoningText] | None = None
+    summary: list[SummaryText] = Field(default_factory=list)
+    encrypted_content: str | None = None
+    status: str | None = None
+
+
+class OtherItem(_Model):
+    """An item type this server does not serve: refused with a 400 that names it."""
+
+    type: str
+
+
+_ITEM_TAGS = {
+    None: "Message",
+    "message": "Message",
+    "function_call": "FunctionCall",
+    "function_call_output": "FunctionCallOutput",
+    "reasoning": "Reasoning",
+}
+
+
+def _item_tag(value: Any) -> str:
+    kind = _type_of(value)
+    return _ITEM_TAGS.get(kind, "Other") if isinstance(kind, str | None) else "Other"
+
+
+InputItem = Annotated[
+    Annotated[MessageItem, Tag("Message")]
+    | Annotated[FunctionCallItem, Tag("FunctionCall")]
+    | Annotated[FunctionCallOutputItem, Tag("FunctionCallOutput")]
+    | Annotated[ReasoningItem, Tag("Reasoning")]
+    | Annotated[OtherItem, Tag("Other")],
+    Discriminator(_item_tag),
+]
+
+
+class FunctionToolSpec(_Model):
+    """A function tool, declared to gpt-oss as a Harmony function."""
+
+    type: Literal["function"]
+    name: str = Field(min_length=1, max_length=256)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class OtherTool(_Model):
+    """A hosted tool (``web_search``, ``file_search``, ``mcp``, ...): refused with a 400."""
+
+    type: str
+
+
+def _tool_tag(value: Any) -> str:
+    return "Function" if _type_of(value) == "function" else "Other"
+
+
+ToolSpec = Annotated[
+    Annotated[FunctionToolSpec, Tag("Function")] | Annotated[OtherTool, Tag("Other")],
+    Discriminator(_tool_tag),
+]
+
+
+class ReasoningOptions(_Model):
+    effort: str | None = Field(None, description="gpt-oss's reasoning level: low, medium or high.")
+    summary: str | None = Field(None, description="Accepted and ignored: no summaries.")
+
+
+class TextOptions(_Model):
+    format: dict[str, Any] | None = Field(
+        None,
+        description="text, json_object, or json_schema ({'type': 'json_schema', 'name', "
+        "'schema'}): the JSON kinds add an instruction to answer in JSON.",
+    )
+
+
+class ResponseCreateRequest(_Model):
+    """``POST /v1/responses``. Fields the server does not use are accepted and ignored."""
+
+    model: str | None = Field(
+        None, description="A name from GET /v1/models; empty or absent: the default model."
+    )
+    input: list[InputItem] | str | None = Field(
+        None, description="A user message as a string, or a list of input items."
+    )
+    instructions: str | None = Field(
+        None,
+        description="Developer instructions for this response (not carried over by "
+        "previous_response_id).",
+    )
+    previous_response_id: str | None = Field(
+        None,
+        description="Continue a stored response's conversation (kept in memory, bounded by "
+        "--response-store-size).",
+    )
+    reasoning: ReasoningOptions | None = None
+    tools: list[ToolSpec] | None = None
+    tool_choice: str | dict[str, Any] | None = Field(
+        None, description="auto, none, required, or {'type': 'function', 'name': ...}."
+    )
+    parallel_tool_calls: bool | None = None
+    max_output_tokens: int | None = Field(None, ge=1)
+    temperature: float | None = None
+    top_p: float | None = None
+    text: TextOptions | None = None
+    store: bool = Field(True, description="Keep the response for previous_response_id and GET.")
+    metadata: dict[str, str] | None = None
+    stream: bool = False
+    background: bool | None = Field(None, description="Only false: no background responses.")
+    conversation: Any = Field(None, description="Not supported: use previous_response_id.")
+    user: str | None = None
+
+
+# -- output (documentation) -------------------------------------------------------------------
+
+
+class _InputTokensDetails(BaseModel):
+    cached_tokens: int = Field(description="Input tokens served from the prompt cache.")
+
+
+class _OutputTokensDetails(BaseModel):
+    reasoning_tokens: int = Field(description="Tokens of the analysis channel.")
+
+
+class ResponseUsage(BaseModel):
+    input_tokens: int
+    input_tokens_details: _InputTokensDetails
+    output_tokens: int
+    output_tokens_details: _OutputTokensDetails
+    total_tokens: int
+
+
+class _OutputText(BaseModel):
+    type: Literal["output_text"] = "output_text"
+    text: str
+    annotations: list[Any] = Field(default_factory=list)
+    logprobs: list[Any] = Field(default_factory=list)
+
+
+class _OutputMessage(BaseModel):
+    id: str
+    type: Literal["message"] = "message"
+    role: Literal["assistant"] = "assistant"
+    status: Literal["in_progress", "completed", "incomplete"]
+    content: list[_OutputText]
+    phase: Literal["commentary", "final_answer"] | None = None
+
+
+class _OutputReasoning(BaseModel):
+    id: str
+    type: Literal["reasoning"] = "reasoning"
+    status: Literal["in_progress", "completed", "incomplete"]
+    content: list[ReasoningText]
+    summary: list[SummaryText]
+
+
+class _OutputFunctionCall(BaseModel):
+    id: str
+    type: Literal["function_call"] = "function_call"
+    status: Literal["in_progress", "completed", "incomplete"]
+    call_id: str
+    name: str
+    arguments: str
+
+
+class _Error(BaseModel):
+    code: str
+    message: str
+
+
+class _IncompleteDetails(BaseModel):
+    reason: Literal["max_output_tokens"]
+
+
+class ResponseObject(BaseModel):
+    """A response: ``POST /v1/responses`` (whole, or in ``response.completed`` when streamed)
+    and ``GET /v1/responses/{id}``."""
+
+    id: str
+    object: Literal["response"] = "response"
+    created_at: int
+    completed_at: int | None = None
+    status: Literal["in_progress", "completed", "incomplete", "failed"]
+    error: _Error | None = None
+    incomplete_details: _IncompleteDetails | None = None
+    model: str
+    instructions: str | None = None
+    output: list[_OutputReasoning | _OutputMessage | _OutputFunctionCall]
+    usage: ResponseUsage | None = None
+    previous_response_id: str | None = None
+    reasoning: dict[str, Any]
+    tools: list[dict[str, Any]]
+    tool_choice: str | dict[str, Any]
+    parallel_tool_calls: bool
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    text: dict[str, Any]
+    store: bool
+    metadata: dict[str, str]
+    truncation: Literal["disabled"] = "disabled"
+    background: bool = False
+    user: str | None = None
+
+
+class ResponseDeleted(BaseModel):
+    id: str
+    object: Literal["response.deleted"] = "response.deleted"
+    deleted: bool
