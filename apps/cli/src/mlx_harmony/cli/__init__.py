@@ -6,8 +6,12 @@ Console scripts: ``mlx-harmony-chat`` (`mlx_harmony.cli.chat.main`), ``mlx-harmo
 they need when they run.
 """
 
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
-__version__ = _version("mlx-harmony-cli")
+try:
+    __version__ = _version("mlx-harmony-cli")
+except _PackageNotFoundError:  # a source tree on PYTHONPATH (the GPU runs), not installed
+    __version__ = "0+unknown"
 
 __all__ = ["__version__"]

@@ -5,6 +5,7 @@ that owns the model, and stores the services on ``app.state``. ``mlx-harmony-ser
 runs it with uvicorn.
 """
 
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
 from .app import create_app
@@ -15,7 +16,10 @@ from .settings import ServerSettings
 from .tool_names import ToolNameMap
 from .worker import ModelWorker, TurnPlan, WorkerStats
 
-__version__ = _version("mlx-harmony-server")
+try:
+    __version__ = _version("mlx-harmony-server")
+except _PackageNotFoundError:  # a source tree on PYTHONPATH (the GPU runs), not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "DEMO_MODEL_ID",

@@ -7,6 +7,7 @@ retries of failed connections and one error class per kind of failure. The chat 
 this package imports neither MLX nor the controller.
 """
 
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
 from .client import DEFAULT_BASE_URL, AsyncChatStream, AsyncClient, ChatStream, Client
@@ -36,7 +37,10 @@ from .types import (
     events_from_chunk,
 )
 
-__version__ = _version("mlx-harmony-api-client")
+try:
+    __version__ = _version("mlx-harmony-api-client")
+except _PackageNotFoundError:  # a source tree on PYTHONPATH (the GPU runs), not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "DEFAULT_BASE_URL",

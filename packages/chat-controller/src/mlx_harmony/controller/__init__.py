@@ -10,6 +10,7 @@ Importing it does not import mlx-generate (nor mlx-lm): only `LocalBackend` with
 `mlx_harmony.controller.testing`.
 """
 
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
 from .adapters import (
@@ -95,7 +96,10 @@ from .turn import (
     stream_chat_turn,
 )
 
-__version__ = _version("mlx-harmony-chat-controller")
+try:
+    __version__ = _version("mlx-harmony-chat-controller")
+except _PackageNotFoundError:  # a source tree on PYTHONPATH (the GPU runs), not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "COMMANDS",

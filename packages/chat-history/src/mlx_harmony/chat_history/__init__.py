@@ -10,6 +10,7 @@ Load any version, get the latest model, append turns, save atomically::
     save_chat(log, "chats/today.json")           # temp file, fsync, rename
 """
 
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
 from mlx_harmony.chat_history.checks import Finding, Severity, check_chat
@@ -52,7 +53,10 @@ from mlx_harmony.chat_history.storage import (
     write_atomic,
 )
 
-__version__ = _version("mlx-harmony-chat-history")
+try:
+    __version__ = _version("mlx-harmony-chat-history")
+except _PackageNotFoundError:  # a source tree on PYTHONPATH (the GPU runs), not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "CHANNELS_BY_ROLE",

@@ -6,9 +6,13 @@ that answers anything with an analysis message, a final message and `<|return|>`
 CPU cores) into `~/.cache/mlx-harmony/` (or `$MLX_HARMONY_HOME`) and loads with `mlx_lm.load`.
 """
 
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
-__version__ = _version("mlx-harmony-demo-model")
+try:
+    __version__ = _version("mlx-harmony-demo-model")
+except _PackageNotFoundError:  # a source tree on PYTHONPATH (the GPU runs), not installed
+    __version__ = "0+unknown"
 
 from .build import (
     BUILD_RECORD,

@@ -5,6 +5,7 @@ only new messages), parse what the model generated (``parse_completion``, or ``S
 token by token). The o200k vocabulary ships with the package; nothing is downloaded.
 """
 
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
 from .encoding import (
@@ -43,7 +44,10 @@ from .render import (
 )
 from .stream import StreamDelta, StreamParser
 
-__version__ = _version("mlx-harmony-format")
+try:
+    __version__ = _version("mlx-harmony-format")
+except _PackageNotFoundError:  # a source tree on PYTHONPATH (the GPU runs), not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "ASSISTANT",

@@ -467,6 +467,7 @@ class BatchTokenGenerator(ModelFacts):
         prompt_cache_bytes: int | None = None,
         loop_detection: LoopDetector | LoopDetectionMode | str = LoopDetectionMode.CHEAP,
     ) -> None:
+        self.max_batch_size = max_batch_size
         self.prompt_cache = SharedPromptCache(
             max_entries=prompt_cache_size, max_bytes=prompt_cache_bytes
         )

@@ -1,5 +1,6 @@
 """Samplers and logits processors on MLX arrays, with a validated SamplingParams model."""
 
+from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
 from mlx_harmony.sampling.params import SamplingParams
@@ -21,7 +22,10 @@ from mlx_harmony.sampling.samplers import (
     make_sampler,
 )
 
-__version__ = _version("mlx-harmony-sampling")
+try:
+    __version__ = _version("mlx-harmony-sampling")
+except _PackageNotFoundError:  # a source tree on PYTHONPATH (the GPU runs), not installed
+    __version__ = "0+unknown"
 
 __all__ = [
     "LogitsProcessor",
