@@ -37,7 +37,7 @@ import mlx.nn as nn
 
 from .cache import make_cache
 from .emit import StreamEvent, TokenEvents
-from .generator import ModelFacts, token_view
+from .generator import ModelFacts
 from .loading import LoadedModel, load_model
 from .loop import Cancel, LogitsProcessor, _as_cancel_check, _new_generation_stream
 from .loop_detection import LoopDetectionMode, LoopDetector, make_loop_detector
@@ -627,33 +627,6 @@ class BatchTokenGenerator(ModelFacts):
             logits_processors=logits_processors,
             logprobs=logprobs,
             progress=prompt_progress_callback,
-        )
-
-    def generate(
-        self,
-        *,
-        prompt_tokens: Sequence[int],
-        sampling: SamplingParams | None = None,
-        max_tokens: int = 512,
-        stop_tokens: Iterable[int] | None = None,
-        stop_strings: Sequence[str] = (),
-        cancel: Cancel = None,
-        logits_processors: Sequence[LogitsProcessor] | None = None,
-        loop_detection: LoopDetector | LoopDetectionMode | str | None = None,
-    ) -> Iterator[int]:
-        """Yield generated token ids (a stop token included)."""
-        return token_view(
-            self.stream(
-                prompt_tokens=prompt_tokens,
-                sampling=sampling,
-                max_tokens=max_tokens,
-                stop_tokens=stop_tokens,
-                stop_strings=stop_strings,
-                cancel=cancel,
-                logits_processors=logits_processors,
-                loop_detection=loop_detection,
-                detokenize=False,
-            )
         )
 
     def _consume(

@@ -96,6 +96,41 @@ class ModelFacts:
     def decode(self, tokens: Sequence[int]) -> str:
         return self.tokenizer.decode(list(tokens))
 
+    def generate(
+        self,
+        *,
+        prompt_tokens: Sequence[int],
+        sampling: SamplingParams | None = None,
+        max_tokens: int = 512,
+        stop_tokens: Iterable[int] | None = None,
+        stop_strings: Sequence[str] = (),
+        cancel: Cancel = None,
+        logits_processors: Sequence[LogitsProcessor] | None = None,
+        loop_detection: LoopDetector | LoopDetectionMode | str | None = None,
+    ) -> Iterator[int]:
+        """Yield generated token ids (a stop token included)."""
+        tokens = token_view(
+            self.stream(
+                prompt_tokens=prompt_tokens,
+                sampling=sampling,
+                max_tokens=max_tokens,
+                stop_tokens=stop_tokens,
+                stop_strings=stop_strings,
+                cancel=cancel,
+                logits_processors=logits_processors,
+                loop_detection=loop_detection,
+                detokenize=False,
+            )
+        )
+        self._opened(tokens)
+        return tokens
+
+    def stream(self, **kwargs: Any) -> Iterator[StreamEvent]:
+        raise NotImplementedError
+
+    def _opened(self, tokens: Generator[int, None, None]) -> None:
+        """A token view was handed out (one-at-a-time generators track it)."""
+
     def _stop_token_set(self, stop_tokens: Iterable[int] | None) -> frozenset[int]:
         if stop_tokens is None:
             return self.default_stop_tokens
@@ -291,34 +326,8 @@ class TokenGenerator(ModelFacts):
         self._active = weakref.ref(events)
         return events
 
-    def generate(
-        self,
-        *,
-        prompt_tokens: Sequence[int],
-        sampling: SamplingParams | None = None,
-        max_tokens: int = 512,
-        stop_tokens: Iterable[int] | None = None,
-        stop_strings: Sequence[str] = (),
-        cancel: Cancel = None,
-        logits_processors: Sequence[LogitsProcessor] | None = None,
-        loop_detection: LoopDetector | LoopDetectionMode | str | None = None,
-    ) -> Iterator[int]:
-        """Yield generated token ids (a stop token included); `last_stats` has the rest."""
-        tokens = token_view(
-            self.stream(
-                prompt_tokens=prompt_tokens,
-                sampling=sampling,
-                max_tokens=max_tokens,
-                stop_tokens=stop_tokens,
-                stop_strings=stop_strings,
-                cancel=cancel,
-                logits_processors=logits_processors,
-                loop_detection=loop_detection,
-                detokenize=False,
-            )
-        )
+    def _opened(self, tokens: Generator[int, None, None]) -> None:
         self._active = weakref.ref(tokens)  # closing the token view closes the stream under it
-        return tokens
 
     def _run(
         self,
