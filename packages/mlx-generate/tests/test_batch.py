@@ -60,6 +60,7 @@ def _drive(
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("every", [0, 9])
 def test_greedy_batched_equals_alone_across_the_sliding_window(
     tiny: LoadedModel, every: int
