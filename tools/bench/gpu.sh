@@ -118,9 +118,12 @@ run_batching() {
   local cfg; cfg=$(prompt_config)
   rm -rf "$work/batching"
   local budget; budget=$(( $(left) - 20 ))
+  local extra=()
+  [ -z "$bits" ] && extra+=(--one-at-a-time)  # two bfloat16 copies (~42 GB each) do not fit
   timeout -s INT -k 30 "$budget" python3 tools/bench_batching.py --model "$model" \
-    --prompt-config "$cfg" --concurrency 1,2,4,8,16 --max-tokens "$max_tokens" \
-    --requests-per-client 2 --startup-timeout 400 --out "$work/batching"
+    --prompt-config "$cfg" --concurrency "${BENCH_CONCURRENCY:-1,2,4,8,16}" \
+    --max-tokens "$max_tokens" --requests-per-client 2 --startup-timeout 400 \
+    --out "$work/batching" "${extra[@]}"
   local status=$?
   tar -czf "$out/batching.tgz" -C "$work/batching" . && cp "$work/batching/batching.md" "$out/" 2>/dev/null
   return $status
