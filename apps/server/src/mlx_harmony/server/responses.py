@@ -65,7 +65,16 @@ from .responses_protocol import (
     ResponseObject,
 )
 from .routes import EventStreamResponse, require_api_key
-from .service import ClientWatch, Outcome, Receive, RequestPlan, chat_usage, plan_chat, submit_turn
+from .service import (
+    ClientWatch,
+    Outcome,
+    Receive,
+    RequestPlan,
+    chat_usage,
+    first_events,
+    plan_chat,
+    submit_turn,
+)
 from .worker import Finished, ModelWorker, TurnJob
 
 __all__ = [
@@ -683,20 +692,11 @@ class ResponsesService:
         outcome = outcome if outcome is not None else Outcome()
         job, watch = self._submit(plan, receive)
         try:
-            first: list[Any] = []
-            while not first:
-                first = await job.channel.get_batch()
-                if not first and (watch.gone or job.channel.closed):
-                    break
-        except BaseException as error:
-            watch.stop()
-            job.cancel.set()
-            if isinstance(error, APIError):
-                error.param = _responses_param(error.param)
+            first = await first_events(job, watch)
+        except APIError as error:
+            error.param = _responses_param(error.param)  # the worker's errors name chat fields
             raise
         if not first:
-            watch.stop()
-            job.cancel.set()
             outcome.cancelled = True
             return None
         return self._stream(plan, job, watch, first, outcome)

@@ -50,6 +50,7 @@ __all__ = [
     "Outcome",
     "RequestPlan",
     "chat_usage",
+    "first_events",
     "plan_chat",
     "submit_turn",
 ]
@@ -364,6 +365,26 @@ def submit_turn(
     return job, watch
 
 
+async def first_events(job: TurnJob, watch: ClientWatch) -> list[Any]:
+    """The job's first events, before a streamed answer starts (so an error found before
+    generating is still an HTTP status); [] when the client left first. Either way out, the
+    job is cancelled."""
+    try:
+        first: list[Any] = []
+        while not first:
+            first = await job.channel.get_batch()
+            if not first and (watch.gone or job.channel.closed):
+                break
+    except BaseException:
+        watch.stop()
+        job.cancel.set()
+        raise
+    if not first:
+        watch.stop()
+        job.cancel.set()
+    return first
+
+
 @dataclass
 class Outcome:
     """What the request log reports for a request."""
@@ -486,19 +507,8 @@ class ChatService:
         """
         outcome = outcome if outcome is not None else Outcome()
         job, watch = self._submit(rp, receive)
-        try:
-            first: list[Any] = []
-            while not first:
-                first = await job.channel.get_batch()
-                if not first and (watch.gone or job.channel.closed):
-                    break
-        except BaseException:
-            watch.stop()
-            job.cancel.set()
-            raise
+        first = await first_events(job, watch)
         if not first:
-            watch.stop()
-            job.cancel.set()
             outcome.cancelled = True
             return None
         return self._stream(rp, job, watch, first, outcome)
