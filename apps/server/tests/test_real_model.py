@@ -190,7 +190,7 @@ def test_the_trained_model_calls_the_time_tool(real: Any) -> None:
     client = openai.OpenAI(base_url=f"{real.url}/v1", api_key="x")
     messages: list[Any] = ask("What time is it?")
     first = client.chat.completions.create(
-        model="x", messages=messages, tools=[TIME_TOOL], extra_body={"model": None}
+        model="x", messages=messages, tools=[TIME_TOOL], temperature=0, extra_body={"model": None}
     )
     assert first.choices[0].finish_reason == "tool_calls"
     (call,) = first.choices[0].message.tool_calls or []
@@ -198,7 +198,7 @@ def test_the_trained_model_calls_the_time_tool(real: Any) -> None:
     messages.append(first.choices[0].message.model_dump(exclude_none=True))
     messages.append({"role": "tool", "tool_call_id": call.id, "content": '{"time": "14:05"}'})
     second = client.chat.completions.create(
-        model="x", messages=messages, tools=[TIME_TOOL], extra_body={"model": None}
+        model="x", messages=messages, tools=[TIME_TOOL], temperature=0, extra_body={"model": None}
     )
     assert second.choices[0].finish_reason == "stop"
     assert second.choices[0].message.content
