@@ -242,6 +242,40 @@ def _error_text(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}"
 
 
+def run_turns(
+    name: str,
+    prompt: Prompt,
+    *,
+    client: int,
+    on_turn: Callable[[TurnRecord], None] | None,
+    turn: Callable[[str, TurnRecord, float], TurnRecord],
+    explain: Callable[[Exception], Exception] | None = None,
+) -> list[TurnRecord]:
+    """Run `prompt`'s turns as one conversation: ``turn(text, base, t0)`` measures one (the
+    target keeps the conversation between calls); a turn that raises becomes an error record
+    (``explain`` may reword the error) and ends the conversation."""
+    records = []
+    for index, text in enumerate(prompt.turns):
+        base = TurnRecord(
+            prompt_id=prompt.id, turn=index, target=name, category=prompt.category, client=client
+        )
+        t0 = time.perf_counter()
+        try:
+            record = turn(text, base, t0)
+        except Exception as error:
+            if explain is not None:
+                error = explain(error)
+            record = base.model_copy(
+                update={"error": _error_text(error), "wall_s": time.perf_counter() - t0}
+            )
+        records.append(record)
+        if on_turn is not None:
+            on_turn(record)
+        if record.error is not None:
+            break
+    return records
+
+
 def _free_mlx() -> None:
     gc.collect()
     try:
@@ -362,37 +396,23 @@ class LocalTarget:
 
         config = self.config.updated(max_tokens=max_tokens, temperature=self.temperature)
         history: tuple[Any, ...] = ()
-        records = []
-        for index, text in enumerate(prompt.turns):
-            base = TurnRecord(
-                prompt_id=prompt.id,
-                turn=index,
-                target=self.name,
-                category=prompt.category,
-                client=client,
-            )
+
+        def turn(text: str, base: TurnRecord, t0: float) -> TurnRecord:
+            nonlocal history
             self.tap.reset()
             mx.reset_peak_memory()
-            t0 = time.perf_counter()
-            try:
-                result = None
-                request = ChatRequest(Turn(Message.user(text)), history=history, config=config)
-                for event in self.backend.stream_turn(request):
-                    if isinstance(event, TurnDone):
-                        result = event.result
-                wall = time.perf_counter() - t0
-                if result is None:
-                    raise RuntimeError("the turn ended without a result")
-                record = self._record(base, result, t0, wall, mx.get_peak_memory() / 1e9)
-                history = (*history, result.turn)
-            except Exception as error:
-                record = _updated(base, error=_error_text(error), wall_s=time.perf_counter() - t0)
-            records.append(record)
-            if on_turn is not None:
-                on_turn(record)
-            if record.error is not None:
-                break
-        return records
+            result = None
+            request = ChatRequest(Turn(Message.user(text)), history=history, config=config)
+            for event in self.backend.stream_turn(request):
+                if isinstance(event, TurnDone):
+                    result = event.result
+            wall = time.perf_counter() - t0
+            if result is None:
+                raise RuntimeError("the turn ended without a result")
+            history = (*history, result.turn)
+            return self._record(base, result, t0, wall, mx.get_peak_memory() / 1e9)
+
+        return run_turns(self.name, prompt, client=client, on_turn=on_turn, turn=turn)
 
     def _record(
         self, base: TurnRecord, result: Any, t0: float, wall: float, peak_gb: float
@@ -475,67 +495,53 @@ class MlxLmTarget:
         from mlx_lm import stream_generate
 
         messages: list[dict[str, str]] = []
-        records = []
-        for index, text in enumerate(prompt.turns):
-            base = TurnRecord(
-                prompt_id=prompt.id,
-                turn=index,
-                target=self.name,
-                category=prompt.category,
-                client=client,
-            )
+
+        def turn(text: str, base: TurnRecord, t0: float) -> TurnRecord:
             messages.append({"role": "user", "content": text})
             mx.reset_peak_memory()
-            t0 = time.perf_counter()
-            try:
-                tokens = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
-                first: float | None = None
-                last: float | None = None
-                generated: list[int] = []
-                pieces: list[str] = []
-                response = None
-                clock = time.perf_counter
-                for response in stream_generate(
-                    self.lm_model,
-                    self.tokenizer,
-                    tokens,
-                    max_tokens=max_tokens,
-                    sampler=self.sampler,
-                ):
-                    last = clock()
-                    if first is None:
-                        first = last
-                    generated.append(response.token)
-                    pieces.append(response.text)
-                wall = time.perf_counter() - t0
-                ttft = first - t0 if first is not None else None
-                reasoning = None
-                if self.harmony is not None:
-                    reasoning = count_channel_tokens(generated, self.harmony, self.tokenizer.decode)
-                record = _updated(
-                    base,
-                    prompt_tokens=len(tokens),
-                    reused_prompt_tokens=0,
-                    context_tokens=len(tokens),
-                    ttft_s=ttft,
-                    prefill_tokens_per_s=_prefill_rate(len(tokens), 0, ttft),
-                    decode_tokens_per_s=_decode_rate([(first, last, len(generated))]),
-                    completion_tokens=len(generated),
-                    reasoning_tokens=reasoning,
-                    stop_reason=response.finish_reason if response is not None else None,
-                    retries=0,
-                    peak_memory_gb=mx.get_peak_memory() / 1e9,
-                    wall_s=wall,
-                )
-                messages.append({"role": "assistant", "content": final_text("".join(pieces))})
-            except Exception as error:
-                record = _updated(base, error=_error_text(error), wall_s=time.perf_counter() - t0)
-            records.append(record)
-            if on_turn is not None:
-                on_turn(record)
-            if record.error is not None:
-                break
-        return records
+            tokens = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True)
+            first: float | None = None
+            last: float | None = None
+            generated: list[int] = []
+            pieces: list[str] = []
+            response = None
+            clock = time.perf_counter
+            for response in stream_generate(
+                self.lm_model,
+                self.tokenizer,
+                tokens,
+                max_tokens=max_tokens,
+                sampler=self.sampler,
+            ):
+                last = clock()
+                if first is None:
+                    first = last
+                generated.append(response.token)
+                pieces.append(response.text)
+            wall = time.perf_counter() - t0
+            ttft = first - t0 if first is not None else None
+            reasoning = None
+            if self.harmony is not None:
+                reasoning = count_channel_tokens(generated, self.harmony, self.tokenizer.decode)
+            record = _updated(
+                base,
+                prompt_tokens=len(tokens),
+                reused_prompt_tokens=0,
+                context_tokens=len(tokens),
+                ttft_s=ttft,
+                prefill_tokens_per_s=_prefill_rate(len(tokens), 0, ttft),
+                decode_tokens_per_s=_decode_rate([(first, last, len(generated))]),
+                completion_tokens=len(generated),
+                reasoning_tokens=reasoning,
+                stop_reason=response.finish_reason if response is not None else None,
+                retries=0,
+                peak_memory_gb=mx.get_peak_memory() / 1e9,
+                wall_s=wall,
+            )
+            messages.append({"role": "assistant", "content": final_text("".join(pieces))})
+            return record
+
+        return run_turns(self.name, prompt, client=client, on_turn=on_turn, turn=turn)
 
     def close(self) -> None:
         del self.lm_model, self.tokenizer
@@ -583,15 +589,8 @@ class HttpTarget:
         on_turn: Callable[[TurnRecord], None] | None = None,
     ) -> list[TurnRecord]:
         messages: list[dict[str, str]] = []
-        records = []
-        for index, text in enumerate(prompt.turns):
-            base = TurnRecord(
-                prompt_id=prompt.id,
-                turn=index,
-                target=self.name,
-                category=prompt.category,
-                client=client,
-            )
+
+        def turn(text: str, base: TurnRecord, t0: float) -> TurnRecord:
             messages.append({"role": "user", "content": text})
             body = {
                 "model": "default_model",
@@ -602,23 +601,20 @@ class HttpTarget:
                 "stream_options": {"include_usage": True},
                 **self.extra_body,
             }
-            t0 = time.perf_counter()
-            try:
-                record, answer = self._stream(base, body, t0)
-                messages.append({"role": "assistant", "content": final_text(answer)})
-            except Exception as error:
-                if self.server is not None and not self.server.alive():
-                    error = RuntimeError(
-                        f"{self.server.name} died during the run ({error}); see "
-                        f"{self.server.log_path}"
-                    )
-                record = _updated(base, error=_error_text(error), wall_s=time.perf_counter() - t0)
-            records.append(record)
-            if on_turn is not None:
-                on_turn(record)
-            if record.error is not None:
-                break
-        return records
+            record, answer = self._stream(base, body, t0)
+            messages.append({"role": "assistant", "content": final_text(answer)})
+            return record
+
+        def explain(error: Exception) -> Exception:
+            if self.server is not None and not self.server.alive():
+                return RuntimeError(
+                    f"{self.server.name} died during the run ({error}); see {self.server.log_path}"
+                )
+            return error
+
+        return run_turns(
+            self.name, prompt, client=client, on_turn=on_turn, turn=turn, explain=explain
+        )
 
     def _stream(self, base: TurnRecord, body: dict[str, Any], t0: float) -> tuple[TurnRecord, str]:
         first: float | None = None
