@@ -73,6 +73,7 @@ from .service import (
     chat_usage,
     first_events,
     plan_chat,
+    run_to_end,
     submit_turn,
 )
 from .worker import Finished, ModelWorker, TurnJob
@@ -656,22 +657,11 @@ class ResponsesService:
         outcome = outcome if outcome is not None else Outcome()
         job, watch = self._submit(plan, receive)
         output = _Output(sse=False)
-        finished: Finished | None = None
         try:
-            while finished is None:
-                batch = await job.channel.get_batch()
-                if not batch:
-                    if watch.gone or job.channel.closed:
-                        break
-                    continue
-                finished = output.feed(batch)
+            finished = await run_to_end(job, watch, output.feed)
         except APIError as error:
             error.param = _responses_param(error.param)  # the worker's errors name chat fields
             raise
-        finally:
-            watch.stop()
-            if finished is None:
-                job.cancel.set()
         if finished is None:
             outcome.cancelled = True
             return None

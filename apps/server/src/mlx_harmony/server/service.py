@@ -52,6 +52,7 @@ __all__ = [
     "chat_usage",
     "first_events",
     "plan_chat",
+    "run_to_end",
     "submit_turn",
 ]
 
@@ -365,6 +366,27 @@ def submit_turn(
     return job, watch
 
 
+async def run_to_end(
+    job: TurnJob, watch: ClientWatch, feed: Callable[[list[Any]], Finished | None]
+) -> Finished | None:
+    """Hand the job's events to `feed` until it returns the turn's `Finished`; None when the
+    client left first (the job is cancelled then)."""
+    finished = None
+    try:
+        while finished is None:
+            batch = await job.channel.get_batch()
+            if not batch:
+                if watch.gone or job.channel.closed:
+                    break
+                continue
+            finished = feed(batch)
+    finally:
+        watch.stop()
+        if finished is None:
+            job.cancel.set()
+    return finished
+
+
 async def first_events(job: TurnJob, watch: ClientWatch) -> list[Any]:
     """The job's first events, before a streamed answer starts (so an error found before
     generating is still an HTTP status); [] when the client left first. Either way out, the
@@ -438,26 +460,20 @@ class ChatService:
         job, watch = self._submit(rp, receive)
         reasoning: list[str] = []
         logprobs: list[dict[str, Any]] = []
-        finished: Finished | None = None
-        try:
-            while finished is None:
-                batch = await job.channel.get_batch()
-                if not batch:
-                    if watch.gone or job.channel.closed:
-                        break
-                    continue
-                for item in batch:
-                    kind = type(item)
-                    if kind is ThinkingDelta:
-                        reasoning.append(item.text)
-                    elif kind is TokenLogprobs:
-                        logprobs.extend(item.entries)
-                    elif kind is Finished:
-                        finished = item
-        finally:
-            watch.stop()
-            if finished is None:
-                job.cancel.set()
+
+        def feed(batch: list[Any]) -> Finished | None:
+            finished = None
+            for item in batch:
+                kind = type(item)
+                if kind is ThinkingDelta:
+                    reasoning.append(item.text)
+                elif kind is TokenLogprobs:
+                    logprobs.extend(item.entries)
+                elif kind is Finished:
+                    finished = item
+            return finished
+
+        finished = await run_to_end(job, watch, feed)
         if finished is None:
             outcome.cancelled = True
             return None
