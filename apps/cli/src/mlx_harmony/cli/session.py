@@ -103,15 +103,12 @@ _DONE = object()
 
 
 def _release_mlx_streams() -> None:
-    """Let MLX tear down this thread's streams now: left to process exit, a thread that ran
-    MLX work can abort the interpreter ("terminate called without an active exception",
-    ml-explore/mlx#3126)."""
-    mx = sys.modules.get("mlx.core")
-    if mx is None:
+    """mlx-generate's `release_thread_streams`, when this process ran a model at all."""
+    generate = sys.modules.get("mlx_harmony.generate")
+    if generate is None:
         return
     with contextlib.suppress(Exception):
-        mx.synchronize()
-        mx.clear_streams()
+        generate.release_thread_streams()
 
 
 class _Worker:

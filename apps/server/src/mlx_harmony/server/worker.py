@@ -514,8 +514,7 @@ class ModelWorker:
         if not isinstance(job, TurnJob) or not _batches(state, self.max_concurrency):
             self._run_job(job, state)
             return
-        with self._lock:  # a free slot, or wait for one: the queue keeps the order meanwhile
-            self._lock.wait_for(lambda: self._running < self.max_concurrency or self._stopping)
+        with self._lock:  # `_run` waited for the free slot before taking the job
             self._running += 1
             self.stats.max_running = max(self.stats.max_running, self._running)
         if self._pool is None:

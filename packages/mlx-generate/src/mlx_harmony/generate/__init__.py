@@ -32,6 +32,7 @@ from .loop import (
     generate,
     generate_step,
     generation_stream,
+    release_thread_streams,
     stream_generate,
 )
 from .loop_detection import LoopDetectionMode, LoopDetector, make_loop_detector
@@ -87,6 +88,7 @@ __all__ = [
     "make_detokenizer",
     "make_loop_detector",
     "maybe_quantize_kv_cache",
+    "release_thread_streams",
     "resolve_model_path",
     "stream_generate",
 ]

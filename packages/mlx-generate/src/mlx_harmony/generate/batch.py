@@ -36,10 +36,17 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .cache import make_cache
+from .detokenizer import token_bytes_table
 from .emit import StreamEvent, TokenEvents
 from .generator import ModelFacts
 from .loading import LoadedModel, load_model
-from .loop import Cancel, LogitsProcessor, _as_cancel_check, _new_generation_stream
+from .loop import (
+    Cancel,
+    LogitsProcessor,
+    _as_cancel_check,
+    _new_generation_stream,
+    release_thread_streams,
+)
 from .loop_detection import LoopDetectionMode, LoopDetector, make_loop_detector
 from .shared_cache import SharedPromptCache
 from .stats import CacheReuseMode, GenerationStats, StopReason
@@ -531,6 +538,9 @@ class BatchTokenGenerator(ModelFacts):
                 if isinstance(model, LoadedModel)
                 else load_model(model, lazy=lazy, revision=revision)
             )
+            # Text deltas need the token-bytes table: build it once here, not in the first
+            # requests' threads.
+            token_bytes_table(self.loaded.tokenizer)
             self.engine = BatchGenerator(
                 self.loaded.model,
                 max_batch_size=max_batch_size,
@@ -577,12 +587,7 @@ class BatchTokenGenerator(ModelFacts):
             box = outboxes.pop(output.uid, None)
             if box is not None:
                 box.put(output)
-        # Tear this thread's streams down now: left to process exit, they can abort the
-        # interpreter ("terminate called without an active exception", ml-explore/mlx#3126).
-        mx.synchronize()
-        clear_streams = getattr(mx, "clear_streams", None)
-        if clear_streams is not None:
-            clear_streams()
+        release_thread_streams()
 
     # -- generation -----------------------------------------------------------------------------
 
@@ -602,11 +607,7 @@ class BatchTokenGenerator(ModelFacts):
         prompt_progress_callback: Callable[[int, int], None] | None = None,
     ) -> Iterator[StreamEvent]:
         """As `TokenGenerator.stream`; safe to call from several threads at once."""
-        if isinstance(prompt_tokens, str):
-            raise TypeError(
-                "prompt_tokens must be token ids; encode text with generator.encode(...) or "
-                "apply_chat_template(...)"
-            )
+        prompt = self._prompt_ids(prompt_tokens)
         if self._closed:
             raise RuntimeError("the batch generator is closed; make a new one")
         stops = self._stop_token_set(stop_tokens)
@@ -619,7 +620,7 @@ class BatchTokenGenerator(ModelFacts):
             max_tokens=max_tokens,
         )
         return self._consume(
-            list(prompt_tokens),
+            prompt,
             events,
             sampling=sampling,
             stops=stops,

@@ -131,6 +131,15 @@ class ModelFacts:
     def _opened(self, tokens: Generator[int, None, None]) -> None:
         """A token view was handed out (one-at-a-time generators track it)."""
 
+    @staticmethod
+    def _prompt_ids(prompt_tokens: Sequence[int]) -> list[int]:
+        if isinstance(prompt_tokens, str):
+            raise TypeError(
+                "prompt_tokens must be token ids; encode text with generator.encode(...) or "
+                "apply_chat_template(...)"
+            )
+        return list(prompt_tokens)
+
     def _stop_token_set(self, stop_tokens: Iterable[int] | None) -> frozenset[int]:
         if stop_tokens is None:
             return self.default_stop_tokens
@@ -344,11 +353,7 @@ class TokenGenerator(ModelFacts):
         logprobs: bool,
         prompt_progress_callback: Callable[[int, int], None] | None,
     ) -> Generator[StreamEvent, None, None]:
-        if isinstance(prompt_tokens, str):
-            raise TypeError(
-                "prompt_tokens must be token ids; encode text with generator.encode(...) or "
-                "apply_chat_template(...)"
-            )
+        prompt = self._prompt_ids(prompt_tokens)
         sampler, processors = self._sampling(sampling, logits_processors)
         detector = self.loop_detector if loop_detection is None else loop_detection
         self.last_stats = None
@@ -356,7 +361,7 @@ class TokenGenerator(ModelFacts):
             for event in stream_generate(
                 self.model,
                 self.tokenizer,
-                list(prompt_tokens),
+                prompt,
                 prompt_cache=self.prompt_cache,
                 reuse_prompt_cache=self.reuse_prompt_cache,
                 max_tokens=max_tokens,

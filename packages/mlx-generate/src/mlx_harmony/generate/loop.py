@@ -35,6 +35,7 @@ __all__ = [
     "generate",
     "generate_step",
     "generation_stream",
+    "release_thread_streams",
     "stream_generate",
 ]
 
@@ -59,6 +60,16 @@ def _new_generation_stream() -> Any:
 
 generation_stream = _new_generation_stream()
 """The stream generation runs on, as in mlx-lm (thread-local where MLX supports it)."""
+
+
+def release_thread_streams() -> None:
+    """Tear down this thread's MLX streams before the thread ends: left to process exit, a
+    thread that ran MLX work can abort the interpreter ("terminate called without an active
+    exception", ml-explore/mlx#3126)."""
+    mx.synchronize()
+    clear_streams = getattr(mx, "clear_streams", None)
+    if clear_streams is not None:
+        clear_streams()
 
 
 @dataclass(frozen=True, slots=True)
