@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx_lm.models.cache import TokenBuffer
 
 from .cache import make_cache
 from .detokenizer import token_bytes_table
@@ -137,7 +138,7 @@ class _Row:
     prefill_s: float = 0.0
     sampler: Any = None
     processors: list[LogitsProcessor] = field(default_factory=list)
-    history: mx.array | None = None
+    history: TokenBuffer | None = None
     generated: int = 0
     fresh: bool = True
     """The row's pending input is its last prompt token, not a generated one."""
@@ -328,12 +329,10 @@ class BatchGenerator:
             for i, row in enumerate(rows):
                 part = logits[i : i + 1]
                 if row.processors:
-                    token = y[i : i + 1]
-                    row.history = (
-                        token if row.history is None else mx.concatenate([row.history, token])
-                    )
+                    assert row.history is not None
+                    tokens = row.history.update_and_fetch(y[i : i + 1])
                     for processor in row.processors:
-                        part = processor(row.history, part)
+                        part = processor(tokens, part)
                 parts.append(part)
             logits = mx.concatenate(parts, axis=0)
         samplers = [row.sampler for row in rows]
@@ -417,7 +416,7 @@ class BatchGenerator:
                 row.sampler = sampling.make_sampler(key=_request_key(sampling))
         row.processors = processors
         if processors:
-            row.history = mx.array(row.prompt[:-1]) if len(row.prompt) > 1 else None
+            row.history = TokenBuffer(row.prompt[:-1])
 
     def _join(self, row: _Row) -> None:
         """The prompt is in the row's cache but for its last token: keep a copy for later

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.cache import KVCache
+from mlx_lm.models.cache import KVCache, TokenBuffer
 
 from .cache import CacheReuse, PromptCache, maybe_quantize_kv_cache
 from .emit import StreamEvent, TokenEvents
@@ -117,7 +117,10 @@ def generate_step(
         raise ValueError(f"prefill_step_size must be positive, got {prefill_step_size}")
     stream = generation_stream if stream is None else stream
     processors = list(logits_processors or ())
-    history = context if processors and context is not None and context.size else None
+    # The tokens so far for the processors, in a buffer that grows by blocks (mlx-lm's).
+    history = TokenBuffer() if processors else None
+    if history is not None and context is not None and context.size:
+        history.update_and_fetch(context)
     quantize = kv_bits is not None and any(type(c) is KVCache for c in cache)
     need_logprobs = logprobs or sampler is not None
 
@@ -130,12 +133,11 @@ def generate_step(
         )
 
     def _step(y: mx.array) -> tuple[mx.array, mx.array | None]:
-        nonlocal history
         logits = model(y[None], cache=cache)[:, -1, :]
         if processors:
-            history = mx.concat([history, y]) if history is not None else y
+            tokens = history.update_and_fetch(y)
             for processor in processors:
-                logits = processor(history, logits)
+                logits = processor(tokens, logits)
         if quantize:
             _quantize()
         if not need_logprobs:
@@ -159,7 +161,7 @@ def generate_step(
                 _quantize()
             mx.eval([c.state for c in cache])
             if processors:
-                history = mx.concat([history, chunk]) if history is not None else chunk
+                history.update_and_fetch(chunk)
             processed += n
             if prompt_progress_callback is not None:
                 prompt_progress_callback(processed, total)
