@@ -64,7 +64,7 @@ from .responses_protocol import (
     ResponseDeleted,
     ResponseObject,
 )
-from .routes import EventStreamResponse, require_api_key
+from .routes import answer, require_api_key
 from .service import (
     ClientWatch,
     Outcome,
@@ -646,7 +646,7 @@ class ResponsesService:
         outcome.finish_reason = "tool_calls" if calls else ("length" if incomplete else "stop")
         return response
 
-    async def create(
+    async def complete(
         self,
         plan: ResponsePlan,
         *,
@@ -769,18 +769,7 @@ async def create_response(body: ResponseCreateRequest, request: Request) -> Resp
     service: ResponsesService = request.app.state.responses
     outcome = Outcome()
     request.state.outcome = outcome
-    plan = service.plan(body)
-    if plan.stream:
-        events = await service.start_stream(plan, receive=request.receive, outcome=outcome)
-        if events is None:
-            return Response(status_code=499)
-        return EventStreamResponse(
-            events, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
-        )
-    result = await service.create(plan, receive=request.receive, outcome=outcome)
-    if result is None:
-        return Response(status_code=499)
-    return JSONResponse(result)
+    return await answer(service, service.plan(body), request, outcome)
 
 
 @responses_router.get("/responses/{response_id}", response_model=ResponseObject)

@@ -21,7 +21,7 @@ from .protocol import (
 )
 from .service import ChatService, Outcome
 
-__all__ = ["health_router", "require_api_key", "v1_router"]
+__all__ = ["EventStreamResponse", "answer", "health_router", "require_api_key", "v1_router"]
 
 _ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorResponse, "description": description}
@@ -147,13 +147,18 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     service: ChatService = request.app.state.chat
     outcome = Outcome()
     request.state.outcome = outcome
-    plan = service.plan(body)
+    return await answer(service, service.plan(body), request, outcome)
+
+
+async def answer(service: Any, plan: Any, request: Request, outcome: Outcome) -> Response:
+    """Run a planned turn with `service` (chat or responses): server-sent events when the plan
+    streams, else the whole object; 499 when the client left before it started."""
     if plan.stream:
-        chunks = await service.start_stream(plan, receive=request.receive, outcome=outcome)
-        if chunks is None:
+        events = await service.start_stream(plan, receive=request.receive, outcome=outcome)
+        if events is None:
             return Response(status_code=499)
         return EventStreamResponse(
-            chunks, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+            events, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
     result = await service.complete(plan, receive=request.receive, outcome=outcome)
     if result is None:
