@@ -142,7 +142,6 @@ class _Row:
     generated: int = 0
     fresh: bool = True
     """The row's pending input is its last prompt token, not a generated one."""
-    info_sent: bool = False
     stops: frozenset[int] = frozenset()
 
     def cancelled(self) -> bool:
@@ -278,14 +277,14 @@ class BatchGenerator:
                 continue
             token = tokens[i]
             row.generated += 1
+            stats.generated_tokens += 1
             reason = None
             if token in row.stops:
                 reason = StopReason.STOP
             elif row.generated == row.request.max_tokens:
                 reason = StopReason.LENGTH
             info = None
-            if not row.info_sent:
-                row.info_sent = True
+            if row.generated == 1:  # the request's first output says how its prompt went in
                 info = PrefillInfo(
                     len(row.prompt),
                     row.reused,
@@ -298,7 +297,6 @@ class BatchGenerator:
                 keep.append(i)
             else:
                 stats.finished += 1
-        stats.generated_tokens += sum(o.token is not None for o in outputs)
         self._y, self._scores = next_y, next_scores
         if len(keep) < len(rows):
             self._drop(keep)

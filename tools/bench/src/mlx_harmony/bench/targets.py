@@ -265,9 +265,7 @@ def run_turns(
         except Exception as error:
             if explain is not None:
                 error = explain(error)
-            record = base.model_copy(
-                update={"error": _error_text(error), "wall_s": time.perf_counter() - t0}
-            )
+            record = _updated(base, error=_error_text(error), wall_s=time.perf_counter() - t0)
         records.append(record)
         if on_turn is not None:
             on_turn(record)
