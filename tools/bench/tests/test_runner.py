@@ -104,6 +104,8 @@ def test_run_target_writes_records_and_run_json(
     assert info["settings"]["prompt_ids"] == ["q1", "m1", "q2"]
     assert info["settings"]["warmup"] == 2
     assert info["server_log"] == "server.log"
+    assert info["settings"]["target_notes"]["log"] == "server.log", "no machine path in run.json"
+    assert str(tmp_path) not in (tmp_path / "run" / "run.json").read_text()
     assert info["versions"]["mlx"]
     assert info["versions"]["mlx-harmony-bench"] == "0.1.0"
     assert info["machine"]["cpu_count"] >= 1

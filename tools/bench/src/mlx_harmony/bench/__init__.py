@@ -3,7 +3,9 @@
 ``mlx-harmony-bench run`` sends the prompts (`load_prompts`) to targets (`open_target`:
 ``local``, ``server``, ``mlx-lm``, ``mlx-lm-server``), one `TurnRecord` per turn;
 ``report`` turns run folders into markdown and PNGs (`write_report`); ``profile`` runs one
-target under a profiler. Servers run as `ServerProcess`es, always stopped on the way out.
+target under a profiler; ``batching`` and ``server-overhead`` sweep client counts with targets
+side by side (`mlx_harmony.bench.sweep`). Servers run as `ServerProcess`es, always stopped on
+the way out.
 Nothing else in the workspace imports this package.
 """
 

@@ -1,6 +1,7 @@
 """Running prompts through a target: one client, or C concurrent clients, with a progress bar.
 
-`run_prompts` is the measuring loop (the Python API `tools/bench_batching.py` builds on);
+`run_prompts` is the measuring loop (the one the ``batching`` and ``server-overhead`` sweeps
+build on);
 `run_target` opens a target, warms it up, runs the set and writes a run folder
 (``records.jsonl``, ``run.json``, the server's log); `run_interleaved` does the same for
 several targets at once, prompt by prompt, so they share the machine's ups and downs.
@@ -27,6 +28,8 @@ from .records import (
     git_commit,
     machine_info,
     package_versions,
+    portable_path,
+    scrub_paths,
     utc_now,
 )
 from .targets import WARMUP_PROMPT, BenchSettings, Target, open_target, resolve_model
@@ -224,9 +227,9 @@ def _write_run_info(
     choice = resolve_model(settings)
     info = RunInfo(
         target=name,
-        model=choice.model,
+        model=portable_path(choice.model),
         settings={
-            "prompt_config": choice.prompt_config_path,
+            "prompt_config": scrub_paths(choice.prompt_config_path),
             "profile": settings.profile,
             "max_tokens": settings.max_tokens,
             "temperature": settings.temperature,
@@ -234,9 +237,9 @@ def _write_run_info(
             "warmup": warmup,
             "interleaved_with": [n for n in interleaved if n != name],
             "prompt_ids": [p.id for p in prompts],
-            "target_notes": _jsonable(result.notes),
+            "target_notes": scrub_paths(_jsonable(result.notes)),
         },
-        command_line=list(command_line if command_line is not None else sys.argv),
+        command_line=scrub_paths(list(command_line if command_line is not None else sys.argv)),
         git_commit=git_commit(),
         versions=package_versions(),
         machine=machine_info(),
