@@ -1,0 +1,404 @@
+"""Structured outputs: a grammar constraint (llguidance) applied as a logits processor.
+
+One `Constraint` per request: a logits processor (``(tokens, logits) -> logits``) that advances
+its matcher on each sampled token and sets every token the grammar forbids to -inf. It keeps its
+own state, so each row of a batch has its own, and free rows need none. The mask for step t+1
+is computed on the CPU while the model's forward pass for t+1 runs: the processor first queues
+that pass (``mx.async_eval``), then reads token t, advances, and fills the mask (llguidance
+drops the GIL), and only then adds the mask to the logits.
+
+Compiling is cached: `compile_constraint` keeps an LRU of compiled grammars keyed by the
+canonical JSON of (mode, schema or grammar) and the tokenizer; each request then takes a fresh
+matcher from it (microseconds). The tokenizer's llguidance view is built once per tokenizer
+(seconds for a 200k vocabulary; `prepare_tokenizer` does it ahead of the first request).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import threading
+import weakref
+from collections import OrderedDict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import llguidance
+import llguidance.hf
+import llguidance.numpy
+import mlx.core as mx
+import numpy as np
+
+from .constrain_grammars import (
+    FunctionSpec,
+    harmony_json_grammar,
+    harmony_tool_grammar,
+    json_grammar,
+)
+
+__all__ = [
+    "CompiledConstraint",
+    "Constraint",
+    "ConstraintError",
+    "ConstraintSpec",
+    "ConstraintTimeoutError",
+    "FunctionSpec",
+    "apply_mask",
+    "clear_constraint_cache",
+    "compile_constraint",
+    "harmony_json_grammar",
+    "harmony_tool_grammar",
+    "json_grammar",
+    "make_constraint",
+    "prepare_tokenizer",
+]
+
+ConstraintMode = Literal["json_schema", "json_object", "tool_call", "grammar"]
+
+DEFAULT_COMPILE_TIMEOUT_S = 10.0
+"""A grammar that takes longer to compile is refused (`ConstraintTimeoutError`)."""
+
+_CACHE_SIZE = 64
+_HARMONY_STOPS = ("<|return|>", "<|call|>")
+
+
+class ConstraintError(ValueError):
+    """A schema or grammar the engine cannot handle; the message names the keyword or rule.
+    A server answers it with 400, a CLI exits 2."""
+
+
+class ConstraintTimeoutError(ConstraintError):
+    """Compiling the grammar took longer than the timeout."""
+
+
+@dataclass(frozen=True)
+class ConstraintSpec:
+    """What a request's output must match.
+
+    - ``json_schema``: JSON matching `schema`; ``json_object``: any JSON object.
+    - ``tool_call``: a call to one of `functions` (Harmony only). ``required=True`` forces a
+      call (``tool_choice: "required"``, or a named function: pass only that one);
+      ``required=False`` lets the model answer instead, constraining strict functions' arguments.
+    - ``grammar``: `grammar` is a Lark grammar in llguidance's dialect, used as is.
+
+    `harmony` wraps JSON in Harmony (free analysis, then the final message or the call); for other
+    models `reasoning` is the optional thinking section before the JSON (None: JSON only).
+    """
+
+    mode: ConstraintMode
+    schema: Mapping[str, Any] | None = None
+    functions: tuple[FunctionSpec, ...] = ()
+    required: bool = True
+    grammar: str | None = None
+    harmony: bool = True
+    reasoning: tuple[str, str] | None = ("<think>", "</think>")
+
+    def __post_init__(self) -> None:
+        if self.mode == "json_schema" and not isinstance(self.schema, Mapping):
+            raise ConstraintError("mode 'json_schema' needs a schema (a JSON object)")
+        if self.mode == "grammar" and not self.grammar:
+            raise ConstraintError("mode 'grammar' needs a Lark grammar text")
+        if self.mode == "tool_call":
+            if not self.harmony:
+                raise ConstraintError(
+                    "tool_call constraints are for Harmony models; for other models constrain "
+                    "the JSON with mode 'json_schema'"
+                )
+            if not self.functions:
+                raise ConstraintError("mode 'tool_call' needs at least one function")
+        if self.mode not in ("json_schema", "json_object", "tool_call", "grammar"):
+            raise ConstraintError(
+                f"mode must be json_schema, json_object, tool_call or grammar, got {self.mode!r}"
+            )
+
+    def cache_key(self) -> str:
+        """The canonical JSON of everything that changes the grammar."""
+        return json.dumps(
+            {
+                "mode": self.mode,
+                "schema": self.schema,
+                "functions": [[f.name, f.parameters, f.strict] for f in self.functions],
+                "required": self.required,
+                "grammar": self.grammar,
+                "harmony": self.harmony,
+                "reasoning": self.reasoning,
+            },
+            sort_keys=True,
+            separators=(",", ":"),
+        )
+
+    def lark(self) -> str:
+        """The Lark grammar for this spec."""
+        if self.mode == "grammar":
+            assert self.grammar is not None
+            return self.grammar
+        if self.mode == "tool_call":
+            return harmony_tool_grammar(self.functions, required=self.required)
+        schema = self.schema if self.mode == "json_schema" else None
+        if self.harmony:
+            return harmony_json_grammar(schema)
+        return json_grammar(schema, reasoning=self.reasoning)
+
+
+# -- the tokenizer's llguidance view, once per tokenizer -----------------------------------------
+
+_tokenizers: weakref.WeakKeyDictionary[Any, dict[bool, llguidance.LLTokenizer]] = (
+    weakref.WeakKeyDictionary()
+)
+_tokenizers_lock = threading.Lock()
+
+
+def _hf_tokenizer(tokenizer: Any) -> Any:
+    """The Hugging Face fast tokenizer under mlx-lm's TokenizerWrapper (or the one given)."""
+    from mlx_lm.tokenizer_utils import TokenizerWrapper
+
+    return tokenizer._tokenizer if isinstance(tokenizer, TokenizerWrapper) else tokenizer
+
+
+def _stop_ids(tokenizer: Any, harmony: bool) -> list[int]:
+    """The ids that end a completion: Harmony's ``<|return|>`` and ``<|call|>``, else EOS."""
+    if harmony:
+        hf = _hf_tokenizer(tokenizer)
+        ids = [hf.convert_tokens_to_ids(name) for name in _HARMONY_STOPS]
+        if any(i is None or i == hf.unk_token_id for i in ids):
+            raise ConstraintError(
+                f"the tokenizer has no {' / '.join(_HARMONY_STOPS)} tokens: it is not a Harmony "
+                "tokenizer; pass harmony=False"
+            )
+        return sorted(ids)
+    ids = getattr(tokenizer, "eos_token_ids", None)
+    if ids is None:
+        ids = tokenizer.eos_token_id
+    if ids is None:
+        raise ConstraintError("the tokenizer has no EOS token to end a constrained output")
+    return sorted({int(i) for i in ([ids] if isinstance(ids, int) else ids)})
+
+
+def prepare_tokenizer(tokenizer: Any, *, harmony: bool = True) -> llguidance.LLTokenizer:
+    """The llguidance view of `tokenizer` (mlx-lm's wrapper or a Hugging Face fast tokenizer),
+    built once and kept as long as the tokenizer lives. Call it at model load to keep its cost
+    (seconds for a 200k vocabulary) out of the first constrained request."""
+    with _tokenizers_lock:
+        views = _tokenizers.setdefault(tokenizer, {})
+        cached = views.get(harmony)
+        if cached is None:
+            try:
+                cached = llguidance.hf.from_tokenizer(
+                    _hf_tokenizer(tokenizer), eos_token=_stop_ids(tokenizer, harmony)
+                )
+            except Exception as error:  # the library's errors are plain exceptions
+                raise ConstraintError(
+                    f"structured outputs need a Hugging Face fast tokenizer (tokenizer.json); "
+                    f"{type(tokenizer).__name__} cannot be used: {error}"
+                ) from error
+            views[harmony] = cached
+        return cached
+
+
+# -- compiling, cached ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CompiledConstraint:
+    """A validated grammar for one tokenizer; `new()` gives a request its own `Constraint`."""
+
+    spec: ConstraintSpec
+    tokenizer: llguidance.LLTokenizer
+    grammar: str
+    warnings: tuple[str, ...] = ()
+    compile_s: float = 0.0
+    _template: llguidance.LLMatcher | None = field(default=None, repr=False, compare=False)
+
+    def new(self) -> Constraint:
+        """A fresh matcher state for one request."""
+        assert self._template is not None
+        return Constraint(self._template.deep_copy(), self.tokenizer.vocab_size)
+
+
+class _LRU:
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.items: OrderedDict[tuple[int, str], CompiledConstraint] = OrderedDict()
+        self.lock = threading.Lock()
+
+    def get(self, key: tuple[int, str]) -> CompiledConstraint | None:
+        with self.lock:
+            found = self.items.get(key)
+            if found is not None:
+                self.items.move_to_end(key)
+            return found
+
+    def put(self, key: tuple[int, str], value: CompiledConstraint) -> None:
+        with self.lock:
+            self.items[key] = value
+            self.items.move_to_end(key)
+            while len(self.items) > self.size:
+                self.items.popitem(last=False)
+
+
+_cache = _LRU(_CACHE_SIZE)
+_pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="constrain")
+
+
+def clear_constraint_cache() -> None:
+    """Forget every compiled grammar (the tokenizer views stay)."""
+    with _cache.lock:
+        _cache.items.clear()
+
+
+def _compile(
+    spec: ConstraintSpec, tokenizer: llguidance.LLTokenizer
+) -> tuple[str, llguidance.LLMatcher, tuple[str, ...]]:
+    try:
+        lark = spec.lark()
+    except ValueError as error:
+        raise ConstraintError(str(error)) from error
+    grammar = llguidance.LLMatcher.grammar_from_lark(lark)
+    is_error, messages = llguidance.LLMatcher.validate_grammar_with_warnings(grammar, tokenizer)
+    if is_error:
+        what = "grammar" if spec.mode == "grammar" else "JSON schema"
+        raise ConstraintError(f"the {what} cannot be used for structured output: {messages[0]}")
+    matcher = llguidance.LLMatcher(tokenizer, grammar, log_level=0)
+    if matcher.is_error():
+        raise ConstraintError(f"the grammar cannot be compiled: {matcher.get_error()}")
+    # The first mask builds the lexer's start state: pay it here, once, not per request.
+    mask = llguidance.numpy.allocate_token_bitmask(1, tokenizer.vocab_size)
+    llguidance.numpy.fill_next_token_bitmask(matcher, mask, 0)
+    if matcher.is_error():
+        raise ConstraintError(f"the grammar cannot be compiled: {matcher.get_error()}")
+    return grammar, matcher, tuple(messages)
+
+
+def compile_constraint(
+    spec: ConstraintSpec,
+    tokenizer: Any,
+    *,
+    timeout_s: float = DEFAULT_COMPILE_TIMEOUT_S,
+) -> CompiledConstraint:
+    """Validate and compile `spec` for `tokenizer`, or return the cached compile.
+
+    Raises `ConstraintError` naming the unsupported keyword or rule, and
+    `ConstraintTimeoutError` when compiling takes more than `timeout_s` seconds.
+    """
+    import time
+
+    if timeout_s <= 0:
+        raise ValueError(f"timeout_s must be positive, got {timeout_s}")
+    llg = prepare_tokenizer(tokenizer, harmony=spec.harmony)
+    key = (id(llg), spec.cache_key())
+    cached = _cache.get(key)
+    if cached is not None:
+        return cached
+    start = time.perf_counter()
+    future = _pool.submit(_compile, spec, llg)
+    try:
+        grammar, matcher, warnings = future.result(timeout=timeout_s)
+    except concurrent.futures.TimeoutError:
+        future.cancel()
+        raise ConstraintTimeoutError(
+            f"compiling the {spec.mode} constraint took more than {timeout_s:g} s; simplify the "
+            "schema (fewer alternatives, shorter patterns, smaller bounds) or raise the timeout"
+        ) from None
+    compiled = CompiledConstraint(
+        spec, llg, grammar, warnings, time.perf_counter() - start, _template=matcher
+    )
+    _cache.put(key, compiled)
+    return compiled
+
+
+def make_constraint(
+    tokenizer: Any,
+    *,
+    json_schema: Mapping[str, Any] | None = None,
+    json_object: bool = False,
+    grammar: str | None = None,
+    harmony: bool = True,
+    timeout_s: float = DEFAULT_COMPILE_TIMEOUT_S,
+) -> Constraint:
+    """A fresh per-request constraint: pass exactly one of `json_schema`, `json_object=True`
+    or a Lark `grammar`. For tool calls build a `ConstraintSpec(mode="tool_call", ...)`."""
+    given = [json_schema is not None, json_object, grammar is not None]
+    if sum(given) != 1:
+        raise ValueError("pass exactly one of json_schema, json_object=True or grammar")
+    if json_schema is not None:
+        spec = ConstraintSpec("json_schema", schema=json_schema, harmony=harmony)
+    elif json_object:
+        spec = ConstraintSpec("json_object", harmony=harmony)
+    else:
+        spec = ConstraintSpec("grammar", grammar=grammar, harmony=harmony)
+    return compile_constraint(spec, tokenizer, timeout_s=timeout_s).new()
+
+
+# -- the per-request logits processor ------------------------------------------------------------
+
+_BITS = mx.arange(32, dtype=mx.uint32)
+
+
+class Constraint:
+    """One request's grammar state, used as a logits processor.
+
+    The first call (the prompt's last position) records where the generated tokens start;
+    every later call consumes the tokens sampled since, then masks. A token the matcher refuses
+    (only possible if something after this processor changed the logits) raises RuntimeError.
+    """
+
+    def __init__(self, matcher: llguidance.LLMatcher, vocab_size: int) -> None:
+        self._matcher = matcher
+        self._vocab_size = vocab_size
+        self._mask = llguidance.numpy.allocate_token_bitmask(1, vocab_size)
+        self._start: int | None = None
+        self._consumed = 0
+
+    @property
+    def is_accepting(self) -> bool:
+        """The output so far is complete for the grammar (e.g. the JSON closed)."""
+        return self._matcher.is_accepting()
+
+    @property
+    def is_finished(self) -> bool:
+        """The grammar allows nothing more (its stop token was consumed)."""
+        return self._matcher.is_stopped()
+
+    @property
+    def consumed(self) -> int:
+        """Generated tokens consumed so far."""
+        return self._consumed
+
+    def advance(self, tokens: Sequence[int]) -> None:
+        """Consume generated tokens (the processor does this itself from the history)."""
+        for token in tokens:
+            if not self._matcher.consume_token(int(token)):
+                raise RuntimeError(
+                    f"the constraint refused token {int(token)} after {self._consumed} "
+                    f"tokens: {self._matcher.get_error()}"
+                )
+            self._consumed += 1
+
+    def allowed_mask(self) -> np.ndarray:
+        """The next token's allowed set as llguidance's bitmask, shape (1, ceil(vocab/32))."""
+        llguidance.numpy.fill_next_token_bitmask(self._matcher, self._mask, 0)
+        return self._mask
+
+    def __call__(self, tokens: mx.array, logits: mx.array) -> mx.array:
+        if self._start is None:
+            self._start = tokens.size
+        else:
+            mx.async_eval(logits)  # the forward pass runs while the CPU computes the mask
+            new = tokens[self._start + self._consumed :].tolist()
+            self.advance(new)
+        return apply_mask(logits, self.allowed_mask(), self._vocab_size)
+
+
+def apply_mask(logits: mx.array, bitmask: np.ndarray, vocab_size: int) -> mx.array:
+    """-inf on every token whose bit is clear, and on ids past the tokenizer's vocabulary."""
+    words = mx.array(bitmask.reshape(-1).view(np.uint32))
+    allowed = ((words[:, None] >> _BITS) & 1).reshape(-1).astype(mx.bool_)
+    n = logits.shape[-1]
+    if n <= allowed.size:
+        allowed = allowed[:n]
+    else:
+        allowed = mx.concatenate([allowed, mx.zeros((n - allowed.size,), dtype=mx.bool_)])
+    if vocab_size < allowed.size:
+        allowed = allowed & (mx.arange(allowed.size) < vocab_size)
+    return mx.where(allowed, logits, mx.array(-mx.inf, dtype=logits.dtype))
