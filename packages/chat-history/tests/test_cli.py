@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from mlx_harmony.chat_history import cli as cli_module
 from mlx_harmony.chat_history import (
     detect_version,
     dumps_chat,
@@ -52,22 +53,25 @@ def test_a_folder_of_mixed_versions_migrates_in_place_with_backups(
     after = snapshot(mixed)
     out = capsys.readouterr().out
 
-    for name in CLEAN_V1:
-        path, backup = mixed / f"old-{name}", mixed / f"old-{name}.v1.bak"
-        assert after[backup.name] == before[path.name]  # the original, byte for byte
-        assert detect_version(json.loads(after[path.name])) == 2
-        assert after[path.name].decode() == (GOLDEN / "v1_to_v2" / name).read_text()
-        original = json.loads(before[path.name])
-        assert meaning_difference(meaning(original), meaning(load_chat(path))) is None
-        assert f"{path}: v1 -> v2 (" in out
-        assert f"keeping the original as {backup}" in out
-    for name in CLEAN_V2:
-        assert after[f"new-{name}"] == before[f"new-{name}"]
-        assert f"new-{name}.v2.bak" not in after
-        assert f"{mixed / f'new-{name}'}: already v2, nothing to do" in out
+    for prefix, version, names in (("old", 1, CLEAN_V1), ("new", 2, CLEAN_V2)):
+        for name in names:
+            path = mixed / f"{prefix}-{name}"
+            backup = mixed / f"{prefix}-{name}.v{version}.bak"
+            assert after[backup.name] == before[path.name]  # the original, byte for byte
+            assert detect_version(json.loads(after[path.name])) == 3
+            expected = GOLDEN / f"v{version}_to_v3" / name
+            assert after[path.name].decode() == expected.read_text()
+            original = json.loads(before[path.name])
+            assert meaning_difference(meaning(original), meaning(load_chat(path))) is None
+            assert f"{path}: v{version} -> v3 (" in out
+            assert f"keeping the original as {backup}" in out
     for untouched in ("notes.txt", ".hidden.json", ".old-basic.json.x1y2.tmp"):
         assert after[untouched] == before[untouched]
-    assert "4 migrated, 2 already current" in out
+    assert "6 migrated" in out
+    locks = [name for name in after if name.endswith(".lock")]  # the advisory locks stay
+    assert locks
+    assert all(name.startswith(".") for name in locks)
+    assert all(after[name] == b"" for name in locks)
 
     # a second run finds nothing to do and keeps the backups as they are
     assert main([str(mixed)]) == 0
@@ -83,10 +87,10 @@ def test_dry_run_says_what_would_change_and_writes_nothing(
     assert snapshot(mixed) == before
     out = capsys.readouterr().out
     line = next(x for x in out.splitlines() if x.startswith(f"{mixed / 'old-tools.json'}:"))
-    assert "would migrate v1 -> v2 (8 messages, 2 tool results paired with their calls" in line
+    assert "would migrate v1 -> v3 (8 messages, 2 tool results paired with their calls" in line
     assert "hyperparameters stored on 3 of 6 assistant/tool turns" in line
     assert f"keeping the original as {mixed / 'old-tools.json.v1.bak'}" in line
-    assert "4 would migrate, 2 already current" in out
+    assert "6 would migrate" in out
 
 
 def test_check_reports_findings_and_writes_nothing(
@@ -111,7 +115,7 @@ def test_warnings_do_not_stop_a_migration_but_set_the_status(
     path = tmp_path / "odd.json"
     shutil.copy(GOLDEN / "v1" / "orphan_tool_result.json", path)
     assert main([str(path)]) == 1
-    assert detect_version(json.loads(path.read_text())) == 2
+    assert detect_version(json.loads(path.read_text())) == 3
     assert (tmp_path / "odd.json.v1.bak").exists()
 
 
@@ -128,19 +132,19 @@ def test_errors_stop_the_migration_of_that_file_only(
     assert broken.read_bytes() == broken_before
     assert not (mixed / "bad.json.v2.bak").exists()
     assert not (mixed / "broken.json.v1.bak").exists()
-    assert detect_version(json.loads((mixed / "old-basic.json").read_text())) == 2  # the rest ran
+    assert detect_version(json.loads((mixed / "old-basic.json").read_text())) == 3  # the rest ran
     captured = capsys.readouterr()
     assert f"{broken}: line 1 column 15: not valid JSON: Expecting value\n" in captured.err
     assert f"{bad}: messages[1] (id m1): error: id 'm1' is already used" in captured.out
     assert f"{bad}: not migrated: fix the 1 error above first" in captured.err
 
 
-def test_to_1_downgrades_with_a_v2_backup(tmp_path: Path) -> None:
+def test_to_1_downgrades_with_a_v3_backup(tmp_path: Path) -> None:
     path = tmp_path / "chat.json"
-    shutil.copy(GOLDEN / "v2" / "tools.json", path)
+    shutil.copy(GOLDEN / "v2_to_v3" / "tools.json", path)
     original = path.read_bytes()
     assert main(["--to", "1", str(path)]) == 0
-    assert (tmp_path / "chat.json.v2.bak").read_bytes() == original
+    assert (tmp_path / "chat.json.v3.bak").read_bytes() == original
     down = json.loads(path.read_text())
     assert detect_version(down) == 1
     assert meaning_difference(meaning(json.loads(original)), meaning(down)) is None
@@ -161,10 +165,10 @@ def test_output_writes_elsewhere_and_leaves_the_originals(
     assert sorted(written) == sorted(
         [f"old-{n}" for n in CLEAN_V1] + [f"new-{n}" for n in CLEAN_V2]
     )
-    for name in CLEAN_V2:  # already current: copied byte for byte
-        assert written[f"new-{name}"] == before[f"new-{name}"]
+    for name in CLEAN_V2:
+        assert written[f"new-{name}"].decode() == (GOLDEN / "v2_to_v3" / name).read_text()
     for name in CLEAN_V1:
-        assert written[f"old-{name}"].decode() == (GOLDEN / "v1_to_v2" / name).read_text()
+        assert written[f"old-{name}"].decode() == (GOLDEN / "v1_to_v3" / name).read_text()
     assert not any(name.endswith(".bak") for name in written)
 
 
@@ -186,7 +190,7 @@ def test_an_existing_backup_that_differs_is_never_overwritten(
     ("argv", "message"),
     [
         ([], "the following arguments are required: PATH"),
-        (["--to", "3", "x.json"], "--to must be a version from 1 to 2, got 3"),
+        (["--to", "4", "x.json"], "--to must be a version from 1 to 3, got 4"),
         (["--to", "two", "x.json"], "invalid int value: 'two'"),
         (["--check", "--dry-run", "x.json"], "not allowed with argument"),
         (["--check", "--to", "1", "x.json"], "--check writes nothing"),
@@ -213,7 +217,7 @@ def test_help_and_version_exit_0(capsys: pytest.CaptureFixture[str]) -> None:
         capsys.readouterr().out
     )
     assert main(["--version"]) == 0
-    assert "mlx-harmony-migrate-chat 0.1.0 (schema v1 to v2)" in capsys.readouterr().out
+    assert "mlx-harmony-migrate-chat 0.1.0 (schema v1 to v3)" in capsys.readouterr().out
 
 
 def test_the_installed_console_script(mixed: Path) -> None:
@@ -223,11 +227,11 @@ def test_the_installed_console_script(mixed: Path) -> None:
         [str(script), str(mixed)], capture_output=True, text=True, timeout=120, check=False
     )
     assert result.returncode == 0, result.stderr
-    assert "4 migrated, 2 already current" in result.stdout
+    assert "6 migrated" in result.stdout
     for name in CLEAN_V1:
         assert (mixed / f"old-{name}.v1.bak").exists()
         assert dumps_chat(load_chat(mixed / f"old-{name}")) == (
-            (GOLDEN / "v1_to_v2" / name).read_text()
+            (GOLDEN / "v1_to_v3" / name).read_text()
         )
     broken = mixed / "broken.json"
     broken.write_text("[1, 2")
@@ -238,3 +242,74 @@ def test_the_installed_console_script(mixed: Path) -> None:
     assert result.stderr.strip().splitlines() == [
         f"{broken}: line 1 column 6: not valid JSON: Expecting ',' delimiter"
     ]
+
+
+def test_a_folder_run_reports_each_bad_file_in_one_line_and_goes_on(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "chats"
+    folder.mkdir()
+    stamp = '"timestamp": "2025-01-01T00:00:00Z"'
+    (folder / "a-huge.json").write_text(
+        '{"messages": [{"role": "user", "content": "x", ' + stamp + ', "n": ' + "9" * 5000 + "}]}"
+    )
+    (folder / "b-surrogate.json").write_text(
+        '{"messages": [{"role": "user", "content": "\\ud800", ' + stamp + "}]}"
+    )
+    (folder / "c-overflow.json").write_text(
+        '{"messages": [{"role": "user", "content": "x", ' + stamp + ', "t": 1e999}]}'
+    )
+    shutil.copy(GOLDEN / "v1" / "basic.json", folder / "d-good.json")
+    shutil.copy(GOLDEN / "v1" / "tools.json", folder / "e-bug.json")
+    before = snapshot(folder)
+
+    real = cli_module.meaning
+
+    def broken_on_e(source: object) -> object:
+        if isinstance(source, dict) and any(
+            m.get("name") == "python" for m in source.get("messages", [])
+        ):
+            raise RuntimeError("simulated bug\nsecond line")
+        return real(source)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(cli_module, "meaning", broken_on_e)
+    assert main([str(folder)]) == 2
+    out, err = capsys.readouterr()
+    assert "Traceback" not in out + err
+    lines = err.splitlines()
+    assert lines == [
+        f"{folder / 'a-huge.json'}: line 1 column 90: a whole number of 5000 digits is too long "
+        "to read; write a smaller number",
+        f"{folder / 'b-surrogate.json'}: messages[0].content: a lone surrogate \\ud800 is not "
+        "valid Unicode (a broken emoji or a cut escape); fix or remove it",
+        f"{folder / 'c-overflow.json'}: line 1 column 90: the number 1e999 is too large for a "
+        "float (JSON readers get Infinity); write a smaller number",
+        f"{folder / 'e-bug.json'}: file: unexpected RuntimeError: simulated bug second line; "
+        "the file is untouched (please report this as a bug)",
+    ]
+    after = snapshot(folder)
+    for name in ("a-huge.json", "b-surrogate.json", "c-overflow.json", "e-bug.json"):
+        assert after[name] == before[name]
+    assert json.loads(after["d-good.json"])["schema_version"] == 3  # the run went on
+    assert "1 migrated, 4 failed" in out
+
+
+def test_original_v2_migrates_with_the_chats_counted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "chat.json"
+    shutil.copy(GOLDEN / "original_v2" / "two_chats_branched.json", path)
+    assert main(["--dry-run", str(path)]) == 0
+    assert (
+        "would migrate original v2 -> v3 (2 chats, 9 messages, 3 branches"
+        in capsys.readouterr().out
+    )
+    assert main([str(path)]) == 0
+    assert (
+        path.read_text() == (GOLDEN / "original_v2_to_v3" / "two_chats_branched.json").read_text()
+    )
+    assert (tmp_path / "chat.json.v2.bak").read_bytes() == (
+        GOLDEN / "original_v2" / "two_chats_branched.json"
+    ).read_bytes()
+    assert main(["--to", "2", str(path)]) == 2  # two chats do not fit our v2
+    assert "holds 2 chats and version 2 holds one" in capsys.readouterr().err

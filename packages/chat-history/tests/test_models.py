@@ -75,8 +75,10 @@ def test_omitted_hyperparameters_mean_unchanged() -> None:
 
 
 def test_header_tracks_times_and_last_used_values() -> None:
-    log = ChatLog(header={"id": "c1"})
-    assert log.schema_version == 2
+    log = ChatLog.model_validate(
+        {"chat_order": ["c1"], "active_chat_id": "c1", "chats": {"c1": {"header": {"id": "c1"}}}}
+    )
+    assert log.schema_version == 3
     assert log.header.created_at is None
     log.append_user("hi", timestamp=at(5))
     assert log.header.created_at == at(5)
@@ -178,18 +180,23 @@ def test_unknown_fields_are_kept_at_every_level() -> None:
     log = loads_chat(data)
     again = json.loads(dumps_chat(log))
     assert again["future"] == {"x": [1, None]}
-    assert again["header"]["pinned"] is True
-    assert again["messages"][0]["stars"] is None
-    assert again["messages"][0]["timing"] == {"generation_tokens": 3, "joules": 1.5}
-    assert again["messages"][0]["timestamp"] == "2026-01-01T00:00:00+01:00"
+    chat = again["chats"]["c"]
+    assert chat["header"]["pinned"] is True
+    assert chat["messages"][0]["stars"] is None
+    assert chat["messages"][0]["timing"] == {"generation_tokens": 3, "joules": 1.5}
+    assert chat["messages"][0]["timestamp"] == "2026-01-01T00:00:00+01:00"
+    # and in v3 itself, the chat level too
+    chat["archived"] = False
+    assert json.loads(dumps_chat(loads_chat(again))) == again
 
 
 def test_dump_leaves_defaults_out_but_always_says_the_version_first() -> None:
     log = new_chat(created_at=datetime(2026, 1, 1, tzinfo=timezone(timedelta(hours=2))))
     log.append_user("hi", timestamp=datetime(2026, 1, 1, 0, 1, tzinfo=UTC))
     text = dumps_chat(log)
-    assert text.startswith('{\n  "schema_version": 2,')
-    message = json.loads(text)["messages"][0]
+    assert text.startswith('{\n  "schema_version": 3,')
+    (chat,) = json.loads(text)["chats"].values()
+    message = chat["messages"][0]
     assert set(message) == {"id", "timestamp", "role", "content"}
     assert message["timestamp"] == "2026-01-01T00:01:00Z"
-    assert json.loads(text)["header"]["created_at"] == "2026-01-01T00:00:00+02:00"
+    assert chat["header"]["created_at"] == "2026-01-01T00:00:00+02:00"

@@ -1,5 +1,5 @@
-"""The built wheel works alone: only pydantic (and what pydantic needs) beside it, no MLX, no
-other member of the workspace."""
+"""The built wheel works alone: only pydantic and filelock (and what they need) beside it, no
+MLX, no other member of the workspace."""
 
 import re
 import shutil
@@ -37,7 +37,7 @@ def _closure(name: str) -> set[str]:
 
 
 @pytest.mark.slow
-def test_the_wheel_needs_only_pydantic(tmp_path: Path) -> None:
+def test_the_wheel_needs_only_pydantic_and_filelock(tmp_path: Path) -> None:
     uv = shutil.which("uv")
     assert uv, "uv builds the wheel; install it with `pip install uv`"
     dist = tmp_path / "dist"
@@ -54,11 +54,11 @@ def test_the_wheel_needs_only_pydantic(tmp_path: Path) -> None:
         scripts = zf.read(next(n for n in zf.namelist() if n.endswith("entry_points.txt")))
         zf.extractall(site)  # a pure-Python wheel unpacked is an installed package
     requires = [line for line in metadata.splitlines() if line.startswith("Requires-Dist:")]
-    assert requires == ["Requires-Dist: pydantic>=2.7"]
+    assert requires == ["Requires-Dist: filelock>=3.12", "Requires-Dist: pydantic>=2.7"]
     assert b"mlx-harmony-migrate-chat = mlx_harmony.chat_history.cli:main" in scripts
     assert not (site / "mlx_harmony" / "__init__.py").exists()  # a namespace package
 
-    needed = _closure("pydantic")
+    needed = _closure("pydantic") | _closure("filelock")
     assert "pydantic-core" in needed or "pydantic_core" in needed
     for name in needed:
         for file in distribution(name).files or []:

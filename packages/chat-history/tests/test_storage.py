@@ -29,9 +29,11 @@ def test_save_writes_the_latest_version_and_loads_back_equal(tmp_path: Path) -> 
     log = loads_chat(generate_v1_log(40, seed=1))
     path = tmp_path / "chat.json"
     save_chat(log, path)
-    assert detect_version(parse_json(path.read_bytes())) == 2
+    assert detect_version(parse_json(path.read_bytes())) == 3
     assert dumps_chat(load_chat(path)) == dumps_chat(log)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["chat.json"]
+    # the advisory lock stays beside the file, hidden and empty
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".chat.json.lock", "chat.json"]
+    assert (tmp_path / ".chat.json.lock").read_bytes() == b""
 
 
 @pytest.mark.skipif(os.name != "posix", reason="POSIX permissions")
@@ -41,10 +43,12 @@ def test_an_existing_file_keeps_its_mode_and_a_new_one_is_private(tmp_path: Path
     save_chat(log, fresh)
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o600
     shared = tmp_path / "shared.json"
-    shared.write_text("{}")
+    save_chat(log, shared)
     shared.chmod(0o640)
+    log.append_user("again")
     save_chat(log, shared)
     assert stat.S_IMODE(shared.stat().st_mode) == 0o640
+    assert load_chat(shared).messages[-1].content == "again"
 
 
 @pytest.mark.skipif(os.name != "posix", reason="symlinks")
@@ -205,5 +209,5 @@ def test_killing_a_writer_at_random_moments_never_leaves_a_mixed_file(
     (chats / ".chat.json.abc123.tmp").write_bytes(texts[1][:1000])
     assert main(["--check", str(chats)]) == 0
     out = capsys.readouterr().out
-    assert f"{target}: ok (v2, 3000 messages)" in out
+    assert f"{target}: ok (v3, 3000 messages)" in out
     assert ".tmp" not in out

@@ -2,13 +2,15 @@
 
 Exit status: 0 all good, 1 consistency findings (files with only warnings are still migrated,
 files with errors are left alone), 2 a usage error or a file that cannot be read, parsed,
-migrated or written (that file is left untouched). Each problem is one line naming the file,
-the place and the problem.
+migrated or written (that file is left untouched, and a folder run goes on with the next
+file). Each problem is one line naming the file, the place and the problem; never a
+traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from dataclasses import dataclass, field
@@ -21,12 +23,18 @@ from mlx_harmony.chat_history.errors import ChatLogError
 from mlx_harmony.chat_history.meaning import meaning, meaning_difference
 from mlx_harmony.chat_history.migrations import (
     LATEST_VERSION,
-    detect_version,
+    Shape,
+    detect_shape,
     migrate,
     validate_version,
 )
 from mlx_harmony.chat_history.models import HYPERPARAMETER_ROLES, ChatLog
-from mlx_harmony.chat_history.storage import dumps_chat, parse_json, write_atomic
+from mlx_harmony.chat_history.storage import (
+    chat_lock,
+    dumps_chat,
+    parse_json,
+    write_atomic,
+)
 
 __all__ = ["PROG", "main", "make_parser"]
 
@@ -99,13 +107,18 @@ def _log_files(folder: Path) -> list[Path]:
 
 
 def _describe(log: ChatLog, source_version: int, target: int) -> str:
-    n = len(log.messages)
+    messages = [m for chat in log.ordered_chats() for m in chat.messages]
+    n = len(messages)
+    chats = f"{len(log.chats)} chats, " if len(log.chats) > 1 else ""
     if target != LATEST_VERSION:
-        return f"{n} messages"
-    calls = sum(1 for m in log.messages if m.role == "tool" and m.tool_call_id)
-    carriers = [m for m in log.messages if m.role in HYPERPARAMETER_ROLES]
+        return f"{chats}{n} messages"
+    calls = sum(1 for m in messages if m.role == "tool" and m.tool_call_id)
+    carriers = [m for m in messages if m.role in HYPERPARAMETER_ROLES]
     stored = sum(1 for m in carriers if m.hyperparameters or m.hyperparameters_unset)
-    parts = [f"{n} messages"]
+    branches = sum(len(chat.leaves()) for chat in log.ordered_chats())
+    parts = [f"{chats}{n} messages"]
+    if branches > len(log.chats):
+        parts.append(f"{branches} branches")
     if source_version < LATEST_VERSION:
         parts.append(f"{calls} tool results paired with their calls")
         parts.append(f"hyperparameters stored on {stored} of {len(carriers)} assistant/tool turns")
@@ -113,6 +126,22 @@ def _describe(log: ChatLog, source_version: int, target: int) -> str:
 
 
 def _process(run: _Run, path: Path) -> int:
+    """One file, under its lock when it is rewritten in place; any failure is one line."""
+    try:
+        return _process_unlocked(run, path)
+    except ChatLogError as exc:
+        exc.file = exc.file or str(path)
+        return run.fail(exc)
+    except RecursionError:
+        return run.fail(f"{path}: top level: nested too deeply to be a chat log")
+    except Exception as exc:  # a bug: still one line, and the next file goes on
+        return run.fail(
+            f"{path}: file: unexpected {type(exc).__name__}: {' '.join(str(exc).split())}; "
+            "the file is untouched (please report this as a bug)"
+        )
+
+
+def _process_unlocked(run: _Run, path: Path) -> int:
     args = run.args
     try:
         raw = path.read_bytes()
@@ -120,7 +149,8 @@ def _process(run: _Run, path: Path) -> int:
         return run.fail(f"{path}: file: cannot read the file: {exc.strerror or exc}")
     try:
         data = parse_json(raw, file=path)
-        version = detect_version(data)
+        shape = detect_shape(data)
+        version = shape.version
         log = validate_version(ChatLog, migrate(data))
     except ChatLogError as exc:
         exc.file = exc.file or str(path)
@@ -134,7 +164,8 @@ def _process(run: _Run, path: Path) -> int:
         run.count("with findings")
     if args.check:
         if not findings:
-            print(f"{path}: ok (v{version}, {len(log.messages)} messages)", file=run.out)
+            n = sum(len(chat.messages) for chat in log.chats.values())
+            print(f"{path}: ok ({shape}, {n} messages)", file=run.out)
         return status
     errors = sum(1 for f in findings if f.is_error)
     if errors:
@@ -148,7 +179,8 @@ def _process(run: _Run, path: Path) -> int:
     target = LATEST_VERSION if args.to is None else args.to
     dest = Path(args.output) / path.name if args.output else path
     in_place = dest.resolve() == path.resolve()
-    if version == target:
+    current = version == target and shape is not Shape.ORIGINAL_V2
+    if current:
         if in_place:
             print(f"{path}: already v{version}, nothing to do", file=run.out)
             run.count("already current")
@@ -157,6 +189,8 @@ def _process(run: _Run, path: Path) -> int:
         result: Any = None
     else:
         result = log if target == LATEST_VERSION else migrate(data, to=target)
+        if not isinstance(result, ChatLog):
+            _refuse_non_json(result)
         difference = meaning_difference(meaning(data), meaning(result))
         if difference:
             return run.fail(
@@ -175,14 +209,15 @@ def _process(run: _Run, path: Path) -> int:
         )
     backup = path.with_name(f"{path.name}.v{version}.bak") if in_place else None
     keep = f", keeping the original as {backup}" if backup else ""
-    if version == target:
+    source = "original v2" if shape is Shape.ORIGINAL_V2 else f"v{version}"
+    if current:
         done = f"already v{version}, copied to {dest}"
         planned = f"already v{version}, would copy it to {dest}"
     else:
         details = _describe(log, version, target)
-        done = f"v{version} -> v{target} ({details}), wrote {dest}{keep}"
+        done = f"{source} -> v{target} ({details}), wrote {dest}{keep}"
         planned = (
-            f"would migrate v{version} -> v{target} ({details}; {len(raw)} -> {len(text)} "
+            f"would migrate {source} -> v{target} ({details}; {len(raw)} -> {len(text)} "
             f"bytes), writing {dest}{keep}"
         )
     if args.dry_run:
@@ -192,16 +227,23 @@ def _process(run: _Run, path: Path) -> int:
         return status
 
     try:
-        if backup is not None:
-            if backup.exists():
-                if backup.read_bytes() != raw:
-                    return run.fail(
-                        f"{path}: file: the backup {backup} already exists and differs; "
-                        "move it away and run again (the file is untouched)"
-                    )
-            else:
-                write_atomic(backup, raw)
-        write_atomic(dest, text)
+        # the read-modify-write of a log in place holds its lock, and starts from what it read
+        with chat_lock(path) if in_place else contextlib.nullcontext():
+            if in_place and path.read_bytes() != raw:
+                return run.fail(
+                    f"{path}: file: another program wrote the file while it was being "
+                    "migrated; run again (the file is as the other program left it)"
+                )
+            if backup is not None:
+                if backup.exists():
+                    if backup.read_bytes() != raw:
+                        return run.fail(
+                            f"{path}: file: the backup {backup} already exists and differs; "
+                            "move it away and run again (the file is untouched)"
+                        )
+                else:
+                    write_atomic(backup, raw)
+            write_atomic(dest, text)
     except OSError as exc:
         where = exc.filename or dest
         return run.fail(f"{where}: file: cannot write: {exc.strerror or exc} ({path} is untouched)")
@@ -209,6 +251,16 @@ def _process(run: _Run, path: Path) -> int:
     print(f"{path}: {done}", file=run.out)
     run.count("migrated")
     return status
+
+
+def _refuse_non_json(value: Any) -> None:
+    """Raise ``ChatLogError`` for a value JSON cannot hold (Infinity, NaN) in a migrated dict."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except ValueError as exc:
+        raise ChatLogError(
+            f"{exc}; use a finite number or leave the value out", place="top level"
+        ) from exc
 
 
 def main(argv: list[str] | None = None) -> int:

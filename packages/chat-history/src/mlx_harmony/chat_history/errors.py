@@ -4,10 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from mlx_harmony.chat_history.checks import Finding
+from mlx_harmony.chat_history.findings import Finding
 
 __all__ = ["ChatLogError", "ChatLogWarning", "format_place"]
 

@@ -1,109 +1,225 @@
 """What a log says, independent of how its version stores it.
 
-Two logs have the same meaning when they hold the same messages (role, channel, content,
-thinking, tool addressing, timestamp with its offset, effective hyperparameters of every turn,
-unknown fields) and the same settings to resume with. Ids, tool call ids, timing and derived
-times are bookkeeping and left out. Each version computes its meaning from its own model, not
-through the migrations, so comparing meanings tests the migrations rather than repeating them.
+Two logs have the same meaning when they hold the same chats in the same order, the same
+active chat, and in each chat the same messages (role, channel, content, thinking, tool
+addressing, timestamp with its offset, effective hyperparameters of every turn, the message it
+follows, unknown fields) and the same settings to resume with. Ids, tool call ids, timing and
+derived times are bookkeeping and left out. Each shape computes its meaning from its own model,
+not through the migrations, so comparing meanings tests the migrations rather than repeating
+them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from mlx_harmony.chat_history.hyperparameters import json_equal
-from mlx_harmony.chat_history.migrations import VERSION_MODELS, detect_version, validate_version
+from mlx_harmony.chat_history.migrations import (
+    MESSAGE_KEYS_V3,
+    TOP_KEYS_V3,
+    VERSION_MODELS,
+    Shape,
+    detect_shape,
+    rename_legacy,
+    validate_version,
+)
 from mlx_harmony.chat_history.models import HYPERPARAMETER_ROLES, ChatLog, resolve_hyperparameters
+from mlx_harmony.chat_history.original import OriginalLogV2
+from mlx_harmony.chat_history.timestamps import keep_disagreeing
 from mlx_harmony.chat_history.v1 import ConversationV1, v1_channel
+from mlx_harmony.chat_history.v2 import ChatLogV2, resolve_hyperparameters_v2
 
 __all__ = ["MEANINGS", "meaning", "meaning_difference"]
 
+#: Header settings every shape can hold; anything else in a header is an unknown field.
+_HEADER_KEYS = (
+    "title",
+    "model_path",
+    "prompt_config_path",
+    "tools",
+    "hyperparameters",
+    "max_context_tokens",
+    "last_model_path",
+    "last_prompt_config_path",
+    "last_hyperparameters",
+)
+#: Header bookkeeping: ids and times derived when absent.
+_HEADER_BOOKKEEPING = ("id", "chat_id", "created_at", "updated_at")
 
-def _meaning_v1(conv: ConversationV1) -> dict[str, Any]:
+
+def _header(fields: Mapping[str, Any]) -> dict[str, Any]:
+    fields = dict(fields)
+    out: dict[str, Any] = {key: fields.pop(key, None) for key in _HEADER_KEYS}
+    out["tools"] = dict(out["tools"] or {})
+    out["hyperparameters"] = dict(out["hyperparameters"] or {})
+    for key in _HEADER_BOOKKEEPING:
+        fields.pop(key, None)
+    out["extra"] = fields
+    return out
+
+
+def _message(
+    m: Any, channel: str | None, hyperparameters: Any, parent: int | None, extra: dict[str, Any]
+) -> dict[str, Any]:
+    return {
+        "role": m.role,
+        "channel": channel,
+        "recipient": m.recipient,
+        "name": m.name,
+        "timestamp": m.timestamp.isoformat(),
+        "content": m.content,
+        "analysis": m.analysis,
+        "hyperparameters": hyperparameters,
+        "parent": parent,
+        "extra": extra,
+    }
+
+
+def _split_legacy(role: str, effective: Any, extra: dict[str, Any]) -> Any:
+    """A v2/v3 message's hyperparameters as v1 had them: the effective values on assistant
+    and tool messages, ``legacy_hyperparameters`` (kept aside by the migration) on others."""
+    if role in HYPERPARAMETER_ROLES:
+        return dict(effective)
+    return extra.pop("legacy_hyperparameters", None)
+
+
+def _file(chats: list[dict[str, Any]], active: int, extra: Mapping[str, Any]) -> dict[str, Any]:
+    return {"chats": chats, "active_chat": active, "extra": dict(extra)}
+
+
+def _chat(
+    header: dict[str, Any], messages: list[dict[str, Any]], leaf: int | None, extra: Any
+) -> dict[str, Any]:
+    return {"header": header, "messages": messages, "active_leaf": leaf, "extra": dict(extra)}
+
+
+def _meaning_v1(conv: ConversationV1, raw: dict[str, Any]) -> dict[str, Any]:
     md = conv.metadata
+    fields = md.model_dump(exclude={"model", "prompt_config"})
+    fields.update(md.model_extra or {})
+    keep_disagreeing(raw.get("metadata"), ("created_at", "updated_at"), fields)
+    raw_messages = raw["messages"]
+    for long, short in (("model_path", md.model), ("prompt_config_path", md.prompt_config)):
+        if fields[long] is None:
+            fields[long] = short
+        elif short is not None:
+            fields[long.removesuffix("_path")] = short
     messages = []
-    for m in conv.messages:
+    for i, m in enumerate(conv.messages):
         if m.role in HYPERPARAMETER_ROLES:
             hyperparameters = m.hyperparameters or {}  # "none recorded" is "no values"
         else:
             hyperparameters = m.hyperparameters
-        messages.append(
-            {
-                "role": m.role,
-                "channel": v1_channel(m),
-                "recipient": m.recipient,
-                "name": m.name,
-                "timestamp": m.timestamp.isoformat(),
-                "content": m.content,
-                "analysis": m.analysis,
-                "hyperparameters": hyperparameters,
-                "extra": dict(m.model_extra or {}),
-            }
-        )
-    return {
-        "header": {
-            "title": md.title,
-            "model_path": md.model_path,
-            "prompt_config_path": md.prompt_config_path,
-            "tools": dict(md.tools),
-            "hyperparameters": dict(md.hyperparameters),
-            "extra": dict(md.model_extra or {}),
-        },
-        "messages": messages,
-        "extra": dict(conv.model_extra or {}),
-    }
-
-
-def _meaning_v2(log: ChatLog) -> dict[str, Any]:
-    h = log.header
-    messages = []
-    for m, effective in zip(log.messages, resolve_hyperparameters(log), strict=True):
+        parent = i - 1 if i else None
         extra = dict(m.model_extra or {})
-        legacy = extra.pop("legacy_hyperparameters", None)
-        if m.role in HYPERPARAMETER_ROLES:
-            hyperparameters = dict(effective)
-            if legacy is not None:
-                extra["legacy_hyperparameters"] = legacy
-        else:
-            hyperparameters = legacy
-        messages.append(
-            {
-                "role": m.role,
-                "channel": m.channel,
-                "recipient": m.recipient,
-                "name": m.name,
-                "timestamp": m.timestamp.isoformat(),
-                "content": m.content,
-                "analysis": m.analysis,
-                "hyperparameters": hyperparameters,
-                "extra": extra,
-            }
-        )
-    return {
-        "header": {
-            "title": h.title,
-            "model_path": h.model_path,
-            "prompt_config_path": h.prompt_config_path,
-            "tools": dict(h.tools),
-            "hyperparameters": dict(h.hyperparameters),
-            "extra": dict(h.model_extra or {}),
-        },
-        "messages": messages,
-        "extra": dict(log.model_extra or {}),
-    }
+        rename_legacy(extra, MESSAGE_KEYS_V3)
+        keep_disagreeing(raw_messages[i], ("timestamp",), extra)
+        messages.append(_message(m, v1_channel(m), hyperparameters, parent, extra))
+    leaf = len(messages) - 1 if messages else None
+    top = dict(conv.model_extra or {})
+    rename_legacy(top, TOP_KEYS_V3)
+    return _file([_chat(_header(fields), messages, leaf, {})], 0, top)
 
 
-#: The meaning of a validated log, per version.
-MEANINGS: dict[int, Callable[[Any], dict[str, Any]]] = {1: _meaning_v1, 2: _meaning_v2}
+def _meaning_v2(log: ChatLogV2, raw: dict[str, Any]) -> dict[str, Any]:
+    h = log.header
+    fields = h.model_dump()
+    fields.update(h.model_extra or {})
+    messages = []
+    for i, (m, effective) in enumerate(
+        zip(log.messages, resolve_hyperparameters_v2(log), strict=True)
+    ):
+        extra = dict(m.model_extra or {})
+        rename_legacy(extra, MESSAGE_KEYS_V3)
+        hyperparameters = _split_legacy(m.role, effective, extra)
+        messages.append(_message(m, m.channel, hyperparameters, i - 1 if i else None, extra))
+    leaf = len(messages) - 1 if messages else None
+    top = dict(log.model_extra or {})
+    rename_legacy(top, TOP_KEYS_V3)
+    return _file([_chat(_header(fields), messages, leaf, {})], 0, top)
+
+
+def _meaning_original_v2(log: OriginalLogV2, raw: dict[str, Any]) -> dict[str, Any]:
+    order = list(log.chat_order) + [c for c in log.chats if c not in log.chat_order]
+    chats = []
+    for chat_id in order:
+        chat = log.chats[chat_id]
+        raw_chat = raw["chats"][chat_id]
+        fields = chat.metadata.model_dump()
+        fields.update(chat.metadata.model_extra or {})
+        keep_disagreeing(raw_chat.get("metadata"), ("created_at", "updated_at"), fields)
+        if fields.get("chat_id") not in (None, chat_id):
+            fields["chat_id_as_written"] = fields["chat_id"]
+        position: dict[str, int] = {}
+        messages = []
+        for i, m in enumerate(chat.messages):
+            parent = position.get(m.parent_id) if m.parent_id is not None else None
+            if m.role in HYPERPARAMETER_ROLES:
+                hyperparameters: Any = m.hyperparameters or {}
+            else:
+                hyperparameters = m.hyperparameters
+            channel = m.channel
+            if channel is None and m.role == "assistant":
+                channel = "commentary" if m.recipient else "final"
+            extra = dict(m.model_extra or {})
+            keep_disagreeing(raw_chat["messages"][i], ("timestamp",), extra)
+            messages.append(_message(m, channel, hyperparameters, parent, extra))
+            position[m.id] = i
+        chat_extra = dict(chat.model_extra or {})
+        chat_extra.pop("active_leaf_id", None)
+        if chat.chat_id not in (None, chat_id):
+            chat_extra["chat_id"] = chat.chat_id
+        leaf = len(messages) - 1 if messages else None
+        chats.append(_chat(_header(fields), messages, leaf, chat_extra))
+    active = order.index(log.active_chat_id) if log.active_chat_id is not None else 0
+    return _file(chats, active, log.model_extra or {})
+
+
+def _meaning_v3(log: ChatLog, raw: dict[str, Any] | None = None) -> dict[str, Any]:
+    chats = []
+    for chat in log.ordered_chats():
+        h = chat.header
+        fields = h.model_dump()
+        fields.update(h.model_extra or {})
+        if "chat_id" in fields:
+            fields["chat_id_as_written"] = fields["chat_id"]
+        position = {m.id: i for i, m in enumerate(chat.messages)}
+        messages = []
+        for m, effective in zip(chat.messages, resolve_hyperparameters(chat), strict=True):
+            extra = dict(m.model_extra or {})
+            hyperparameters = _split_legacy(m.role, effective, extra)
+            parent = position.get(m.parent_id) if m.parent_id is not None else None
+            messages.append(_message(m, m.channel, hyperparameters, parent, extra))
+        leaf_message = chat.leaf()
+        leaf = position[leaf_message.id] if leaf_message is not None else None
+        chat_extra = dict(chat.model_extra or {})
+        chats.append(_chat(_header(fields), messages, leaf, chat_extra))
+    return _file(chats, log.chat_order.index(log.active_chat_id), log.model_extra or {})
+
+
+#: The meaning of a validated log, per shape.
+MEANINGS: dict[Shape, Callable[[Any, dict[str, Any]], dict[str, Any]]] = {
+    Shape.V1: _meaning_v1,
+    Shape.V2: _meaning_v2,
+    Shape.ORIGINAL_V2: _meaning_original_v2,
+    Shape.V3: _meaning_v3,
+}
+
+_SHAPE_MODELS = {
+    Shape.V1: ConversationV1,
+    Shape.V2: ChatLogV2,
+    Shape.ORIGINAL_V2: OriginalLogV2,
+    Shape.V3: VERSION_MODELS[3],
+}
 
 
 def meaning(source: ChatLog | dict[str, Any]) -> dict[str, Any]:
-    """The normalised meaning of a log of any version (a ``ChatLog`` or a parsed file)."""
+    """The normalised meaning of a log of any shape (a ``ChatLog`` or a parsed file)."""
     if isinstance(source, ChatLog):
-        return _meaning_v2(source)
-    version = detect_version(source)
-    return MEANINGS[version](validate_version(VERSION_MODELS[version], source))
+        return _meaning_v3(source)
+    shape = detect_shape(source)
+    return MEANINGS[shape](validate_version(_SHAPE_MODELS[shape], source), source)
 
 
 def meaning_difference(a: dict[str, Any], b: dict[str, Any]) -> str | None:

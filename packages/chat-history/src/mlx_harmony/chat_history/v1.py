@@ -1,5 +1,9 @@
 """Version 1: the legacy conversation file, as the tool's first releases wrote it.
 
+The original mlx-harmony and this project's first releases wrote the same shape, with a few
+differences this model reads alike: ``metadata.model`` / ``metadata.prompt_config`` for the
+paths, ``tools`` as a list of names, and times as ISO text or ``{"unix", "iso"}`` objects.
+
 A v1 file has no ``schema_version`` (or ``schema_version: 1``)::
 
     {"metadata": {"model_path": ..., "prompt_config_path": ..., "tools": {"python": true},
@@ -15,20 +19,21 @@ on the answer. Naive timestamps were written from ``datetime.utcnow()`` and are 
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
+
+from mlx_harmony.chat_history.timestamps import LegacyTimestamp
 
 __all__ = ["ConversationV1", "LegacyTimestamp", "MessageV1", "MetadataV1", "v1_channel"]
 
 
-def _assume_utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+def _tools_as_dict(value: Any) -> Any:
+    # The original tool wrote the enabled tools as a list of names (``[]`` when none).
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return dict.fromkeys(value, True)
+    return value
 
-
-#: A timestamp as v1 wrote it: ISO 8601, naive ones read as UTC.
-LegacyTimestamp = Annotated[datetime, AfterValidator(_assume_utc)]
 
 _CONFIG = ConfigDict(extra="allow")
 
@@ -40,8 +45,15 @@ class MetadataV1(BaseModel):
 
     model_path: str | None = None
     prompt_config_path: str | None = None
-    tools: dict[str, StrictBool] = Field(default_factory=dict)
+    model: str | None = None
+    """The original tool's name for ``model_path``."""
+    prompt_config: str | None = None
+    """The original tool's name for ``prompt_config_path``."""
+    tools: Annotated[dict[str, StrictBool], BeforeValidator(_tools_as_dict)] = Field(
+        default_factory=dict
+    )
     hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    max_context_tokens: int | None = None
     created_at: LegacyTimestamp | None = None
     updated_at: LegacyTimestamp | None = None
     chat_id: str | None = None
