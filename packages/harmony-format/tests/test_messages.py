@@ -181,3 +181,14 @@ def test_conversation_start_date_accepts_a_date() -> None:
 )
 def test_harmony_conversion_round_trips(message: Message) -> None:
     assert Message.from_harmony(message.to_harmony()) == message
+
+
+def test_an_empty_recipient_from_openai_harmony_is_no_recipient() -> None:
+    """openai-harmony reads a bare ``to=`` as ``""``; that names no tool."""
+    message = (
+        oh.Message.from_role_and_content(oh.Role.ASSISTANT, "x")
+        .with_channel("")
+        .with_recipient("")
+        .with_content_type("")
+    )
+    assert Message.from_harmony(message) == Message(Role.ASSISTANT, "x")

@@ -1,13 +1,17 @@
 """StreamParser: deltas joined per field equal parse_completion's fields, on any input."""
 
+import codecs
 import json
+import re
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from mlx_harmony.harmony_format import (
+    FIRST_SPECIAL,
     RETURN,
     STOP_TOKENS,
     VOCAB_SIZE,
@@ -32,11 +36,38 @@ def corpus_tokens(case: dict) -> list[int]:
     return tokens + case.get("extra_ids", [])
 
 
+def generator_texts(tokens: list[int]) -> list[str]:
+    """Each token's text as a streaming detokenizer hands it out (mlx-generate's
+    ``StreamEvent.text``): UTF-8 split across tokens comes with the token that completes it."""
+    encoding = get_encoding()
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    texts = []
+    for token in tokens:
+        if 0 <= token < FIRST_SPECIAL:
+            texts.append(
+                decoder.decode(
+                    encoding.decode([token], errors="surrogateescape").encode(
+                        "utf-8", "surrogateescape"
+                    )
+                )
+            )
+        else:  # a special token: its marker, after what the decoder held back
+            marker = encoding.decode([token]) if 0 <= token < VOCAB_SIZE else "\ufffd"
+            texts.append(decoder.decode(b"", final=True) + marker)
+            decoder.reset()
+    return texts
+
+
 def stream(
-    tokens: list[int],
+    tokens: list[int], *, with_text: bool = False
 ) -> tuple[list[list[StreamDelta]], list[StreamDelta], ParsedCompletion]:
+    """Feed `tokens`; ``with_text``: with the generator's text for each (no decoding)."""
     parser = StreamParser()
-    per_token = [list(parser.feed(token)) for token in tokens]
+    if with_text:
+        texts = generator_texts(tokens)
+        per_token = [list(parser.feed(t, text)) for t, text in zip(tokens, texts, strict=True)]
+    else:
+        per_token = [list(parser.feed(token)) for token in tokens]
     tail = list(parser.flush())
     return per_token, tail, parser.finish()
 
@@ -75,10 +106,11 @@ def assert_deltas_add_up(deltas: list[StreamDelta], result: ParsedCompletion) ->
     assert per_message == {i: m.text for i, m in enumerate(result.messages) if m.text}
 
 
+@pytest.mark.parametrize("with_text", [False, True], ids=["decoded", "given"])
 @pytest.mark.parametrize("case", CORPUS, ids=[case["id"] for case in CORPUS])
-def test_stream_survives_malformed_completions(case: dict) -> None:
+def test_stream_survives_malformed_completions(case: dict, with_text: bool) -> None:
     tokens = corpus_tokens(case)
-    per_token, tail, result = stream(tokens)
+    per_token, tail, result = stream(tokens, with_text=with_text)
     assert result == parse_completion(up_to_stop(tokens))
     assert_deltas_add_up([d for ds in per_token for d in ds] + tail, result)
 
@@ -146,36 +178,93 @@ completions = (
 )
 
 
+@pytest.mark.parametrize("with_text", [False, True], ids=["decoded", "given"])
 @settings(max_examples=100, deadline=None)
 @given(completions, st.data())
-def test_deltas_add_up_to_the_parse_of_valid_and_truncated_completions(messages, data) -> None:
+def test_deltas_add_up_to_the_parse_of_valid_and_truncated_completions(
+    with_text: bool, messages, data
+) -> None:
     tokens = render_completion(messages)
     tokens = tokens[: data.draw(st.integers(0, len(tokens)), label="cut")]
-    per_token, tail, result = stream(tokens)
+    per_token, tail, result = stream(tokens, with_text=with_text)
     assert result == parse_completion(up_to_stop(tokens))
     assert_deltas_add_up([d for ds in per_token for d in ds] + tail, result)
 
 
 markup = [200002, 200003, 200005, 200006, 200007, 200008, 200012]
+MARKER = re.compile(r"<\|[a-z_0-9]+\|>")
+"""The text of a special token (``<|message|>``, ``<|reserved_200013|>``)."""
+
 token_ids = st.one_of(
     st.sampled_from(markup),
     st.sampled_from(markup),
-    st.sampled_from(
-        [17196, 35644, 173781, 12194, 316, 28, 44580]
-    ),  # final analysis assistant Hi to = functions
-    st.integers(0, 199997),
-    st.integers(199998, VOCAB_SIZE + 3),
-    st.integers(-3, -1),
+    st.sampled_from(  # the rest of the special range: never text
+        [FIRST_SPECIAL, 199999, 200000, 200001, 200004, 200009, 200013, VOCAB_SIZE - 1]
+    ),
+    st.sampled_from(  # header words: final analysis commentary assistant tool user Hi
+        [17196, 35644, 12606, 815, 173781, 17952, 1428, 12194]
+    ),
+    st.sampled_from([316, 935, 28, 44580, 1196, 5701, 220, 198, 216]),  # " to", "=", ".f", "\x1c"
+    st.integers(0, FIRST_SPECIAL - 1),
     st.sampled_from([9552, 99, 247]),  # the bytes of " 🦙"
+    st.sampled_from([-1, VOCAB_SIZE, 300000]),  # ids the tokenizer does not know
 )
+token_lists = st.lists(token_ids, max_size=32)
 
 
-@settings(max_examples=400, deadline=None)
-@given(st.lists(token_ids, max_size=24))
-def test_deltas_add_up_on_garbage(tokens: list[int]) -> None:
-    per_token, tail, result = stream(tokens)
-    assert result == parse_completion(up_to_stop(tokens))
-    assert_deltas_add_up([d for ds in per_token for d in ds] + tail, result)
+def check_any_tokens(tokens: list[int]) -> None:
+    """Never raises; no special-token text in any field; both stream modes add up."""
+    whole = parse_completion(up_to_stop(tokens))
+    assert parse_completion(tokens).messages == whole.messages
+    ordinary = get_encoding().decode([t for t in tokens if 0 <= t < FIRST_SPECIAL])
+    if not MARKER.search(ordinary):  # the text itself can spell a marker; then anything goes
+        for text in (whole.analysis, whole.commentary, whole.final):
+            assert not MARKER.search(text), whole
+        for call in whole.tool_calls:
+            assert not MARKER.search(call.arguments), whole
+    for with_text in (False, True):
+        per_token, tail, result = stream(tokens, with_text=with_text)
+        assert result == whole, with_text
+        assert_deltas_add_up([d for ds in per_token for d in ds] + tail, result)
+
+
+# Found by hypothesis; kept here so that they do not depend on a local example database.
+REGRESSIONS = [
+    [216, 200007, 200003],  # "\x1c" is whitespace to Python, not to openai-harmony
+    [935, 28, 200008, 87, 200002],  # a bare "to=": no recipient in both parses
+    [17196, 316, 28, 200008, 87, 200002],
+    [200006, 17952, 200007],  # <|start|>tool<|end|>: a tool without a name
+    [200006, 17952, 200002],
+    [200005, 17196, 200008, 12194, 200007, 200006, 17952, 200012],
+    [200005, 17196, 200008, 12194, 200008, 87, 200002],  # <|message|> inside content
+    [200005, 35644, 200008, 12194, 200005, 17196, 200008, 87, 200002],  # <|channel|> inside
+    [200005, 17196, 200008, 9552, 200008, 99, 247, 200002],  # a special token cuts a character
+    [200005, 12606, 815, 220, 200003, 4108, 220, 87, 200002],  # <|constrain|> in a cut header
+    [200007, 199999, 200006, 173781, 200008, 87],  # <|endoftext|> between messages
+]
+
+
+def with_regressions(test: Callable[[list[int]], None]) -> Callable[[list[int]], None]:
+    for tokens in REGRESSIONS:
+        test = example(tokens)(test)
+    return test
+
+
+@settings(max_examples=300, deadline=None)
+@with_regressions
+@given(token_lists)
+def test_any_token_sequence_parses_and_streams_without_special_text(tokens: list[int]) -> None:
+    check_any_tokens(tokens)
+
+
+@pytest.mark.slow
+@settings(max_examples=2000, deadline=None)
+@with_regressions
+@given(token_lists)
+def test_thousands_of_token_sequences_parse_and_stream_without_special_text(
+    tokens: list[int],
+) -> None:
+    check_any_tokens(tokens)
 
 
 corruptions = st.lists(
@@ -188,9 +277,12 @@ corruptions = st.lists(
 )
 
 
+@pytest.mark.parametrize("with_text", [False, True], ids=["decoded", "given"])
 @settings(max_examples=100, deadline=None)
 @given(completions, corruptions)
-def test_deltas_add_up_on_corrupted_completions(messages: list[Message], edits) -> None:
+def test_deltas_add_up_on_corrupted_completions(
+    with_text: bool, messages: list[Message], edits
+) -> None:
     tokens = render_completion(messages)
     for position, edit, token in edits:
         at = position % len(tokens)
@@ -200,6 +292,6 @@ def test_deltas_add_up_on_corrupted_completions(messages: list[Message], edits) 
             tokens[at] = token
         elif len(tokens) > 1:
             del tokens[at]
-    per_token, tail, result = stream(tokens)
+    per_token, tail, result = stream(tokens, with_text=with_text)
     assert result == parse_completion(up_to_stop(tokens))
     assert_deltas_add_up([d for ds in per_token for d in ds] + tail, result)

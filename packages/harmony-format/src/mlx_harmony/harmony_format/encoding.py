@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from enum import IntEnum
 from pathlib import Path
 
 from openai_harmony import HarmonyEncoding, HarmonyEncodingName, load_harmony_encoding
@@ -25,34 +26,66 @@ __all__ = [
     "CHANNEL",
     "CONSTRAIN",
     "END",
+    "ENDOFTEXT",
     "ENV_VAR",
+    "FIRST_SPECIAL",
     "MESSAGE",
     "RETURN",
     "START",
+    "STARTOFTEXT",
     "STOP_TOKENS",
     "VOCAB_FILE",
     "VOCAB_SHA256",
     "VOCAB_SIZE",
+    "HarmonyToken",
     "HarmonyVocabError",
     "get_encoding",
     "verify_vocab",
     "vocab_dir",
 ]
 
-RETURN = 200002
-"""``<|return|>``: the assistant finished its final answer. Stops generation."""
-CONSTRAIN = 200003
-"""``<|constrain|>``: starts a constrained content type in a header (``<|constrain|>json``)."""
-CHANNEL = 200005
-"""``<|channel|>``: the channel name follows (analysis, commentary, final)."""
-START = 200006
-"""``<|start|>``: a message header follows (role, recipient, channel)."""
-END = 200007
-"""``<|end|>``: ends one message. Does NOT stop generation."""
-MESSAGE = 200008
-"""``<|message|>``: ends the header; the content follows."""
-CALL = 200012
-"""``<|call|>``: the assistant addressed a tool. Stops generation."""
+
+class HarmonyToken(IntEnum):
+    """The o200k_harmony special tokens by name: the one place their ids are written."""
+
+    STARTOFTEXT = 199998
+    """``<|startoftext|>``: the first special id; every id from here on is special or reserved."""
+    ENDOFTEXT = 199999
+    """``<|endoftext|>``: the end-of-text token (a native model's EOS; the pad token)."""
+    RETURN = 200002
+    """``<|return|>``: the assistant finished its final answer. Stops generation."""
+    CONSTRAIN = 200003
+    """``<|constrain|>``: starts a constrained content type in a header (``<|constrain|>json``)."""
+    CHANNEL = 200005
+    """``<|channel|>``: the channel name follows (analysis, commentary, final)."""
+    START = 200006
+    """``<|start|>``: a message header follows (role, recipient, channel)."""
+    END = 200007
+    """``<|end|>``: ends one message. Does NOT stop generation."""
+    MESSAGE = 200008
+    """``<|message|>``: ends the header; the content follows."""
+    CALL = 200012
+    """``<|call|>``: the assistant addressed a tool. Stops generation."""
+
+    @property
+    def marker(self) -> str:
+        """The token's text, such as ``<|start|>``."""
+        return f"<|{self.name.lower()}|>"
+
+
+# Plain ints for the per-token paths (comparing with an IntEnum member costs more).
+STARTOFTEXT = int(HarmonyToken.STARTOFTEXT)
+ENDOFTEXT = int(HarmonyToken.ENDOFTEXT)
+RETURN = int(HarmonyToken.RETURN)
+CONSTRAIN = int(HarmonyToken.CONSTRAIN)
+CHANNEL = int(HarmonyToken.CHANNEL)
+START = int(HarmonyToken.START)
+END = int(HarmonyToken.END)
+MESSAGE = int(HarmonyToken.MESSAGE)
+CALL = int(HarmonyToken.CALL)
+FIRST_SPECIAL = STARTOFTEXT
+"""Ids ``>= FIRST_SPECIAL`` are Harmony's special and reserved tokens, never plain text."""
+
 ASSISTANT = 173781
 """The ordinary token ``assistant``: a prompt for completion ends with ``START, ASSISTANT``."""
 
@@ -66,15 +99,7 @@ VOCAB_FILE = "o200k_base.tiktoken"
 VOCAB_SHA256 = "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d"
 ENV_VAR = "TIKTOKEN_ENCODINGS_BASE"
 
-_EXPECTED_IDS = {
-    "<|return|>": RETURN,
-    "<|constrain|>": CONSTRAIN,
-    "<|channel|>": CHANNEL,
-    "<|start|>": START,
-    "<|end|>": END,
-    "<|message|>": MESSAGE,
-    "<|call|>": CALL,
-}
+_EXPECTED_IDS = {token.marker: int(token) for token in HarmonyToken}
 
 _lock = threading.Lock()
 _encoding: HarmonyEncoding | None = None

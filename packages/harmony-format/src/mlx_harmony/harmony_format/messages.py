@@ -430,8 +430,8 @@ class Message:
         return cls(
             message.author.role,
             content,
-            channel=message.channel,
-            recipient=message.recipient,
-            content_type=message.content_type,
+            channel=message.channel or None,  # openai-harmony reads a bare "to=" as ""
+            recipient=message.recipient or None,
+            content_type=message.content_type or None,
             name=message.author.name,
         )

@@ -13,7 +13,10 @@ normalizes what a generation loop hands over:
   ``<|message|>`` is dropped, a character cut in the middle of its UTF-8 bytes is dropped, and
   a ``<|return|>`` is appended for the parsers;
 * a parser's result is only accepted when every ``<|end|>``/``<|return|>``/``<|call|>`` closed
-  exactly one message (openai-harmony's non-strict mode silently drops some).
+  exactly one message (openai-harmony's non-strict mode silently drops some);
+* openai-harmony prints a special token it finds inside content (``a<|message|>b``) as text, so
+  a completion with a special token out of place goes straight to the scanner, which ends the
+  message or skips the token as the structure says and never prints it.
 
 Assistant messages then fill the fields: text to a recipient is a tool call (whatever the
 channel), ``analysis`` and ``commentary`` text go to their fields, and everything else
@@ -31,12 +34,13 @@ from enum import StrEnum
 
 from openai_harmony import HarmonyEncoding
 
-from ._scan import Scanner
+from ._scan import Scanner, first_out_of_place
 from .encoding import (
     CALL,
     CHANNEL,
     CONSTRAIN,
     END,
+    FIRST_SPECIAL,
     MESSAGE,
     RETURN,
     START,
@@ -52,7 +56,6 @@ __all__ = [
     "parse_completion",
 ]
 
-_FIRST_SPECIAL = 199998
 _CONSTRAIN_MARK = "<|constrain|>"
 _RECIPIENT_FIRST = re.compile(r"\s*to(=|$)")
 
@@ -221,7 +224,7 @@ def _drop_cut_header(encoding: HarmonyEncoding, body: list[int]) -> list[int]:
 def _ends_mid_character(encoding: HarmonyEncoding, body: list[int]) -> bool:
     tail: list[int] = []
     for token in reversed(body[-4:]):
-        if not 0 <= token < _FIRST_SPECIAL:
+        if not 0 <= token < FIRST_SPECIAL:
             break
         tail.append(token)
     if not tail:
@@ -236,13 +239,20 @@ def _is_panic(exc: BaseException) -> bool:
     return type(exc).__name__ == "PanicException"
 
 
+def _misplaced(encoding: HarmonyEncoding, token: int, index: int) -> str:
+    if not 0 <= token < VOCAB_SIZE:
+        return f"token id {token} at {index} is outside 0..{VOCAB_SIZE - 1}"
+    return f"{encoding.decode([token])} ({token}) at {index} is out of place"
+
+
 def _parse(
     encoding: HarmonyEncoding, body: list[int], role: Role | None, strict_first: bool
 ) -> tuple[list[Message], ParsePath, list[str]]:
     errors: list[str] = []
     if not body:
         return [], ParsePath.STRICT, errors
-    if _is_valid(body):
+    misplaced = first_out_of_place(body, headerless=role is not None)
+    if misplaced is None:
         expected = body.count(END) + body.count(RETURN) + body.count(CALL)
         modes = (
             (ParsePath.STRICT, ParsePath.NON_STRICT) if strict_first else (ParsePath.NON_STRICT,)
@@ -268,7 +278,7 @@ def _parse(
                 continue
             return messages, path, errors
     else:
-        errors.append(f"token ids outside 0..{VOCAB_SIZE - 1}")
+        errors.append(_misplaced(encoding, body[misplaced], misplaced))
     scanner = Scanner(encoding, headerless=role is not None)
     for token in body:
         scanner.feed(token)

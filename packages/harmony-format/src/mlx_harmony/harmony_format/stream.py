@@ -2,8 +2,9 @@
 
 ``StreamParser`` drives openai-harmony's ``StreamableParser`` (non-strict) and tags each piece of
 text with its message's channel and recipient. When openai-harmony gives up on malformed input,
-it replays the tokens through the same tolerant scanner ``parse_completion`` falls back to and
-goes on from there, so it never raises on what the model writes.
+or before it would print a special token that is out of place, it replays the tokens through the
+same tolerant scanner ``parse_completion`` falls back to and goes on from there, so it never
+raises on what the model writes and never shows special-token text.
 
 The end of input can reveal text (an answer written without any header shows up only when the
 stream ends), so finish with ``flush()``, which returns the last deltas, then ``finish()``, which
@@ -18,8 +19,8 @@ from dataclasses import dataclass
 
 from openai_harmony import StreamableParser
 
-from ._scan import Header, Scanner
-from .encoding import CALL, END, RETURN, START, VOCAB_SIZE, get_encoding
+from ._scan import Header, Layout, Scanner
+from .encoding import CALL, END, RETURN, START, get_encoding
 from .messages import Message, Role
 from .parse import ParsedCompletion, _field_of, parse_completion
 
@@ -45,7 +46,7 @@ class StreamDelta:
 
 
 class StreamParser:
-    """Feed generated token ids one by one; get ``StreamDelta`` values back.
+    """Feed generated token ids (and their text) one by one; get ``StreamDelta`` values back.
 
     ``feed`` returns a (usually empty or one-item) tuple. Tokens after the first stop token are
     ignored. ``flush()`` then ``finish()`` end the stream.
@@ -56,6 +57,7 @@ class StreamParser:
         self._tokens: list[int] = []
         self._parser: StreamableParser | None = None
         self._scanner: Scanner | None = None
+        self._layout: Layout | None = None
         self._stop_token: int | None = None
         self._previous: int | None = None
         self._done: list[int] = []  # characters sent, per finished message
@@ -72,22 +74,33 @@ class StreamParser:
     def stop_token(self) -> int | None:
         return self._stop_token
 
-    def feed(self, token: int) -> tuple[StreamDelta, ...]:
+    def feed(self, token: int, text: str | None = None) -> tuple[StreamDelta, ...]:
+        """Take one generated token; ``text`` is the text the generator already decoded for it
+        (mlx-generate's ``StreamEvent.text``).
+
+        Given from the first token on, the parser walks the tokens itself and takes content
+        text as given: no token is decoded twice (header tokens are decoded, a few per
+        message). Without it, openai-harmony's parser decodes each token.
+        """
         if self._stop_token is not None or self._result is not None:
             return _NONE
-        self._tokens.append(token)
+        tokens = self._tokens
+        if text is not None and not tokens:
+            self._scanner = Scanner(self._encoding, headerless=token != START)
+        tokens.append(token)
         previous, self._previous = self._previous, token
         if token in (RETURN, CALL):
             self._stop_token = token
             if previous == END:  # the message is already closed; parse_completion skips it too
                 return _NONE
         if self._scanner is not None:
-            return self._feed_raw(token)
-        parser = self._parser
-        if parser is None:
+            return self._feed_raw(token, text)
+        parser, layout = self._parser, self._layout
+        if parser is None or layout is None:
             role = None if token == START else Role.ASSISTANT
             parser = self._parser = StreamableParser(self._encoding, role, strict=False)
-        if not 0 <= token < VOCAB_SIZE:
+            layout = self._layout = Layout(headerless=role is not None)
+        if not layout.step(token):  # openai-harmony would print it: parse_completion won't
             return self._to_raw()
         try:
             parser.process(token)
@@ -105,7 +118,11 @@ class StreamParser:
         header = self._header
         if header is None:
             role = parser.current_role or Role.ASSISTANT
-            header = self._header = (role, parser.current_channel, parser.current_recipient)
+            header = self._header = (
+                role,
+                parser.current_channel or None,
+                parser.current_recipient or None,
+            )
         self._sent += len(delta)
         return (StreamDelta(delta, header[1], header[2], len(self._done), header[0]),)
 
@@ -143,7 +160,7 @@ class StreamParser:
 
     def _to_raw(self) -> tuple[StreamDelta, ...]:
         """openai-harmony gave up: replay everything through the scanner and catch up."""
-        self._parser, self._header = None, None
+        self._parser, self._layout, self._header = None, None, None
         tokens = self._tokens
         scanner = self._scanner = Scanner(
             self._encoding, headerless=not tokens or tokens[0] != START
@@ -153,11 +170,11 @@ class StreamParser:
         current = (scanner.header, scanner.current_text()) if scanner.in_content else None
         return self._catch_up(scanner.messages, current)
 
-    def _feed_raw(self, token: int) -> tuple[StreamDelta, ...]:
+    def _feed_raw(self, token: int, text: str | None = None) -> tuple[StreamDelta, ...]:
         scanner = self._scanner
         assert scanner is not None
         finished = len(scanner.messages)
-        piece = scanner.feed(token)
+        piece = scanner.feed(token, text)
         out = _NONE
         if piece is not None:
             header = piece.header
