@@ -1,7 +1,7 @@
 """Decode speed of our loop against mlx-lm's `stream_generate`, side by side in one run.
 
     python tools/bench_generate.py --shape tiny
-    python tools/bench_generate.py --shape gpt-oss-20b --dtype bfloat16 [--bits 4]
+    python tools/bench_generate.py --shape gpt-oss-20b --dtype bfloat16 [--bits 4 [--mode mxfp4]]
     python tools/bench_generate.py --model PATH
 
 Same model object, same prompt, greedy, no stop tokens, runs alternating (the order rotates each
@@ -12,7 +12,15 @@ the time from the first token to the last. Variants:
   detection checking every 16 tokens (with a threshold that never fires: random models loop);
 - `ours_logprobs`: the same with normalized log-probabilities per token, mlx-lm's arithmetic;
 - `ours_text`: TokenGenerator.stream with UTF-8 text deltas;
-- `mlx_lm`: mlx_lm.generate.stream_generate (log-probabilities and text every token).
+- `mlx_lm`: mlx_lm.generate.stream_generate (log-probabilities and text every token);
+- `eager`: our `stream_generate` with `compiled=False` (token ids, greedy), mlx-lm's step;
+- `compiled`: our `stream_generate` with `compiled=True`, the compiled static-shape step.
+
+`ours*` take whatever `TokenGenerator` defaults to (the compiled step where it applies).
+`--variants` picks a subset. Each variant's peak memory (`mx.get_peak_memory`, reset before each
+run) is reported. With `compiled` among the variants it also measures what a bucket change costs:
+one more run from a fresh compile, buckets of `--bucket-probe` positions, so the full-attention
+buffers grow in the middle of the run; the first token after the change pays for the compile.
 
 It also measures what cheap loop detection costs per token, as a share of a decode step.
 
@@ -23,6 +31,7 @@ Imports only mlx, mlx-lm and this repo's packages, so it runs on a GPU machine w
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import statistics
@@ -47,16 +56,34 @@ def _build(args: argparse.Namespace) -> tuple[Any, str]:
     from mlx_harmony.demo_model.tokenizer import write_tokenizer_files
 
     dtype = getattr(mx, args.dtype) if args.dtype else None
+    affine = args.mode == "affine"
     model, config = build_random_model(
-        args.shape, seed=0, dtype=dtype, quantize_bits=args.bits, group_size=args.group_size
+        args.shape,
+        seed=0,
+        dtype=dtype,
+        quantize_bits=args.bits if affine else None,
+        group_size=args.group_size,
     )
+    if args.bits and not affine:
+        import mlx.nn as nn
+
+        nn.quantize(
+            model,
+            group_size=args.group_size,
+            bits=args.bits,
+            mode=args.mode,
+            class_predicate=lambda _, m: (
+                hasattr(m, "to_quantized") and not isinstance(m, nn.Embedding)
+            ),
+        )
+        mx.eval(model.parameters())
     folder = Path(tempfile.mkdtemp(prefix="bench-tokenizer-"))
     cache_dir = Path(args.cache_dir) if args.cache_dir else _default_cache_dir()
     write_tokenizer_files(folder, cache_dir=cache_dir)
     tokenizer = load_tokenizer(folder, eos_token_ids=config.get("eos_token_id"))
     label = f"random {args.shape}, {args.dtype or 'default dtype'}"
     if args.bits:
-        label += f", {args.bits}-bit"
+        label += f", {args.bits}-bit {args.mode}"
     loaded = LoadedModel(
         model=model, tokenizer=tokenizer, config=config, model_type="gpt_oss", path=folder
     )
@@ -108,6 +135,105 @@ def _run_ours_logprobs(
     return _decode_rate(times), times[0] - start, len(times)
 
 
+def _run_loop(
+    loaded: Any, prompt: list[int], max_tokens: int, *, compiled: bool, min_bucket: int = 1024
+) -> tuple[float, float, int]:
+    from mlx_harmony.generate.loop import stream_generate
+
+    times = []
+    start = time.perf_counter()
+    for event in stream_generate(
+        loaded.model,
+        None,
+        prompt,
+        max_tokens=max_tokens,
+        stop_tokens=(),
+        detokenize=False,
+        compiled=compiled,
+        min_bucket=min_bucket,
+    ):
+        if event.token is not None:
+            times.append(time.perf_counter())
+    return _decode_rate(times), times[0] - start, len(times)
+
+
+def _bucket_change_cost(
+    loaded: Any, prompt: list[int], max_tokens: int, bucket: int
+) -> dict[str, float] | None:
+    """The first decode step after a bucket change, against the median step, from a fresh
+    compile (the compiled steps of the model are dropped first)."""
+    from mlx_harmony.generate import compiled as compiled_module
+    from mlx_harmony.generate.loop import stream_generate
+
+    n_prompt = len(prompt)
+    first = n_prompt + 1  # positions held when decoding starts
+    start_bucket = bucket
+    while start_bucket < first:
+        start_bucket *= 2
+    change = start_bucket - n_prompt  # the token index whose step writes the first new slot
+    if change >= max_tokens - 1:
+        return None
+    compiled_module._COMPILED.pop(id(loaded.model), None)
+    times = []
+    start = time.perf_counter()
+    for event in stream_generate(
+        loaded.model,
+        None,
+        prompt,
+        max_tokens=max_tokens,
+        stop_tokens=(),
+        detokenize=False,
+        compiled=True,
+        min_bucket=bucket,
+    ):
+        if event.token is not None:
+            times.append(time.perf_counter())
+    steps = [b - a for a, b in itertools.pairwise(times)]
+    # Token i+1 comes from the step fed token i; the loop queues one step ahead, so the wait
+    # for the compile shows at the token after the changing step or the next one.
+    after = max(steps[change - 1 : change + 2])
+    return {
+        "bucket_from": start_bucket,
+        "bucket_to": start_bucket * 2,
+        "ttft_s": times[0] - start,  # holds the first bucket's compile
+        "first_step_s": steps[0],
+        "step_after_change_s": after,
+        "median_step_s": statistics.median(steps),
+    }
+
+
+def _token_agreement(
+    loaded: Any, prompt: list[int], max_tokens: int, min_bucket: int
+) -> dict[str, int | None]:
+    """Where our eager and compiled greedy tokens first differ from mlx-lm's (None: nowhere);
+    the compiled run with buckets of `min_bucket`, so that it crosses a bucket change."""
+    from mlx_lm.generate import generate_step
+
+    from mlx_harmony.generate.loop import stream_generate
+
+    want = [int(t) for t, _ in generate_step(mx.array(prompt), loaded.model, max_tokens=max_tokens)]
+    result: dict[str, int | None] = {}
+    for name, compiled in (("eager", False), ("compiled", True)):
+        got = [
+            e.token
+            for e in stream_generate(
+                loaded.model,
+                None,
+                prompt,
+                max_tokens=max_tokens,
+                stop_tokens=(),
+                detokenize=False,
+                compiled=compiled,
+                min_bucket=min_bucket,
+            )
+            if e.token is not None
+        ]
+        result[name] = next(
+            (i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b), None
+        )
+    return result
+
+
 def _run_mlx_lm(loaded: Any, prompt: list[int], max_tokens: int) -> tuple[float, float, int]:
     from mlx_lm.generate import stream_generate
 
@@ -134,6 +260,16 @@ def _loop_detection_cost_s(check_every: int) -> float:
     return per_call / detector.interval
 
 
+_VARIANTS = ("ours", "ours_logprobs", "ours_text", "eager", "compiled", "mlx_lm")
+
+
+def _timed(run: Any) -> tuple[float, float, int, float]:
+    mx.synchronize()
+    mx.reset_peak_memory()
+    rate, ttft, count = run()
+    return rate, ttft, count, mx.get_peak_memory() / 1e9
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     source = parser.add_mutually_exclusive_group()
@@ -142,12 +278,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dtype", default=None, help="bfloat16, float16, float32 (random model)")
     parser.add_argument("--bits", type=int, default=None, help="quantize the random model")
     parser.add_argument("--group-size", type=int, default=32)
+    parser.add_argument(
+        "--mode", default="affine", help="quantization mode with --bits: affine, mxfp4, ..."
+    )
+    parser.add_argument(
+        "--variants",
+        default=",".join(_VARIANTS),
+        help=f"comma-separated subset of {','.join(_VARIANTS)} (mlx_lm is always run)",
+    )
+    parser.add_argument(
+        "--bucket-probe",
+        type=int,
+        default=None,
+        help="bucket size for the bucket-change measurement (default: a size that changes "
+        "halfway through the run)",
+    )
     parser.add_argument("--cache-dir", default=None, help="where the tokenizer build is cached")
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
+    chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
+    unknown = sorted(set(chosen) - set(_VARIANTS))
+    if unknown:
+        parser.error(f"unknown --variants {unknown}; choose from {', '.join(_VARIANTS)}")
+    if args.mode != "affine" and not args.bits:
+        parser.error(f"--mode {args.mode} quantizes: give --bits too (4 for mxfp4)")
 
     from mlx_harmony.generate import TokenGenerator, make_loop_detector
 
@@ -160,21 +317,26 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(1)
     prompt = [rng.randrange(199_998) for _ in range(args.prompt_tokens)]
 
-    variants = {
+    all_variants = {
         "ours": lambda: _run_ours(generator, prompt, args.max_tokens),
         "ours_logprobs": lambda: _run_ours_logprobs(generator, prompt, args.max_tokens),
         "ours_text": lambda: _run_ours_text(generator, prompt, args.max_tokens),
+        "eager": lambda: _run_loop(loaded, prompt, args.max_tokens, compiled=False),
+        "compiled": lambda: _run_loop(loaded, prompt, args.max_tokens, compiled=True),
         "mlx_lm": lambda: _run_mlx_lm(loaded, prompt, args.max_tokens),
     }
+    variants = {name: all_variants[name] for name in _VARIANTS if name in chosen}
+    variants["mlx_lm"] = all_variants["mlx_lm"]
     names = list(variants)
-    for name in names:  # warm up kernels and caches
+    for name in names:  # warm up kernels and caches (and compile the first bucket)
         variants[name]()
     rates: dict[str, list[float]] = {name: [] for name in names}
     ttfts: dict[str, list[float]] = {name: [] for name in names}
+    peaks: dict[str, list[float]] = {name: [] for name in names}
     for run in range(args.runs):
         order = names[run % len(names) :] + names[: run % len(names)]
         for name in order:
-            rate, ttft, count = variants[name]()
+            rate, ttft, count, peak = _timed(variants[name])
             if count != args.max_tokens:
                 print(
                     f"{name} produced {count} tokens, expected {args.max_tokens}", file=sys.stderr
@@ -182,6 +344,12 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             rates[name].append(rate)
             ttfts[name].append(ttft)
+            peaks[name].append(peak)
+    probe = args.bucket_probe or max(1, (args.prompt_tokens + args.max_tokens // 2) // 2)
+    agreement = _token_agreement(loaded, prompt, args.max_tokens, probe)
+    bucket_change = None
+    if "compiled" in names:
+        bucket_change = _bucket_change_cost(loaded, prompt, args.max_tokens, probe)
 
     medians = {name: statistics.median(r) for name, r in rates.items()}
     # Each round runs every variant back to back: the median of the per-round ratios is robust
@@ -191,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in names
         if name != "mlx_lm"
     }
-    decode_step_s = 1.0 / medians["ours"]
+    decode_step_s = 1.0 / medians[names[0]]
     loop_cost = _loop_detection_cost_s(generator.loop_detector.check_every)
     results = {
         "model": label,
@@ -203,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
         "decode_tokens_per_s": rates,
         "median_decode_tokens_per_s": medians,
         "median_ttft_s": {name: statistics.median(t) for name, t in ttfts.items()},
+        "median_peak_memory_gb": {name: statistics.median(p) for name, p in peaks.items()},
+        "bucket_change": bucket_change,
+        "first_token_differing_from_mlx_lm": agreement,
         "ratio_of_medians_vs_mlx_lm": {
             name: medians[name] / medians["mlx_lm"] for name in names if name != "mlx_lm"
         },
@@ -214,11 +385,36 @@ def main(argv: list[str] | None = None) -> int:
     print(f"prompt {args.prompt_tokens} tokens, {args.max_tokens} new tokens, {args.runs} runs")
     for name in names:
         runs = ", ".join(f"{r:.1f}" for r in rates[name])
-        print(f"  {name:14s} median {medians[name]:8.1f} tok/s   runs: {runs}")
+        print(
+            f"  {name:14s} median {medians[name]:8.1f} tok/s   "
+            f"ttft {1e3 * results['median_ttft_s'][name]:7.1f} ms   "
+            f"peak {results['median_peak_memory_gb'][name]:.3f} GB   runs: {runs}"
+        )
     for name, ratio in paired.items():
         print(
             f"ratio {name} / mlx-lm: {ratio:.3f} (median of per-round ratios), "
             f"{medians[name] / medians['mlx_lm']:.3f} (ratio of medians)"
+        )
+    if "compiled" in paired and "eager" in paired:
+        ratio = statistics.median(
+            a / b for a, b in zip(rates["compiled"], rates["eager"], strict=True)
+        )
+        results["median_paired_ratio_compiled_vs_eager"] = ratio
+        print(f"ratio compiled / eager: {ratio:.3f} (median of per-round ratios)")
+    print(
+        "greedy tokens identical to mlx-lm's: "
+        + ", ".join(
+            f"{name} {'yes' if at is None else f'no, from token {at}'}"
+            for name, at in agreement.items()
+        )
+    )
+    if bucket_change is not None:
+        print(
+            f"bucket change {bucket_change['bucket_from']} -> {bucket_change['bucket_to']} "
+            f"positions (fresh compile): first token after it "
+            f"{1e3 * bucket_change['step_after_change_s']:.1f} ms, median step "
+            f"{1e3 * bucket_change['median_step_s']:.1f} ms; time to first token with the "
+            f"first bucket's compile {1e3 * bucket_change['ttft_s']:.1f} ms"
         )
     print(
         f"cheap loop detection: {loop_cost * 1e6:.2f} us per token = "

@@ -5,6 +5,10 @@ step is queued before the current token is handed out) minus the work nobody ask
 decoding takes the argmax of the logits without normalizing them, log-probabilities are computed
 only for a sampler or on request, and no step is queued past `max_tokens`.
 
+For mlx-lm's gpt_oss model with its own caches, decoding after the prompt's last token runs the
+compiled, static-shape step of `compiled.py` (``compiled=None``, the default, picks it where it
+applies; ``compiled=False`` keeps the eager step): same tokens, one graph per step.
+
 `stream_generate` adds what a chat needs: prompt-cache reuse, stop tokens, stop strings,
 cancellation, loop detection, UTF-8-safe text deltas and timing stats. Text is decoded only when
 someone reads it (or stop strings need it).
@@ -22,6 +26,12 @@ import mlx.nn as nn
 from mlx_lm.models.cache import KVCache, TokenBuffer
 
 from .cache import CacheReuse, PromptCache, maybe_quantize_kv_cache
+from .compiled import (
+    DEFAULT_MIN_BUCKET,
+    StaticDecoder,
+    StepOutput,
+    compiled_decode_unsupported_reason,
+)
 from .emit import StreamEvent, TokenEvents
 from .loop_detection import LoopDetectionMode, LoopDetector
 from .stats import CacheReuseMode, GenerationStats, StopReason
@@ -100,6 +110,8 @@ def generate_step(
     prompt_end_callback: Callable[[], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
     stream: Any = None,
+    compiled: bool | None = None,
+    min_bucket: int = DEFAULT_MIN_BUCKET,
 ) -> Generator[tuple[int, mx.array | None], None, None]:
     """Yield (token, log-probabilities or None) for `prompt`, continuing `cache` in place.
 
@@ -108,6 +120,12 @@ def generate_step(
     cache, before the first generated token is fed back. `should_stop` is checked between
     prefill chunks; when it says stop, the generator ends without a token. ``max_tokens=-1``
     never stops on length.
+
+    `compiled=None` decodes with the compiled static-shape step where it applies (gpt_oss with
+    its own caches, no `kv_bits`), eagerly elsewhere; `True` requires it (ValueError naming why
+    it does not apply); `False` is always eager. The compiled step holds the full-attention
+    layers in buckets of `min_bucket` * 2**k positions and writes the positions back into
+    `cache` when the generator ends or is closed.
     """
     if prompt.size == 0:
         raise ValueError("prompt must hold at least one token to generate from")
@@ -115,6 +133,8 @@ def generate_step(
         raise ValueError(f"max_tokens must be positive (or -1 for no limit), got {max_tokens}")
     if prefill_step_size < 1:
         raise ValueError(f"prefill_step_size must be positive, got {prefill_step_size}")
+    if min_bucket < 1:
+        raise ValueError(f"min_bucket must be positive, got {min_bucket}")
     stream = generation_stream if stream is None else stream
     processors = list(logits_processors or ())
     # The tokens so far for the processors, in a buffer that grows by blocks (mlx-lm's).
@@ -123,6 +143,9 @@ def generate_step(
         history.update_and_fetch(context)
     quantize = kv_bits is not None and any(type(c) is KVCache for c in cache)
     need_logprobs = logprobs or sampler is not None
+    static = _use_compiled(compiled, model, cache, kv_bits, prompt, max_tokens)
+    output: StepOutput = "logits" if processors else "logprobs" if need_logprobs else "token"
+    decoder: StaticDecoder | None = None
 
     def _quantize() -> None:
         maybe_quantize_kv_cache(
@@ -143,6 +166,26 @@ def generate_step(
         if not need_logprobs:
             return mx.argmax(logits, axis=-1), None
         scores = logits - mx.logsumexp(logits, keepdims=True)
+        token = sampler(scores) if sampler is not None else mx.argmax(scores, axis=-1)
+        return token, scores.squeeze(0)
+
+    def _compiled_step(y: mx.array) -> tuple[mx.array, mx.array | None]:
+        # The same arithmetic as `_step`: the graph ends where Python-side state (the token
+        # history, the sampler's PRNG key) takes over.
+        assert decoder is not None  # set before the first compiled step
+        out = decoder.step(y)
+        if output == "token":
+            return out, None
+        if output == "logprobs":
+            scores = out
+        else:
+            logits = out
+            tokens = history.update_and_fetch(y)
+            for processor in processors:
+                logits = processor(tokens, logits)
+            if not need_logprobs:
+                return mx.argmax(logits, axis=-1), None
+            scores = logits - mx.logsumexp(logits, keepdims=True)
         token = sampler(scores) if sampler is not None else mx.argmax(scores, axis=-1)
         return token, scores.squeeze(0)
 
@@ -173,23 +216,60 @@ def generate_step(
         if prompt_end_callback is not None:
             prompt_end_callback()
         _async_eval(y, scores)
+        step = _step
+        if static:
+            # The prompt's last token went through mlx-lm's caches (so the checkpoint above
+            # holds them as the eager loop does); from here the buffers take over.
+            decoder = StaticDecoder(model, cache, output=output, min_bucket=min_bucket)
+            step = _compiled_step
         n = 0
-        while True:
-            last = n + 1 == max_tokens
-            if not last:
-                next_y, next_scores = _step(y)
-                _async_eval(next_y, next_scores)
-            if n == 0:
-                mx.eval(y)
-                if prompt_progress_callback is not None:
-                    prompt_progress_callback(total, total)
-            yield y.item(), scores
-            if last:
-                return
-            if n % 256 == 0:
-                mx.clear_cache()
-            y, scores = next_y, next_scores
-            n += 1
+        try:
+            while True:
+                last = n + 1 == max_tokens
+                if not last:
+                    next_y, next_scores = step(y)
+                    _async_eval(next_y, next_scores)
+                if n == 0:
+                    mx.eval(y)
+                    if prompt_progress_callback is not None:
+                        prompt_progress_callback(total, total)
+                yield y.item(), scores
+                if last:
+                    return
+                if n % 256 == 0:
+                    mx.clear_cache()
+                y, scores = next_y, next_scores
+                n += 1
+        finally:
+            if decoder is not None:
+                decoder.write_back()
+
+
+def _use_compiled(
+    compiled: bool | None,
+    model: nn.Module,
+    cache: list[Any],
+    kv_bits: int | None,
+    prompt: mx.array,
+    max_tokens: int,
+) -> bool:
+    """Whether to decode with the compiled step; `compiled=True` where it cannot is an error."""
+    if compiled is False:
+        return False
+    reason = compiled_decode_unsupported_reason(model, cache)
+    if reason is None and kv_bits is not None:
+        reason = "kv_bits quantizes the KV cache"
+    if reason is None and prompt.ndim != 1:
+        reason = f"the prompt must be one sequence (1-D), got shape {tuple(prompt.shape)}"
+    if reason is not None:
+        if compiled:
+            raise ValueError(
+                f"compiled=True, but the compiled decode step does not apply: {reason}; "
+                "pass compiled=None (eager where it does not apply) or compiled=False"
+            )
+        return False
+    # One token needs no decode step: nothing to compile.
+    return max_tokens != 1
 
 
 def _async_eval(token: mx.array, scores: mx.array | None) -> None:
@@ -248,6 +328,8 @@ def stream_generate(
     kv_group_size: int = 64,
     quantized_kv_start: int = 0,
     prompt_progress_callback: Callable[[int, int], None] | None = None,
+    compiled: bool | None = None,
+    min_bucket: int = DEFAULT_MIN_BUCKET,
 ) -> Generator[StreamEvent, None, None]:
     """Stream the generation for `prompt` as `StreamEvent`s; the last one has the stop reason
     and the stats.
@@ -257,6 +339,7 @@ def stream_generate(
     built from `max_kv_size` / `kv_bits`. `stop_tokens=None` means the tokenizer's EOS ids; a
     stop token is the last event's token, with no text. A stop string ends the text before it.
     `tokenizer` may be None when `detokenize=False` and no stop strings are given.
+    `compiled` and `min_bucket` choose the decode step as in `generate_step`.
     """
     t_start = time.perf_counter()
     prompt_ids = _prompt_ids(prompt, tokenizer)
@@ -322,6 +405,8 @@ def stream_generate(
         prompt_progress_callback=prompt_progress_callback,
         prompt_end_callback=on_prompt_end,
         should_stop=should_stop,
+        compiled=compiled,
+        min_bucket=min_bucket,
     )
 
     committed = False
