@@ -3,8 +3,10 @@
 `EchoGenerator` is the controller's `ScriptedGenerator` taught to answer any prompt: it reads
 the last user message (or tool result) from the prompt and replies with reasoning, then an
 answer that quotes it; with function tools declared and "time" in the question it calls the
-first tool. Queued `Script`s (``generator.add(...)``) win over the echo. ``delay`` sleeps
-before every token, so streams take time and requests overlap.
+first tool. Queued `Script`s (``generator.add(...)``) win over the echo. With ``hold_after=N``
+each generation hands out N tokens, then waits on the `gate` event until the test calls
+``release()``: requests overlap, and a test sees a stream while it is still being generated,
+without sleeping.
 """
 
 from __future__ import annotations
@@ -42,9 +44,12 @@ class StreamRecord:
 class EchoGenerator(ScriptedGenerator):
     """See the module docstring."""
 
-    def __init__(self, *, delay: float = 0.0, context_length: int | None = None) -> None:
+    def __init__(self, *, hold_after: int | None = None, context_length: int | None = None) -> None:
         super().__init__(context_length=context_length)
-        self.delay = delay
+        self.hold_after = hold_after
+        self.gate = threading.Event()
+        if hold_after is None:
+            self.gate.set()
         self.records: list[StreamRecord] = []
         self.threads: set[str] = set()
         self.loaded = type("Loaded", (), {"config": {"vocab_size": 201088}, "path": "echo"})()
@@ -77,10 +82,18 @@ class EchoGenerator(ScriptedGenerator):
         events = super().stream(prompt_tokens=prompt_tokens, **kwargs)
         return self._timed(events, record)
 
+    def release(self) -> None:
+        """Let every held generation go on (and later ones run without holding)."""
+        self.gate.set()
+
+    @property
+    def held(self) -> bool:
+        return not self.gate.is_set()
+
     def _timed(self, events: Iterator[Any], record: StreamRecord) -> Iterator[Any]:
-        for event in events:
-            if self.delay:
-                time.sleep(self.delay)
+        for n, event in enumerate(events):
+            if self.hold_after is not None and n >= self.hold_after:
+                assert self.gate.wait(30), "the test never released the held generation"
             if event.token is not None:
                 record.tokens += 1
             if event.stop_reason is not None:

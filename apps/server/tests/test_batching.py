@@ -92,7 +92,7 @@ def concurrent_echo(echo: Any) -> Any:
 def test_turns_run_together_up_to_max_concurrency(
     start_server: Any, concurrent_echo: Any, wait_for: Any
 ) -> None:
-    generator = concurrent_echo(delay=0.02)
+    generator = concurrent_echo(hold_after=8)
     server = start_server(generator, max_concurrency=3, max_queue=8)
     results: list[int] = []
 
@@ -105,10 +105,12 @@ def test_turns_run_together_up_to_max_concurrency(
     threads = [threading.Thread(target=ask) for _ in range(7)]
     for thread in threads:
         thread.start()
+    worker = server.worker
+    assert wait_for(lambda: (worker.running, worker.waiting) == (3, 4))
+    generator.release()
     for thread in threads:
         thread.join(60)
     assert results == [200] * 7
-    worker = server.worker
     assert worker.stats.max_running == 3  # never more than --max-concurrency
     assert worker.stats.turns == 7
     assert len({n for n in generator.threads if n.startswith("turn")}) == 3
@@ -118,7 +120,8 @@ def test_turns_run_together_up_to_max_concurrency(
 def test_a_full_queue_behind_busy_slots_is_a_503(
     start_server: Any, concurrent_echo: Any, wait_for: Any
 ) -> None:
-    server = start_server(concurrent_echo(delay=0.2), max_concurrency=2, max_queue=1, preload=True)
+    generator = concurrent_echo(hold_after=8)
+    server = start_server(generator, max_concurrency=2, max_queue=1, preload=True)
     statuses: list[int] = []
 
     def ask() -> None:
@@ -138,6 +141,7 @@ def test_a_full_queue_behind_busy_slots_is_a_503(
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
     assert "--max-concurrency 2" in response.json()["error"]["message"]
+    generator.release()
     for thread in threads:
         thread.join(60)
     assert statuses == [200, 200, 200]

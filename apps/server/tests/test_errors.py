@@ -154,7 +154,7 @@ def test_a_model_that_cannot_load_is_a_503_and_health_says_why(start_server: Any
 def test_a_full_queue_is_a_503_with_retry_after(
     start_server: Any, echo: Any, wait_for: Any
 ) -> None:
-    server = start_server(echo(delay=0.05), max_queue=1)
+    server = start_server(echo(hold_after=8), max_queue=1)
     with Client(server.url) as client, client.stream_chat(USER) as stream:
         next(iter(stream))  # the model is busy with this one
         queued: list[httpx.Response] = []
@@ -168,6 +168,7 @@ def test_a_full_queue_is_a_503_with_retry_after(
         assert error["code"] == "queue_full"
         assert response.headers["retry-after"] == "1"
         assert "--max-queue 1" in error["message"]
+        server.generator.release()
         for _ in stream:
             pass
     waiter.join(30)

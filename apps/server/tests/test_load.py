@@ -22,7 +22,7 @@ def ask(n: int) -> list[dict[str, str]]:
 def test_eight_concurrent_streams_all_complete_without_mixing(
     start_server: Any, echo: Any, wait_for: Any
 ) -> None:
-    server = start_server(echo(delay=0.002))
+    server = start_server(echo())
     results: dict[int, tuple[str, str, str | None]] = {}
     errors: list[BaseException] = []
 
@@ -61,7 +61,7 @@ def test_eight_concurrent_streams_all_complete_without_mixing(
 
 
 def test_eight_concurrent_async_streams_with_our_async_client(start_server: Any, echo: Any) -> None:
-    server = start_server(echo(delay=0.002))
+    server = start_server(echo())
 
     async def one(client: AsyncClient, n: int) -> tuple[str, int]:
         stream = await client.stream_chat(ask(n))
@@ -81,7 +81,7 @@ def test_eight_concurrent_async_streams_with_our_async_client(start_server: Any,
 def test_requests_are_served_in_the_order_they_arrive(
     start_server: Any, echo: Any, wait_for: Any
 ) -> None:
-    server = start_server(echo(delay=0.02))
+    server = start_server(echo(hold_after=8))
     server.generator.add(Script.harmony("word " * 150, analysis="The first one is long."))
     answers: dict[int, str] = {}
 
@@ -96,6 +96,7 @@ def test_requests_are_served_in_the_order_they_arrive(
         threads.append(thread)
         # Each request is queued before the next is sent (the first keeps the worker busy).
         assert wait_for(lambda n=n: server.worker.queued == n + 1, timeout=30)
+    server.generator.release()
     for t in threads:
         t.join(60)
     order = [r.prompt.rsplit("question number ", 1)[1][0] for r in server.generator.records]
@@ -107,7 +108,7 @@ def test_requests_are_served_in_the_order_they_arrive(
 def test_a_client_that_disconnects_mid_stream_cancels_the_generation(
     start_server: Any, echo: Any, wait_for: Any
 ) -> None:
-    server = start_server(echo(delay=0.02))
+    server = start_server(echo(hold_after=20))
     server.generator.add(Script.harmony("word " * 300, analysis="Long answer ahead."))
     with Client(server.url) as client:
         stream = client.stream_chat(ask(1))
@@ -117,6 +118,9 @@ def test_a_client_that_disconnects_mid_stream_cancels_the_generation(
             if seen == 3:
                 break
         stream.close()
+    # The request ends (and is logged as cancelled) while the generation is still held.
+    assert wait_for(lambda: any(" cancelled" in line for line in server.log_lines()))
+    server.generator.release()
     assert wait_for(lambda: server.worker.stats.cancelled == 1)
     record = server.generator.records[-1]
     assert record.cancelled
@@ -130,7 +134,7 @@ def test_a_client_that_disconnects_mid_stream_cancels_the_generation(
 def test_a_queued_request_whose_client_left_is_never_run(
     start_server: Any, echo: Any, wait_for: Any
 ) -> None:
-    server = start_server(echo(delay=0.02))
+    server = start_server(echo(hold_after=8))
     server.generator.add(Script.harmony("word " * 100, analysis="busy"))
     with Client(server.url) as client, client.stream_chat(ask(1)) as first:
         next(iter(first))  # the worker is busy with this one
@@ -142,6 +146,7 @@ def test_a_queued_request_whose_client_left_is_never_run(
             waiting.start()
             assert wait_for(lambda: server.worker.queued == 2)
             waiting.join(10)
+        server.generator.release()
         first.until_done()
     assert wait_for(lambda: server.worker.queued == 0)
     assert server.worker.stats.cancelled == 1

@@ -7,10 +7,10 @@ import pytest
 from mlx_harmony.controller import PromptConfig
 from mlx_harmony.harmony_format import Message, Role
 from mlx_harmony.server import ToolNameMap, plan_chat
+from mlx_harmony.server.chat.protocol import ChatCompletionRequest
 from mlx_harmony.server.errors import APIError
 from mlx_harmony.server.models import ModelEntry
-from mlx_harmony.server.protocol import ChatCompletionRequest
-from mlx_harmony.server.service import SERVER_RETRY_POLICY, STRICT_RETRY_POLICY
+from mlx_harmony.server.planning import SERVER_RETRY_POLICY, STRICT_RETRY_POLICY
 from mlx_harmony.server.tool_names import is_harmony_name
 
 ENTRY = ModelEntry("m", "m", PromptConfig(developer_instructions="Be brief."))
@@ -30,17 +30,17 @@ def test_messages_split_into_earlier_turns_and_the_turn_to_answer() -> None:
             {"role": "user", "content": [{"type": "text", "text": "Two"}]},
         ]
     )
-    first, turn = rp.plan.history[0], rp.plan.turn
+    first, turn = rp.turn_plan.history[0], rp.turn_plan.turn
     assert first.user == Message.user("One")
     assert first.replies == (Message.analysis("Spanish."), Message.assistant("Uno"))
     assert turn.user == Message.user("Two")
     assert turn.replies == ()
     # The request's system message replaces the prompt config's instructions.
-    assert rp.plan.config.developer_instructions == "Talk like a pirate."
+    assert rp.turn_plan.config.developer_instructions == "Talk like a pirate."
 
 
 def test_without_a_system_message_the_prompt_configs_instructions_stay() -> None:
-    assert plan().plan.config.developer_instructions == "Be brief."
+    assert plan().turn_plan.config.developer_instructions == "Be brief."
 
 
 def test_tool_results_continue_the_turn_with_the_calls_harmony_name() -> None:
@@ -63,7 +63,7 @@ def test_tool_results_continue_the_turn_with_the_calls_harmony_name() -> None:
         ],
         tools=[{"type": "function", "function": {"name": "get-time"}}],
     )
-    replies = rp.plan.turn.replies
+    replies = rp.turn_plan.turn.replies
     assert [m.channel for m in replies] == ["analysis", "commentary", "commentary", "commentary"]
     assert replies[1].text == "Let me look."
     assert replies[1].recipient is None
@@ -71,7 +71,7 @@ def test_tool_results_continue_the_turn_with_the_calls_harmony_name() -> None:
     assert replies[2].text == '{"tz": "UTC"}'
     assert replies[3].role is Role.TOOL
     assert replies[3].name == "functions.get_time"
-    assert [t.name for t in rp.plan.function_tools] == ["get_time"]
+    assert [t.name for t in rp.turn_plan.function_tools] == ["get_time"]
     assert rp.names.to_openai("get_time") == "get-time"
 
 
@@ -123,18 +123,18 @@ def test_sampling_fields_and_limits_reach_the_config() -> None:
         max_completion_tokens=33,
         reasoning_effort="low",
     )
-    params = rp.plan.config.sampling_params()
+    params = rp.turn_plan.config.sampling_params()
     assert (params.temperature, params.top_p, params.top_k, params.min_p) == (0.3, 0.9, 40, 0.05)
     assert (params.repetition_penalty, params.presence_penalty) == (1.1, 0.5)
     assert (params.frequency_penalty, params.seed, params.logit_bias) == (0.25, 7, {42: -5.0})
-    assert rp.plan.config.end_token_strings == ["END"]
-    assert rp.plan.config.max_tokens == 33
-    assert rp.plan.config.reasoning_effort == "low"
-    assert rp.plan.policy is STRICT_RETRY_POLICY
+    assert rp.turn_plan.config.end_token_strings == ["END"]
+    assert rp.turn_plan.config.max_tokens == 33
+    assert rp.turn_plan.config.reasoning_effort == "low"
+    assert rp.turn_plan.policy is STRICT_RETRY_POLICY
 
 
 def test_without_max_tokens_the_server_policy_allows_one_no_final_retry() -> None:
-    assert plan().plan.policy is SERVER_RETRY_POLICY
+    assert plan().turn_plan.policy is SERVER_RETRY_POLICY
     assert SERVER_RETRY_POLICY.length_retries == 0
     assert SERVER_RETRY_POLICY.no_final_retries == 1
 
@@ -143,20 +143,20 @@ def test_max_tokens_cap_clamps_what_the_request_asks() -> None:
     body = ChatCompletionRequest.model_validate(
         {"messages": [{"role": "user", "content": "x"}], "max_tokens": 500}
     )
-    assert plan_chat(body, ENTRY, max_tokens_cap=20).plan.config.max_tokens == 20
+    assert plan_chat(body, ENTRY, max_tokens_cap=20).turn_plan.config.max_tokens == 20
     body = ChatCompletionRequest.model_validate({"messages": [{"role": "user", "content": "x"}]})
-    assert plan_chat(body, ENTRY, max_tokens_cap=20).plan.config.max_tokens == 20
+    assert plan_chat(body, ENTRY, max_tokens_cap=20).turn_plan.config.max_tokens == 20
 
 
 def test_tool_choice_none_hides_the_tools_and_required_asks_for_a_call() -> None:
     tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]
-    assert plan(tools=tools, tool_choice="none").plan.function_tools == ()
-    required = plan(tools=tools, tool_choice="required").plan.config.developer_instructions
+    assert plan(tools=tools, tool_choice="none").turn_plan.function_tools == ()
+    required = plan(tools=tools, tool_choice="required").turn_plan.config.developer_instructions
     assert required is not None
     assert "must call" in required
     assert required.startswith("Be brief.")
     named = plan(tools=tools, tool_choice={"type": "function", "function": {"name": "f"}})
-    assert "functions.f" in (named.plan.config.developer_instructions or "")
+    assert "functions.f" in (named.turn_plan.config.developer_instructions or "")
     with pytest.raises(APIError, match="not in tools"):
         plan(tools=tools, tool_choice={"type": "function", "function": {"name": "g"}})
 

@@ -503,7 +503,7 @@ def test_a_prompt_longer_than_the_context_is_a_400_before_streaming(
 def test_a_client_that_leaves_mid_stream_cancels_the_turn(
     start_server: Any, echo: Any, wait_for: Any
 ) -> None:
-    server = start_server(echo(delay=0.02))
+    server = start_server(echo(hold_after=20))
     server.generator.add(Script.harmony("word " * 400, analysis="thinking"))
     body = {"model": MODEL, "input": "Hello there", "stream": True}
     with httpx.stream("POST", f"{server.url}/v1/responses", json=body, timeout=30) as response:
@@ -513,6 +513,9 @@ def test_a_client_that_leaves_mid_stream_cancels_the_turn(
                 seen += 1
                 if seen == 3:
                     break
+    # The request ends (and is logged as cancelled) while the generation is still held.
+    assert wait_for(lambda: any("cancelled" in line for line in server.log_lines()))
+    server.generator.release()
     worker = server.worker
     assert wait_for(lambda: worker.stats.cancelled == 1)
     record = server.generator.records[-1]

@@ -7,20 +7,36 @@ import pytest
 from mlx_harmony.server import ServerSettings
 from mlx_harmony.server.cli import build_parser
 from mlx_harmony.server.errors import APIError
-from mlx_harmony.server.protocol import (
-    AssistantMessage,
-    DeveloperMessage,
-    SystemMessage,
-    ToolMessage,
-    UserMessage,
+from mlx_harmony.server.responses import ResponseStore, StoredResponse, to_conversation
+from mlx_harmony.server.responses.protocol import (
+    InputItemModel,
+    MessageItem,
+    ResponseCreateRequest,
+    ResponseObject,
 )
-from mlx_harmony.server.response_store import ResponseStore, StoredResponse
-from mlx_harmony.server.responses import to_chat_messages
-from mlx_harmony.server.responses_protocol import ResponseCreateRequest
+from mlx_harmony.server.tool_names import ToolNameMap
 
 
 def stored(n: int) -> StoredResponse:
-    return StoredResponse({"id": f"resp_{n}"}, (n,))
+    response = ResponseObject.model_validate(
+        {
+            "id": f"resp_{n}",
+            "created_at": n,
+            "status": "completed",
+            "model": "m",
+            "output": [],
+            "instructions": None,
+            "previous_response_id": None,
+            "reasoning": {},
+            "tools": [],
+            "tool_choice": "auto",
+            "parallel_tool_calls": True,
+            "text": {},
+            "store": True,
+            "metadata": {},
+        }
+    )
+    return StoredResponse(response, (MessageItem(role="user", content=str(n)),))
 
 
 def test_the_store_evicts_the_least_recently_used() -> None:
@@ -57,14 +73,14 @@ def test_the_size_must_be_positive_in_the_store_the_settings_and_the_flag() -> N
         build_parser().parse_args(["--response-store-size", "0"])
 
 
-def items(raw: list[object]) -> list[object]:
+def items(raw: list[object]) -> list[InputItemModel]:
     body = ResponseCreateRequest.model_validate({"input": raw})
     assert isinstance(body.input, list)
     return list(body.input)
 
 
-def test_items_become_chat_messages_with_calls_joined_to_their_reply() -> None:
-    messages = to_chat_messages(
+def test_items_become_turns_with_calls_joined_to_their_reply() -> None:
+    conversation = to_conversation(
         items(
             [
                 {"role": "system", "content": "Be kind."},
@@ -77,33 +93,27 @@ def test_items_become_chat_messages_with_calls_joined_to_their_reply() -> None:
                 {"type": "function_call_output", "call_id": "c2", "output": "UTC"},
             ]
         ),
+        ToolNameMap(["now", "zone"]),
         instructions="Answer briefly.",
     )
-    assert [type(m) for m in messages] == [
-        DeveloperMessage,
-        SystemMessage,
-        UserMessage,
-        AssistantMessage,
-        AssistantMessage,
-        ToolMessage,
-        ToolMessage,
+    assert conversation.instructions == "Answer briefly.\n\nBe kind."
+    assert conversation.history == ()
+    assert conversation.turn.user.content == "Time?"
+    replies = [(m.name, m.channel, m.recipient, m.content) for m in conversation.turn.replies]
+    assert replies == [
+        (None, "analysis", None, "Clock."),
+        (None, "commentary", None, "Checking."),  # a preamble: calls follow it
+        (None, "commentary", "functions.now", "{}"),
+        (None, "commentary", "functions.zone", "{}"),
+        ("functions.now", "commentary", "assistant", "noon"),
+        ("functions.zone", "commentary", "assistant", "UTC"),
     ]
-    assert messages[0].content == "Answer briefly."
-    assert messages[1].content == "Be kind."
-    assert messages[3].reasoning == "Clock."
-    preamble = messages[4]
-    assert preamble.content == "Checking."
-    assert [(c.id, c.function.name) for c in preamble.tool_calls or ()] == [
-        ("c1", "now"),
-        ("c2", "zone"),
-    ]
-    assert [(m.tool_call_id, m.content) for m in messages[5:]] == [("c1", "noon"), ("c2", "UTC")]
 
 
 def test_errors_name_the_item_relative_to_the_request_input() -> None:
     history = items([{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Yo"}])
     new = items([{"type": "function_call_output", "call_id": "nope", "output": "x"}])
     with pytest.raises(APIError) as caught:
-        to_chat_messages([*history, *new], first=len(history))
+        to_conversation([*history, *new], ToolNameMap([]), first=len(history))
     assert caught.value.param == "input[0].call_id"
     assert "'nope'" in caught.value.message

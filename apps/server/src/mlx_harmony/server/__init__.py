@@ -9,9 +9,11 @@ from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
 
 from .app import create_app
+from .chat import ChatPlan, ChatService, plan_chat
 from .cli import main
 from .models import DEMO_MODEL_ID, ModelEntry, ModelRegistry, demo_model_folder, load_generator
-from .service import ChatService, RequestPlan, plan_chat
+from .responses import ResponsesService
+from .serving import Serving
 from .settings import ServerSettings
 from .tool_names import ToolNameMap
 from .worker import ModelWorker, TurnPlan, WorkerStats
@@ -23,12 +25,14 @@ except _PackageNotFoundError:  # a source tree on PYTHONPATH (the GPU runs), not
 
 __all__ = [
     "DEMO_MODEL_ID",
+    "ChatPlan",
     "ChatService",
     "ModelEntry",
     "ModelRegistry",
     "ModelWorker",
-    "RequestPlan",
+    "ResponsesService",
     "ServerSettings",
+    "Serving",
     "ToolNameMap",
     "TurnPlan",
     "WorkerStats",

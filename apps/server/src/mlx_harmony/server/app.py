@@ -10,13 +10,12 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from .chat import ChatService, chat_router
 from .errors import install_error_handlers
 from .middleware import BodyLimitMiddleware, RequestLogMiddleware, make_request_logger
 from .models import ModelRegistry, load_generator
-from .response_store import ResponseStore
-from .responses import ResponsesService, responses_router
-from .routes import health_router, v1_router
-from .service import ChatService
+from .responses import ResponsesService, ResponseStore, responses_router
+from .routes import health_router, models_router
 from .settings import ServerSettings
 from .worker import ModelLoader, ModelWorker
 
@@ -82,7 +81,8 @@ def create_app(
     )
     install_error_handlers(app)
     app.include_router(health_router)
-    app.include_router(v1_router)
+    app.include_router(models_router)
+    app.include_router(chat_router)
     app.include_router(responses_router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestLogMiddleware, logger=make_request_logger(settings.log_file))

@@ -1,36 +1,59 @@
-"""OpenAI messages -> the controller's turns: what the model sees of a request.
+"""A conversation as the controller wants it: instructions, earlier turns, the turn to answer.
 
-A conversation in the OpenAI shape is a flat list; the controller works on `Turn`s (a user
-message and everything that answered it). ``system`` and ``developer`` messages become the
-developer instructions; each ``user`` message starts a turn; ``assistant`` messages become its
-replies (``reasoning``/``reasoning_content`` as the analysis channel, ``tool_calls`` as Harmony
-function calls, ``content`` as the answer, or as a preamble when it comes with tool calls);
-``tool`` messages become Harmony tool results, named by the call they answer.
+Both APIs send a flat list (chat messages, Responses input items); the controller works on
+`Turn`s (a user message and everything that answered it). Each API's translation walks its
+list and tells a `ConversationBuilder` what it meets: instructions, a user message, an
+assistant reply (reasoning as the analysis channel, calls as Harmony function calls, the text
+as the answer, or as a preamble when calls follow it), a tool result.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from mlx_harmony.controller import Turn
 from mlx_harmony.harmony_format import Message
 
 from .errors import APIError
-from .protocol import (
-    AssistantMessage,
-    ChatMessage,
-    Content,
-    DeveloperMessage,
-    FunctionMessage,
-    OtherPart,
-    SystemMessage,
-    ToolMessage,
-    UserMessage,
-)
 from .tool_names import ToolNameMap
 
-__all__ = ["Conversation", "content_text", "to_conversation"]
+__all__ = ["AssistantCall", "Conversation", "ConversationBuilder", "join_text"]
+
+
+class _Part(Protocol):
+    @property
+    def type(self) -> str: ...
+
+
+PartT = TypeVar("PartT", bound=_Part)
+
+
+def join_text(
+    content: str | Sequence[PartT],
+    *,
+    param: str,
+    text_of: Callable[[PartT], str | None],
+    text_part: str,
+) -> str:
+    """The text of a message's content parts; a part `text_of` has no text for (an image, a
+    file) is refused with a 400 naming it and the `text_part` shape to send instead."""
+    if isinstance(content, str):
+        return content
+    texts: list[str] = []
+    for i, part in enumerate(content):
+        text = text_of(part)
+        if text is None:
+            raise APIError(
+                400,
+                f"{param}[{i}] is a {part.type!r} part; this server reads text only: send the "
+                f"content as a string or as {text_part} parts",
+                param=f"{param}[{i}].type",
+                code="unsupported_content",
+            )
+        texts.append(text)
+    return "\n".join(texts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,97 +65,83 @@ class Conversation:
     turn: Turn
 
 
-def content_text(content: Content | None, *, param: str) -> str:
-    """The text of a message's content; other parts (images, audio) are refused."""
-    if content is None:
-        return ""
-    if isinstance(content, str):
-        return content
-    texts: list[str] = []
-    for i, part in enumerate(content):
-        if isinstance(part, OtherPart):
-            raise APIError(
-                400,
-                f"{param}[{i}] is a {part.type!r} part; this server reads text only, send the "
-                "content as a string or as {'type': 'text', 'text': ...} parts",
-                param=f"{param}[{i}].type",
-                code="unsupported_content",
-            )
-        texts.append(part.text)
-    return "\n".join(texts)
+@dataclass(frozen=True, slots=True)
+class AssistantCall:
+    """A function call an assistant made: its id, the client's name, the arguments."""
+
+    call_id: str
+    name: str
+    arguments: str
 
 
-def to_conversation(messages: Sequence[ChatMessage], names: ToolNameMap) -> Conversation:
-    """Split `messages` into instructions, earlier turns and the turn to answer.
+class ConversationBuilder:
+    """Collects a conversation message by message; `build` gives the `Conversation`.
 
-    The turn to answer is the one started by the last user message; when tool messages follow
-    it, the model goes on from the tool results.
+    The turn to answer is the one started by the last user message; when tool results follow
+    it, the model goes on from them.
     """
-    instructions: list[str] = []
-    turns: list[Turn] = []
-    user: Message | None = None
-    replies: list[Message] = []
-    calls: dict[str, str] = {}  # tool_call_id -> Harmony function name
-    started = False
 
-    for i, m in enumerate(messages):
-        param = f"messages[{i}].content"
-        if isinstance(m, SystemMessage | DeveloperMessage):
-            text = content_text(m.content, param=param)
-            if text:
-                instructions.append(text)
-        elif isinstance(m, UserMessage):
-            if started:
-                turns.append(Turn(user, tuple(replies)))
-            user, replies, started = Message.user(content_text(m.content, param=param)), [], True
-        elif isinstance(m, AssistantMessage):
-            started = True
-            replies.extend(_assistant(m, names, calls, param=param))
-        elif isinstance(m, ToolMessage):
-            started = True
-            name = calls.get(m.tool_call_id)
-            if name is None:
-                raise APIError(
-                    400,
-                    f"messages[{i}] answers tool_call_id {m.tool_call_id!r}, which no earlier "
-                    "assistant message's tool_calls has; send the assistant message with that "
-                    "call before its result",
-                    param=f"messages[{i}].tool_call_id",
-                    code="unknown_tool_call_id",
-                )
-            text = content_text(m.content, param=param)
-            replies.append(Message.tool_result(f"functions.{name}", text))
-        elif isinstance(m, FunctionMessage):
-            started = True
-            replies.append(
-                Message.tool_result(f"functions.{names.to_harmony(m.name)}", m.content or "")
-            )
-    if user is None:
-        raise APIError(
-            400,
-            "the conversation has no user message; add {'role': 'user', 'content': ...}",
-            param="messages",
-            code="no_user_message",
-        )
-    turn = Turn(user, tuple(replies))
-    return Conversation("\n\n".join(instructions) or None, tuple(turns), turn)
+    def __init__(self, names: ToolNameMap) -> None:
+        self.names = names
+        self._instructions: list[str] = []
+        self._turns: list[Turn] = []
+        self._user: Message | None = None
+        self._replies: list[Message] = []
+        self._calls: dict[str, str] = {}  # call id -> Harmony function name
+        self._started = False
 
+    @property
+    def has_user(self) -> bool:
+        return self._user is not None
 
-def _assistant(
-    m: AssistantMessage, names: ToolNameMap, calls: dict[str, str], *, param: str
-) -> list[Message]:
-    out: list[Message] = []
-    reasoning = m.reasoning if m.reasoning is not None else m.reasoning_content
-    if reasoning:
-        out.append(Message.analysis(reasoning))
-    text = content_text(m.content, param=param)
-    if m.tool_calls:
+    def instructions(self, text: str) -> None:
         if text:
-            out.append(Message.assistant(text, channel="commentary"))
-        for call in m.tool_calls:
-            name = names.to_harmony(call.function.name)
-            calls[call.id] = name
-            out.append(Message.tool_call(f"functions.{name}", call.function.arguments or "{}"))
-    elif text:
-        out.append(Message.assistant(text))
-    return out
+            self._instructions.append(text)
+
+    def user(self, text: str) -> None:
+        if self._started:
+            self._turns.append(Turn(self._user, tuple(self._replies)))
+        self._user, self._replies, self._started = Message.user(text), [], True
+
+    def assistant(
+        self, *, reasoning: str | None, text: str, calls: Sequence[AssistantCall] = ()
+    ) -> None:
+        self._started = True
+        if reasoning:
+            self._replies.append(Message.analysis(reasoning))
+        if calls:
+            if text:
+                self._replies.append(Message.assistant(text, channel="commentary"))
+            for call in calls:
+                name = self.names.to_harmony(call.name)
+                self._calls[call.call_id] = name
+                self._replies.append(Message.tool_call(f"functions.{name}", call.arguments or "{}"))
+        elif text:
+            self._replies.append(Message.assistant(text))
+
+    def knows_call(self, call_id: str) -> bool:
+        """Whether an earlier assistant reply made the call `call_id`."""
+        return call_id in self._calls
+
+    def tool_result(self, call_id: str, text: str, *, unknown: Callable[[], APIError]) -> None:
+        """The result of the call `call_id`; `unknown()` is raised when no earlier reply made
+        that call."""
+        if call_id not in self._calls:
+            raise unknown()
+        self._started = True
+        self._replies.append(Message.tool_result(f"functions.{self._calls[call_id]}", text))
+
+    def function_result(self, name: str, text: str) -> None:
+        """A result named by the function (the legacy ``function`` role)."""
+        self._started = True
+        self._replies.append(Message.tool_result(f"functions.{self.names.to_harmony(name)}", text))
+
+    def build(self) -> Conversation:
+        """The conversation (check `has_user` first)."""
+        if self._user is None:
+            raise ValueError("a conversation needs a user message")
+        return Conversation(
+            "\n\n".join(self._instructions) or None,
+            tuple(self._turns),
+            Turn(self._user, tuple(self._replies)),
+        )

@@ -16,6 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from .protocol import ErrorDetail, ErrorResponse
+
 __all__ = ["APIError", "error_body", "install_error_handlers"]
 
 logger = logging.getLogger("mlx_harmony.server")
@@ -55,6 +57,11 @@ class APIError(Exception):
 
     def body(self) -> dict[str, Any]:
         return error_body(self.message, type=self.type, param=self.param, code=self.code)
+
+    def body_json(self) -> str:
+        """The body as compact JSON, for an error event inside a stream."""
+        detail = ErrorDetail(message=self.message, type=self.type, param=self.param, code=self.code)
+        return ErrorResponse(error=detail).model_dump_json()
 
     def response(self) -> JSONResponse:
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)

@@ -91,29 +91,23 @@ def load_generator(
     """
     from mlx_harmony.generate import BatchTokenGenerator, TokenGenerator
 
-    cfg = entry.prompt_config.effective()
+    options = entry.prompt_config.generator_options()
     path: str | Path = demo_model_folder() if entry.is_demo else entry.model
-    if max_concurrency > 1 and cfg.max_kv_size is None:
+    if max_concurrency > 1 and options.max_kv_size is None:
         return BatchTokenGenerator(
             path,
+            options,
             max_batch_size=max_concurrency,
             prompt_cache_size=prompt_cache_size,
             prompt_cache_bytes=prompt_cache_bytes,
-            loop_detection=cfg.loop_detection,
         )
     if max_concurrency > 1:
         logger.warning(
             "max_kv_size=%s does not batch: serving %s one request at a time",
-            cfg.max_kv_size,
+            options.max_kv_size,
             entry.id,
         )
-    return TokenGenerator(
-        path,
-        max_kv_size=cfg.max_kv_size,
-        loop_detection=cfg.loop_detection,
-        reseed_each_turn=cfg.reseed_each_turn,
-        mlock=cfg.mlock,
-    )
+    return TokenGenerator(path, options)
 
 
 def _is_model_folder(path: Path) -> bool:

@@ -33,14 +33,19 @@ from mlx_harmony.controller import (
     CommentaryDelta,
     ContextBudget,
     ContextOverflowError,
+    PromptConfig,
     RetryPolicy,
     ThinkingDelta,
     ToolDeclarations,
+    Turn,
     TurnDone,
+    TurnEvent,
+    TurnResult,
     adapter_for,
     context_length_of,
     stream_chat_turn,
 )
+from mlx_harmony.harmony_format import FIRST_SPECIAL, MESSAGE, FunctionTool
 
 from .admission import FairQueue, QueueFullError, current_client
 from .channel import EventChannel
@@ -55,6 +60,7 @@ __all__ = [
     "TokenLogprobs",
     "TurnJob",
     "TurnPlan",
+    "WorkerEvent",
     "WorkerStats",
 ]
 
@@ -63,22 +69,21 @@ logger = logging.getLogger("mlx_harmony.server")
 ModelLoader = Callable[[ModelEntry], Any]
 """Loads a model entry: returns a `TokenGenerator` (or a test double with its API)."""
 
-_HARMONY_SPECIAL_START = 199998  # o200k_harmony's special tokens start here
-_MESSAGE = 200008  # <|message|>
-
 
 @dataclass(frozen=True, slots=True)
 class TurnPlan:
     """One chat turn to run, everything checked: what the service hands the worker."""
 
     entry: ModelEntry
-    turn: Any
-    history: tuple[Any, ...]
-    config: Any
-    function_tools: tuple[Any, ...] = ()
+    turn: Turn
+    history: tuple[Turn, ...]
+    config: PromptConfig
+    function_tools: tuple[FunctionTool, ...] = ()
     top_logprobs: int | None = None
     """None: no logprobs; 0-20: logprobs with this many alternatives per token."""
     policy: RetryPolicy = field(default_factory=RetryPolicy)
+    conversation_param: str = "messages"
+    """The request field that holds the conversation, which a too-long prompt error names."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,9 +97,13 @@ class TokenLogprobs:
 class Finished:
     """The turn is done: the controller's result and what the worker counted."""
 
-    result: Any
+    result: TurnResult
     reasoning_tokens: int
     queued_s: float
+
+
+WorkerEvent = TurnEvent | TokenLogprobs | Finished
+"""What a `TurnJob` puts into its channel: the turn's events, logprobs, then `Finished`."""
 
 
 @dataclass
@@ -163,7 +172,7 @@ class TurnJob(_Job):
         tap = _TokenTap(state.generator, top=plan.top_logprobs, harmony=_is_harmony(state))
         put = self.channel.put
         reasoning = 0
-        result = None
+        result: TurnResult | None = None
         try:
             for event in stream_chat_turn(
                 tap,
@@ -184,14 +193,16 @@ class TurnJob(_Job):
                         tap.pending = 0
                 elif kind is ThinkingDelta:
                     reasoning += tap.take_count()
-                elif kind is TurnDone:
+                elif isinstance(event, TurnDone):
                     result = event.result
                     continue
                 put(event)
         except ContextOverflowError as error:
             worker.count("failed")
             self.channel.close(
-                APIError(400, str(error), param="messages", code="context_length_exceeded")
+                APIError(
+                    400, str(error), param=plan.conversation_param, code="context_length_exceeded"
+                )
             )
             return
         except BaseException as error:
@@ -202,6 +213,9 @@ class TurnJob(_Job):
         if self.cancel.is_set():
             worker.count("cancelled")
         worker.count("turns")
+        if result is None:  # stream_chat_turn always ends with TurnDone
+            self.channel.close(RuntimeError("the turn ended without its TurnDone event"))
+            return
         put(Finished(result, reasoning, queued))
         self.channel.close()
 
@@ -257,7 +271,7 @@ def _check_against_model(plan: TurnPlan, state: LoadedState) -> APIError | None:
     if vocab is None:
         return None
     cfg = plan.config
-    bad = sorted(t for t in (cfg.logit_bias or {}) if not 0 <= int(t) < vocab)
+    bad = sorted(t for t in (cfg.sampling.logit_bias or {}) if not 0 <= int(t) < vocab)
     if bad:
         return APIError(
             400,
@@ -265,10 +279,11 @@ def _check_against_model(plan: TurnPlan, state: LoadedState) -> APIError | None:
             param="logit_bias",
             code="invalid_value",
         )
-    if cfg.top_k is not None and cfg.top_k >= vocab:
+    top_k = cfg.sampling.top_k
+    if top_k >= vocab:
         return APIError(
             400,
-            f"top_k must be below the vocabulary size {vocab} (0 turns it off), got {cfg.top_k}",
+            f"top_k must be below the vocabulary size {vocab} (0 turns it off), got {top_k}",
             param="top_k",
             code="invalid_value",
         )
@@ -328,13 +343,13 @@ class _TokenTap:
         start = 0
         if self.harmony:
             for i in range(len(tokens) - 1, -1, -1):
-                if tokens[i] == _MESSAGE:
+                if tokens[i] == MESSAGE:
                     start = i + 1
                     break
         out = tuple(
             e
             for t, e in zip(tokens[start:], entries[start:], strict=True)
-            if not (self.harmony and t >= _HARMONY_SPECIAL_START) and t not in self._stops
+            if not (self.harmony and t >= FIRST_SPECIAL) and t not in self._stops
         )
         self.pending = 0
         tokens.clear()

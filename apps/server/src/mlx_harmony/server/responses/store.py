@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+
+from .protocol import InputItemModel, ResponseObject
 
 __all__ = ["DEFAULT_RESPONSE_STORE_SIZE", "ResponseStore", "StoredResponse"]
 
@@ -20,8 +21,8 @@ DEFAULT_RESPONSE_STORE_SIZE = 256
 class StoredResponse:
     """A response and the conversation it ends."""
 
-    response: dict[str, Any]
-    items: tuple[Any, ...]
+    response: ResponseObject
+    items: tuple[InputItemModel, ...]
     """Every item of the conversation, input and output, as input items (in order)."""
 
 

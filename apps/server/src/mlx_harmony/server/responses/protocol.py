@@ -6,8 +6,9 @@ as an ``Other*`` model, so that planning refuses it with a 400 that names it ins
 schema error that lists every union branch. Fields of a known item with the wrong shape (a
 ``function_call_output`` without ``call_id``) are a 422 naming the field (``input[2].call_id``).
 
-The shapes follow the official ``openai`` package (``openai.types.responses``). Responses are
-built as plain dicts; the models below document them in ``/openapi.json``.
+The shapes follow the official ``openai`` package (``openai.types.responses``). The response
+object, its output items and the stream's events are the models below, serialised with
+``model_dump_json``.
 """
 
 from __future__ import annotations
@@ -17,20 +18,44 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 __all__ = [
+    "ContentPartEvent",
+    "FunctionCallArgumentsDeltaEvent",
+    "FunctionCallArgumentsDoneEvent",
     "FunctionCallItem",
     "FunctionCallOutputItem",
     "FunctionToolSpec",
+    "IncompleteDetails",
     "InputItem",
+    "InputItemModel",
+    "InputTokensDetails",
+    "ItemStatus",
     "MessageItem",
     "OtherContent",
     "OtherItem",
     "OtherTool",
+    "OutputFunctionCall",
+    "OutputItem",
+    "OutputItemEvent",
+    "OutputMessage",
+    "OutputReasoning",
+    "OutputText",
+    "OutputTextDeltaEvent",
+    "OutputTextDoneEvent",
+    "OutputTokensDetails",
     "ReasoningItem",
     "ReasoningOptions",
+    "ReasoningText",
+    "ReasoningTextDeltaEvent",
+    "ReasoningTextDoneEvent",
     "ResponseCreateRequest",
     "ResponseDeleted",
+    "ResponseError",
+    "ResponseEvent",
     "ResponseObject",
+    "ResponseSettings",
+    "ResponseStateEvent",
     "ResponseUsage",
+    "SummaryText",
     "TextContent",
     "TextOptions",
     "ToolSpec",
@@ -160,6 +185,9 @@ def _item_tag(value: Any) -> str:
     return _ITEM_TAGS.get(kind, "Other") if isinstance(kind, str | None) else "Other"
 
 
+InputItemModel = MessageItem | FunctionCallItem | FunctionCallOutputItem | ReasoningItem | OtherItem
+"""An input item once parsed (`InputItem` is the union with its discriminator)."""
+
 InputItem = Annotated[
     Annotated[MessageItem, Tag("Message")]
     | Annotated[FunctionCallItem, Tag("FunctionCall")]
@@ -249,39 +277,39 @@ class ResponseCreateRequest(_Model):
 # -- output (documentation) -------------------------------------------------------------------
 
 
-class _InputTokensDetails(BaseModel):
+class InputTokensDetails(BaseModel):
     cached_tokens: int = Field(description="Input tokens served from the prompt cache.")
 
 
-class _OutputTokensDetails(BaseModel):
+class OutputTokensDetails(BaseModel):
     reasoning_tokens: int = Field(description="Tokens of the analysis channel.")
 
 
 class ResponseUsage(BaseModel):
     input_tokens: int
-    input_tokens_details: _InputTokensDetails
+    input_tokens_details: InputTokensDetails
     output_tokens: int
-    output_tokens_details: _OutputTokensDetails
+    output_tokens_details: OutputTokensDetails
     total_tokens: int
 
 
-class _OutputText(BaseModel):
+class OutputText(BaseModel):
     type: Literal["output_text"] = "output_text"
     text: str
     annotations: list[Any] = Field(default_factory=list)
     logprobs: list[Any] = Field(default_factory=list)
 
 
-class _OutputMessage(BaseModel):
+class OutputMessage(BaseModel):
     id: str
     type: Literal["message"] = "message"
     role: Literal["assistant"] = "assistant"
     status: Literal["in_progress", "completed", "incomplete"]
-    content: list[_OutputText]
+    content: list[OutputText]
     phase: Literal["commentary", "final_answer"] | None = None
 
 
-class _OutputReasoning(BaseModel):
+class OutputReasoning(BaseModel):
     id: str
     type: Literal["reasoning"] = "reasoning"
     status: Literal["in_progress", "completed", "incomplete"]
@@ -289,7 +317,7 @@ class _OutputReasoning(BaseModel):
     summary: list[SummaryText]
 
 
-class _OutputFunctionCall(BaseModel):
+class OutputFunctionCall(BaseModel):
     id: str
     type: Literal["function_call"] = "function_call"
     status: Literal["in_progress", "completed", "incomplete"]
@@ -298,12 +326,18 @@ class _OutputFunctionCall(BaseModel):
     arguments: str
 
 
-class _Error(BaseModel):
+OutputItem = Annotated[
+    OutputReasoning | OutputMessage | OutputFunctionCall, Field(discriminator="type")
+]
+ItemStatus = Literal["in_progress", "completed", "incomplete"]
+
+
+class ResponseError(BaseModel):
     code: str
     message: str
 
 
-class _IncompleteDetails(BaseModel):
+class IncompleteDetails(BaseModel):
     reason: Literal["max_output_tokens"]
 
 
@@ -316,11 +350,11 @@ class ResponseObject(BaseModel):
     created_at: int
     completed_at: int | None = None
     status: Literal["in_progress", "completed", "incomplete", "failed"]
-    error: _Error | None = None
-    incomplete_details: _IncompleteDetails | None = None
+    error: ResponseError | None = None
+    incomplete_details: IncompleteDetails | None = None
     model: str
     instructions: str | None = None
-    output: list[_OutputReasoning | _OutputMessage | _OutputFunctionCall]
+    output: list[OutputItem]
     usage: ResponseUsage | None = None
     previous_response_id: str | None = None
     reasoning: dict[str, Any]
@@ -342,3 +376,122 @@ class ResponseDeleted(BaseModel):
     id: str
     object: Literal["response.deleted"] = "response.deleted"
     deleted: bool
+
+
+class ResponseSettings(BaseModel):
+    """The request's settings, as the response object repeats them."""
+
+    instructions: str | None
+    previous_response_id: str | None
+    reasoning: dict[str, Any]
+    tools: list[dict[str, Any]]
+    tool_choice: str | dict[str, Any]
+    parallel_tool_calls: bool
+    max_output_tokens: int | None
+    temperature: float | None
+    top_p: float | None
+    text: dict[str, Any]
+    store: bool
+    metadata: dict[str, str]
+    truncation: Literal["disabled"] = "disabled"
+    background: bool = False
+    user: str | None
+
+
+# -- stream events ------------------------------------------------------------------------------
+
+
+class _Event(BaseModel):
+    sequence_number: int
+
+
+class ResponseStateEvent(_Event):
+    """``response.created`` ... ``response.completed``: the whole response object."""
+
+    type: Literal[
+        "response.created",
+        "response.in_progress",
+        "response.completed",
+        "response.incomplete",
+        "response.failed",
+    ]
+    response: ResponseObject
+
+
+class OutputItemEvent(_Event):
+    type: Literal["response.output_item.added", "response.output_item.done"]
+    output_index: int
+    item: OutputItem
+
+
+class ContentPartEvent(_Event):
+    type: Literal["response.content_part.added", "response.content_part.done"]
+    item_id: str
+    output_index: int
+    content_index: int
+    part: OutputText | ReasoningText
+
+
+class OutputTextDeltaEvent(_Event):
+    type: Literal["response.output_text.delta"] = "response.output_text.delta"
+    item_id: str
+    output_index: int
+    content_index: int
+    logprobs: list[Any]
+    delta: str
+
+
+class ReasoningTextDeltaEvent(_Event):
+    type: Literal["response.reasoning_text.delta"] = "response.reasoning_text.delta"
+    item_id: str
+    output_index: int
+    content_index: int
+    delta: str
+
+
+class OutputTextDoneEvent(_Event):
+    type: Literal["response.output_text.done"] = "response.output_text.done"
+    item_id: str
+    output_index: int
+    content_index: int
+    text: str
+    logprobs: list[Any]
+
+
+class ReasoningTextDoneEvent(_Event):
+    type: Literal["response.reasoning_text.done"] = "response.reasoning_text.done"
+    item_id: str
+    output_index: int
+    content_index: int
+    text: str
+
+
+class FunctionCallArgumentsDeltaEvent(_Event):
+    type: Literal["response.function_call_arguments.delta"] = (
+        "response.function_call_arguments.delta"
+    )
+    item_id: str
+    output_index: int
+    delta: str
+
+
+class FunctionCallArgumentsDoneEvent(_Event):
+    type: Literal["response.function_call_arguments.done"] = "response.function_call_arguments.done"
+    item_id: str
+    output_index: int
+    name: str
+    arguments: str
+
+
+ResponseEvent = (
+    ResponseStateEvent
+    | OutputItemEvent
+    | ContentPartEvent
+    | OutputTextDeltaEvent
+    | ReasoningTextDeltaEvent
+    | OutputTextDoneEvent
+    | ReasoningTextDoneEvent
+    | FunctionCallArgumentsDeltaEvent
+    | FunctionCallArgumentsDoneEvent
+)
+"""One server-sent event of a streamed response (``event: <type>``)."""

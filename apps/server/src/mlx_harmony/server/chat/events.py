@@ -1,0 +1,194 @@
+"""A chat turn's events as a ``chat.completion`` or as ``chat.completion.chunk`` server-sent
+events (one per token as it is generated), from the protocol models with ``model_dump_json``.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Sequence
+
+from mlx_harmony.controller import AnswerDelta, CommentaryDelta, ThinkingDelta
+
+from ..errors import APIError
+from ..planning import TokenCounts
+from ..serving import Outcome
+from ..worker import Finished, TokenLogprobs, WorkerEvent
+from .protocol import (
+    ChatCompletion,
+    ChatCompletionChunk,
+    Choice,
+    ChoiceLogprobs,
+    ChunkChoice,
+    ChunkDelta,
+    ChunkToolCall,
+    ResponseMessage,
+    TokenLogprob,
+    ToolCall,
+    Usage,
+)
+from .translation import (
+    ChatPlan,
+    FinishName,
+    answer_content,
+    chat_usage,
+    finish_reason,
+    tool_calls,
+)
+
+__all__ = ["ChatOutput", "encode_chunk"]
+
+_DONE = b"data: [DONE]\n\n"
+
+
+def encode_chunk(chunk: ChatCompletionChunk) -> bytes:
+    """One ``data:`` event; fields the server did not set stay off the wire."""
+    return b"data: " + chunk.model_dump_json(exclude_unset=True).encode() + b"\n\n"
+
+
+class ChatOutput:
+    """One chat turn's answer (see `TurnOutput`): with ``stream``, its chunks as it goes."""
+
+    def __init__(self, plan: ChatPlan, *, stream: bool) -> None:
+        self.plan = plan
+        self.stream = stream
+        self.id = f"chatcmpl-{secrets.token_hex(12)}"
+        self.created = int(time.time())
+        self._reasoning: list[str] = []
+        self._logprobs: list[TokenLogprob] = []
+        self._pending_logprobs: list[TokenLogprob] | None = None
+        self._chunks: list[bytes] = []
+        self._answer: ChatCompletion | None = None
+
+    def _chunk(
+        self,
+        delta: ChunkDelta,
+        *,
+        logprobs: ChoiceLogprobs | None = None,
+        finish: FinishName | None = None,
+    ) -> bytes:
+        # model_construct: the values are the server's own, already checked; no validation
+        # per token.
+        choice = ChunkChoice.model_construct(
+            index=0, delta=delta, logprobs=logprobs, finish_reason=finish
+        )
+        return encode_chunk(
+            ChatCompletionChunk.model_construct(
+                id=self.id,
+                object="chat.completion.chunk",
+                created=self.created,
+                model=self.plan.model,
+                choices=[choice],
+            )
+        )
+
+    def start(self) -> bytes:
+        return self._chunk(ChunkDelta(role="assistant", content=""))
+
+    def feed(self, batch: Sequence[WorkerEvent]) -> Finished | None:
+        finished = None
+        stream = self.stream
+        for item in batch:
+            if isinstance(item, AnswerDelta | CommentaryDelta):
+                if stream:
+                    self._content(item.text)
+            elif isinstance(item, ThinkingDelta):
+                if not stream:
+                    self._reasoning.append(item.text)
+                elif self.plan.include_reasoning:
+                    delta = ChunkDelta.model_construct(
+                        reasoning=item.text, reasoning_content=item.text
+                    )
+                    self._chunks.append(self._chunk(delta))
+            elif isinstance(item, TokenLogprobs):
+                entries = [TokenLogprob.model_validate(e) for e in item.entries]
+                if stream:
+                    self._pending_logprobs = entries
+                else:
+                    self._logprobs.extend(entries)
+            elif isinstance(item, Finished):
+                finished = item
+        return finished
+
+    def _content(self, text: str) -> None:
+        delta = ChunkDelta.model_construct(content=text)
+        if self.plan.logprobs:
+            logprobs = ChoiceLogprobs(content=self._pending_logprobs or [])
+            self._pending_logprobs = None
+            self._chunks.append(self._chunk(delta, logprobs=logprobs))
+        else:
+            self._chunks.append(self._chunk(delta))
+
+    def take(self) -> bytes:
+        data = b"".join(self._chunks)
+        self._chunks.clear()
+        return data
+
+    def finish(self, finished: Finished, outcome: Outcome) -> bytes:
+        result = finished.result
+        calls = tool_calls(result, self.plan.names)
+        finish = finish_reason(result, has_calls=bool(calls))
+        usage = chat_usage(TokenCounts.of(finished))
+        outcome.prompt_tokens = usage.prompt_tokens
+        outcome.completion_tokens = usage.completion_tokens
+        outcome.finish_reason = finish
+        if not self.stream:
+            self._answer = self._completion(finished, calls, finish, usage)
+            return b""
+        parts = [
+            self._chunk(
+                ChunkDelta(
+                    tool_calls=[ChunkToolCall(index=i, id=c.id, type=c.type, function=c.function)]
+                )
+            )
+            for i, c in enumerate(calls)
+        ]
+        parts.append(self._chunk(ChunkDelta(), finish=finish))
+        if self.plan.include_usage:
+            usage_chunk = ChatCompletionChunk(
+                id=self.id,
+                object="chat.completion.chunk",
+                created=self.created,
+                model=self.plan.model,
+                choices=[],
+                usage=usage,
+            )
+            parts.append(encode_chunk(usage_chunk))
+        parts.append(_DONE)
+        return b"".join(parts)
+
+    def _completion(
+        self, finished: Finished, calls: list[ToolCall], finish: FinishName, usage: Usage
+    ) -> ChatCompletion:
+        result = finished.result
+        message = ResponseMessage(role="assistant", content=answer_content(result) or None)
+        if self.plan.include_reasoning:
+            thinking = "".join(self._reasoning) or result.analysis
+            message.reasoning = thinking or None
+            message.reasoning_content = thinking or None
+        if calls:
+            message.tool_calls = calls
+        return ChatCompletion(
+            id=self.id,
+            object="chat.completion",
+            created=self.created,
+            model=self.plan.model,
+            system_fingerprint=None,
+            choices=[
+                Choice(
+                    index=0,
+                    message=message,
+                    logprobs=ChoiceLogprobs(content=self._logprobs) if self.plan.logprobs else None,
+                    finish_reason=finish,
+                )
+            ],
+            usage=usage,
+        )
+
+    def answer(self) -> bytes:
+        if self._answer is None:
+            raise RuntimeError("answer() before finish()")
+        return self._answer.model_dump_json(exclude_unset=True).encode()
+
+    def fail(self, error: APIError) -> bytes:
+        return b"data: " + error.body_json().encode() + b"\n\n" + _DONE

@@ -1,0 +1,301 @@
+"""The chat completions wire format: ``POST /v1/chat/completions`` requests, answers, chunks.
+
+Requests are checked here for shape and types (a wrong type is a 422); value ranges of the
+sampling fields are checked by `SamplingParams` when the service builds the turn's config, so
+those errors name the field and its range (a 400). Unknown request fields are ignored, as
+OpenAI clients send fields that do not apply to a local model (``user``, ``store``, ...).
+
+Answers and stream chunks are these models, serialised with ``model_dump_json``
+(``exclude_unset``: a field is on the wire when the server set it, ``null`` included).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "AssistantMessage",
+    "ChatCompletion",
+    "ChatCompletionChunk",
+    "ChatCompletionRequest",
+    "ChatMessage",
+    "Choice",
+    "ChoiceLogprobs",
+    "ChunkChoice",
+    "ChunkDelta",
+    "ChunkToolCall",
+    "CompletionTokensDetails",
+    "Content",
+    "ContentPart",
+    "DeveloperMessage",
+    "FunctionCall",
+    "FunctionDefinition",
+    "FunctionMessage",
+    "NamedToolChoice",
+    "OtherPart",
+    "PromptTokensDetails",
+    "ResponseMessage",
+    "StreamOptions",
+    "SystemMessage",
+    "TextPart",
+    "TokenCountResponse",
+    "TokenLogprob",
+    "Tool",
+    "ToolCall",
+    "ToolMessage",
+    "Usage",
+    "UserMessage",
+]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+# -- request ------------------------------------------------------------------------------------
+
+
+class TextPart(_Model):
+    type: Literal["text"]
+    text: str
+
+
+class OtherPart(_Model):
+    """Any other content part (``image_url``, ``input_audio``, ``file``): refused with a 400
+    that names it, since the served models read text only."""
+
+    type: str
+
+
+ContentPart = TextPart | OtherPart
+Content = str | list[ContentPart]
+
+
+class FunctionCall(_Model):
+    name: str
+    arguments: str = Field(
+        "", description="The arguments as the model wrote them: usually JSON, not always."
+    )
+
+
+class ToolCall(_Model):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class SystemMessage(_Model):
+    role: Literal["system"]
+    content: Content
+    name: str | None = None
+
+
+class DeveloperMessage(_Model):
+    role: Literal["developer"]
+    content: Content
+    name: str | None = None
+
+
+class UserMessage(_Model):
+    role: Literal["user"]
+    content: Content
+    name: str | None = None
+
+
+class AssistantMessage(_Model):
+    role: Literal["assistant"]
+    content: Content | None = None
+    reasoning: str | None = Field(None, description="The model's reasoning (analysis channel).")
+    reasoning_content: str | None = Field(
+        None, description="The same as `reasoning`, under the name llama.cpp and DeepSeek use."
+    )
+    tool_calls: list[ToolCall] | None = None
+    name: str | None = None
+
+
+class ToolMessage(_Model):
+    role: Literal["tool"]
+    content: Content
+    tool_call_id: str
+
+
+class FunctionMessage(_Model):
+    """The legacy ``function`` role: a tool result named by the function instead of a call id."""
+
+    role: Literal["function"]
+    name: str
+    content: str | None = None
+
+
+ChatMessage = Annotated[
+    SystemMessage
+    | DeveloperMessage
+    | UserMessage
+    | AssistantMessage
+    | ToolMessage
+    | FunctionMessage,
+    Field(discriminator="role"),
+]
+
+
+class FunctionDefinition(_Model):
+    name: str = Field(min_length=1, max_length=256)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = None
+
+
+class Tool(_Model):
+    type: Literal["function"] = "function"
+    function: FunctionDefinition
+
+
+class _ToolChoiceFunction(_Model):
+    name: str
+
+
+class NamedToolChoice(_Model):
+    type: Literal["function"] = "function"
+    function: _ToolChoiceFunction
+
+
+class StreamOptions(_Model):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(_Model):
+    """``POST /v1/chat/completions``. Fields the server does not use are accepted and ignored."""
+
+    messages: list[ChatMessage] = Field(min_length=1)
+    model: str | None = Field(
+        None, description="A name from GET /v1/models; empty or absent: the default model."
+    )
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    seed: int | None = None
+    logit_bias: dict[str, float] | None = Field(
+        None, description="Token id (as a string) to a bias added to its logit."
+    )
+    stop: str | list[str] | None = None
+    max_tokens: int | None = Field(None, ge=1)
+    max_completion_tokens: int | None = Field(None, ge=1)
+    n: int | None = Field(None, ge=1, description="Only 1 is supported.")
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
+    include_reasoning: bool = Field(
+        True, description="false leaves `reasoning` and `reasoning_content` out."
+    )
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=20)
+    tools: list[Tool] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
+    response_format: dict[str, Any] | None = None
+    user: str | None = None
+
+
+# -- responses ----------------------------------------------------------------------------------
+
+
+class ResponseMessage(BaseModel):
+    role: Literal["assistant"] = "assistant"
+    content: str | None
+    reasoning: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[ToolCall] | None = None
+
+
+class TopLogprob(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprob(TopLogprob):
+    top_logprobs: list[TopLogprob]
+
+
+class ChoiceLogprobs(BaseModel):
+    content: list[TokenLogprob] | None
+
+
+class Choice(BaseModel):
+    index: int
+    message: ResponseMessage
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: Literal["stop", "length", "tool_calls"]
+
+
+class PromptTokensDetails(BaseModel):
+    cached_tokens: int = Field(description="Prompt tokens served from the prompt cache.")
+
+
+class CompletionTokensDetails(BaseModel):
+    reasoning_tokens: int = Field(description="Tokens of the analysis channel.")
+
+
+class Usage(BaseModel):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    prompt_tokens_details: PromptTokensDetails
+    completion_tokens_details: CompletionTokensDetails
+
+
+class ChatCompletion(BaseModel):
+    id: str
+    object: Literal["chat.completion"] = "chat.completion"
+    created: int
+    model: str
+    system_fingerprint: str | None = None
+    choices: list[Choice]
+    usage: Usage
+
+
+class ChunkToolCall(ToolCall):
+    """A tool call in a chunk: the whole call at once, at its index among the calls."""
+
+    index: int
+
+
+class ChunkDelta(BaseModel):
+    role: Literal["assistant"] | None = None
+    content: str | None = None
+    reasoning: str | None = None
+    reasoning_content: str | None = None
+    tool_calls: list[ChunkToolCall] | None = None
+
+
+class ChunkChoice(BaseModel):
+    index: int
+    delta: ChunkDelta
+    logprobs: ChoiceLogprobs | None = None
+    finish_reason: Literal["stop", "length", "tool_calls"] | None = None
+
+
+class ChatCompletionChunk(BaseModel):
+    """One server-sent event of a streamed completion (``data: {...}``); ``data: [DONE]`` ends
+    the stream. The usage chunk (with ``stream_options.include_usage``) has no choices."""
+
+    id: str
+    object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
+    created: int
+    model: str
+    choices: list[ChunkChoice]
+    usage: Usage | None = None
+
+
+class TokenCountResponse(BaseModel):
+    """``POST /v1/tokenize``: how much of the context window a conversation's prompt uses."""
+
+    prompt_tokens: int
+    max_context_tokens: int | None
+    margin: int

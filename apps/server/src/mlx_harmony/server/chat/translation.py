@@ -1,0 +1,269 @@
+"""Chat completions <-> the controller's turns.
+
+`plan_chat` checks a request and turns it into a `ChatPlan` (the conversation as turns, the
+prompt config with the request's sampling fields, the function tools with safe names); the
+functions after it read a finished turn back as the chat answer's parts.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from mlx_harmony.controller import FinishReason, TurnResult
+
+from ..conversation import AssistantCall, Conversation, ConversationBuilder, join_text
+from ..errors import APIError
+from ..models import ModelEntry
+from ..planning import (
+    FunctionChoice,
+    FunctionSpec,
+    TokenCounts,
+    ToolChoice,
+    build_config,
+    declare_tools,
+    developer_instructions,
+    format_instruction,
+    openai_calls,
+    retry_policy,
+)
+from ..tool_names import ToolNameMap
+from ..worker import TurnPlan
+from .protocol import (
+    AssistantMessage,
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionTokensDetails,
+    Content,
+    DeveloperMessage,
+    FunctionCall,
+    FunctionMessage,
+    NamedToolChoice,
+    OtherPart,
+    PromptTokensDetails,
+    SystemMessage,
+    ToolCall,
+    ToolMessage,
+    Usage,
+    UserMessage,
+)
+
+__all__ = [
+    "ChatPlan",
+    "FinishName",
+    "answer_content",
+    "chat_usage",
+    "content_text",
+    "finish_reason",
+    "plan_chat",
+    "to_conversation",
+    "tool_calls",
+]
+
+_SAMPLING_FIELDS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "logit_bias",
+)
+FinishName = Literal["stop", "length", "tool_calls"]
+_FINISH: dict[FinishReason, FinishName] = {
+    FinishReason.STOP: "stop",
+    FinishReason.LENGTH: "length",
+    FinishReason.TOOL_CALLS: "tool_calls",
+    FinishReason.LOOP: "length",
+    FinishReason.NO_FINAL: "stop",
+    FinishReason.TOOL_LIMIT: "stop",
+    FinishReason.CANCELLED: "stop",
+}
+
+
+@dataclass(frozen=True)
+class ChatPlan:
+    """A checked chat request: the worker's plan and how to render the answer."""
+
+    turn_plan: TurnPlan
+    names: ToolNameMap
+    model: str
+    stream: bool = False
+    include_usage: bool = False
+    include_reasoning: bool = True
+    logprobs: bool = False
+
+
+def content_text(content: Content | None, *, param: str) -> str:
+    """The text of a message's content; other parts (images, audio) are refused."""
+    if content is None:
+        return ""
+    return join_text(
+        content,
+        param=param,
+        text_of=lambda part: None if isinstance(part, OtherPart) else part.text,
+        text_part="{'type': 'text', 'text': ...}",
+    )
+
+
+def to_conversation(messages: Sequence[ChatMessage], names: ToolNameMap) -> Conversation:
+    """Split `messages` into instructions, earlier turns and the turn to answer."""
+    builder = ConversationBuilder(names)
+    for i, m in enumerate(messages):
+        param = f"messages[{i}].content"
+        if isinstance(m, SystemMessage | DeveloperMessage):
+            builder.instructions(content_text(m.content, param=param))
+        elif isinstance(m, UserMessage):
+            builder.user(content_text(m.content, param=param))
+        elif isinstance(m, AssistantMessage):
+            calls = [
+                AssistantCall(c.id, c.function.name, c.function.arguments)
+                for c in m.tool_calls or ()
+            ]
+            reasoning = m.reasoning if m.reasoning is not None else m.reasoning_content
+            builder.assistant(
+                reasoning=reasoning, text=content_text(m.content, param=param), calls=calls
+            )
+        elif isinstance(m, ToolMessage):
+            builder.tool_result(
+                m.tool_call_id,
+                content_text(m.content, param=param),
+                unknown=lambda i=i, m=m: APIError(
+                    400,
+                    f"messages[{i}] answers tool_call_id {m.tool_call_id!r}, which no earlier "
+                    "assistant message's tool_calls has; send the assistant message with that "
+                    "call before its result",
+                    param=f"messages[{i}].tool_call_id",
+                    code="unknown_tool_call_id",
+                ),
+            )
+        elif isinstance(m, FunctionMessage):
+            builder.function_result(m.name, m.content or "")
+    if not builder.has_user:
+        raise APIError(
+            400,
+            "the conversation has no user message; add {'role': 'user', 'content': ...}",
+            param="messages",
+            code="no_user_message",
+        )
+    return builder.build()
+
+
+def _tool_choice(body: ChatCompletionRequest) -> ToolChoice:
+    choice = body.tool_choice
+    if isinstance(choice, NamedToolChoice):
+        return FunctionChoice(choice.function.name)
+    return choice
+
+
+def _format_instruction(body: ChatCompletionRequest) -> str | None:
+    fmt = body.response_format
+    if not fmt:
+        return None
+    spec = fmt.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    return format_instruction(fmt.get("type"), schema, param="response_format.type")
+
+
+def plan_chat(
+    body: ChatCompletionRequest, entry: ModelEntry, *, max_tokens_cap: int | None = None
+) -> ChatPlan:
+    """Check `body` against `entry` and build the worker's plan; `APIError` when it is wrong."""
+    if body.n not in (None, 1):
+        raise APIError(400, f"n must be 1 (one choice per request), got {body.n}", param="n")
+    if body.top_logprobs is not None and not body.logprobs:
+        raise APIError(
+            400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value"
+        )
+    names = ToolNameMap(t.function.name for t in body.tools or ())
+    conversation = to_conversation(body.messages, names)
+    specs = [
+        FunctionSpec(
+            t.function.name,
+            t.function.description,
+            t.function.parameters,
+            name_param=f"tools[{i}].function.name",
+            param=f"tools[{i}]",
+        )
+        for i, t in enumerate(body.tools or ())
+    ]
+    function_tools, tool_instruction = declare_tools(specs, names, _tool_choice(body))
+    instructions = developer_instructions(
+        conversation.instructions, (tool_instruction, _format_instruction(body)), entry
+    )
+    stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or ())
+    config = build_config(
+        entry.prompt_config,
+        sampling={name: getattr(body, name) for name in _SAMPLING_FIELDS},
+        reasoning_effort=body.reasoning_effort,
+        instructions=instructions,
+        max_tokens=body.max_completion_tokens or body.max_tokens,
+        max_tokens_cap=max_tokens_cap,
+        stops=stops,
+    )
+    explicit = (
+        body.max_tokens is not None
+        or body.max_completion_tokens is not None
+        or max_tokens_cap is not None
+    )
+    plan = TurnPlan(
+        entry=entry,
+        turn=conversation.turn,
+        history=conversation.history,
+        config=config,
+        function_tools=function_tools,
+        top_logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+        policy=retry_policy(explicit_limit=explicit),
+    )
+    return ChatPlan(
+        turn_plan=plan,
+        names=names,
+        model=entry.id,
+        stream=body.stream,
+        include_usage=bool(body.stream_options and body.stream_options.include_usage),
+        include_reasoning=body.include_reasoning,
+        logprobs=bool(body.logprobs),
+    )
+
+
+# -- a finished turn, as the chat answer's parts -------------------------------------------------
+
+
+def chat_usage(counts: TokenCounts) -> Usage:
+    return Usage(
+        prompt_tokens=counts.prompt,
+        completion_tokens=counts.completion,
+        total_tokens=counts.prompt + counts.completion,
+        prompt_tokens_details=PromptTokensDetails(cached_tokens=counts.cached),
+        completion_tokens_details=CompletionTokensDetails(reasoning_tokens=counts.reasoning),
+    )
+
+
+def tool_calls(result: TurnResult, names: ToolNameMap) -> list[ToolCall]:
+    return [
+        ToolCall(
+            id=f"call_{secrets.token_hex(12)}",
+            type="function",
+            function=FunctionCall(name=name, arguments=arguments),
+        )
+        for name, arguments in openai_calls(result, names)
+    ]
+
+
+def finish_reason(result: TurnResult, *, has_calls: bool) -> FinishName:
+    return "tool_calls" if has_calls else _FINISH.get(result.finish_reason, "stop")
+
+
+def answer_content(result: TurnResult) -> str:
+    """The answer; without one, the preamble the model wrote before its tool calls."""
+    if result.final:
+        return result.final
+    return "".join(
+        m.text
+        for m in result.new_replies
+        if getattr(m, "channel", None) == "commentary" and getattr(m, "recipient", None) is None
+    )

@@ -1,0 +1,50 @@
+"""`ResponsesService`: responses served on the model worker (the Responses side of
+`Serving`), kept in the `ResponseStore` for ``previous_response_id`` and ``GET``."""
+
+from __future__ import annotations
+
+from ..models import ModelRegistry
+from ..worker import ModelWorker
+from .events import ResponseOutput
+from .protocol import InputItemModel, ResponseCreateRequest, ResponseDeleted, ResponseObject
+from .store import ResponseStore, StoredResponse
+from .translation import ResponsePlan, not_stored, plan_response
+
+__all__ = ["ResponsesService"]
+
+
+class ResponsesService:
+    """Checks Responses requests, renders their turns and keeps the finished responses."""
+
+    def __init__(
+        self,
+        registry: ModelRegistry,
+        worker: ModelWorker,
+        store: ResponseStore,
+        *,
+        max_tokens_cap: int | None = None,
+    ) -> None:
+        self.registry = registry
+        self.worker = worker
+        self.store = store
+        self.max_tokens_cap = max_tokens_cap
+
+    def plan(self, body: ResponseCreateRequest) -> ResponsePlan:
+        return plan_response(body, self.registry, self.store, max_tokens_cap=self.max_tokens_cap)
+
+    def output(self, plan: ResponsePlan, *, stream: bool) -> ResponseOutput:
+        return ResponseOutput(plan, stream=stream, keep=self._keep)
+
+    def _keep(self, response: ResponseObject, items: tuple[InputItemModel, ...]) -> None:
+        self.store.put(response.id, StoredResponse(response, items))
+
+    def get(self, response_id: str) -> ResponseObject:
+        stored = self.store.get(response_id)
+        if stored is None:
+            raise not_stored(response_id, self.store, param=None)
+        return stored.response
+
+    def delete(self, response_id: str) -> ResponseDeleted:
+        if not self.store.delete(response_id):
+            raise not_stored(response_id, self.store, param=None)
+        return ResponseDeleted(id=response_id, deleted=True)

@@ -1,0 +1,376 @@
+"""Responses requests <-> the controller's turns.
+
+A request's items, after the stored conversation its ``previous_response_id`` names, map to
+Harmony as vLLM's gpt-oss server maps them, through the same `ConversationBuilder` and
+planning steps as a chat completion (so a response runs exactly the turn a chat completion of
+the same conversation would):
+
+- ``message`` items: ``user`` starts a turn, ``system``/``developer`` join the developer
+  instructions (after ``instructions``), ``assistant`` is the final answer, or the preamble
+  (commentary channel) when function calls follow it;
+- ``reasoning`` items are the analysis channel, kept while their turn is in progress and dropped
+  from earlier turns by the renderer;
+- ``function_call`` items are Harmony calls to ``functions.<name>``; ``function_call_output``
+  items are the tool's messages, named by the call their ``call_id`` answers.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..conversation import AssistantCall, Conversation, ConversationBuilder, join_text
+from ..errors import APIError
+from ..models import ModelRegistry
+from ..planning import (
+    FunctionChoice,
+    FunctionSpec,
+    ToolChoice,
+    build_config,
+    declare_tools,
+    developer_instructions,
+    format_instruction,
+    retry_policy,
+)
+from ..tool_names import ToolNameMap
+from ..worker import TurnPlan
+from .protocol import (
+    ContentPart,
+    FunctionCallItem,
+    FunctionCallOutputItem,
+    FunctionToolSpec,
+    InputItemModel,
+    MessageItem,
+    OtherContent,
+    OtherItem,
+    OtherTool,
+    ReasoningItem,
+    ResponseCreateRequest,
+    ResponseSettings,
+)
+from .store import ResponseStore
+
+__all__ = ["ResponsePlan", "new_id", "not_stored", "plan_response", "to_conversation"]
+
+_PARAMS = {"max_tokens": "max_output_tokens", "reasoning_effort": "reasoning.effort"}
+"""Prompt config fields, as a Responses request names them."""
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(12)}"
+
+
+@dataclass(frozen=True)
+class ResponsePlan:
+    """A checked ``POST /v1/responses``: the worker's plan and what the answer says."""
+
+    id: str
+    turn_plan: TurnPlan
+    names: ToolNameMap
+    model: str
+    items: tuple[InputItemModel, ...]
+    """The conversation's input items: the stored ones before this request's."""
+    settings: ResponseSettings
+    created_at: int = field(default_factory=lambda: int(time.time()))
+    store: bool = True
+    stream: bool = False
+
+
+def _text(content: str | Sequence[ContentPart], *, param: str) -> str:
+    return join_text(
+        content,
+        param=param,
+        text_of=lambda part: None if isinstance(part, OtherContent) else part.text,
+        text_part="{'type': 'input_text', 'text': ...}",
+    )
+
+
+@dataclass
+class _Reply:
+    """An assistant reply being collected: its reasoning, text, then the calls after it."""
+
+    reasoning: str | None = None
+    text: str = ""
+    calls: list[AssistantCall] = field(default_factory=list)
+
+
+def to_conversation(
+    items: Sequence[InputItemModel],
+    names: ToolNameMap,
+    *,
+    instructions: str | None = None,
+    first: int = 0,
+) -> Conversation:
+    """The conversation of a request's input items (see the module docstring).
+
+    ``first`` is the index of the request's own first item: errors name ``input[i - first]``.
+    """
+    builder = ConversationBuilder(names)
+    if instructions:
+        builder.instructions(instructions)
+    reply: _Reply | None = None
+
+    def flush() -> None:
+        nonlocal reply
+        if reply is not None:
+            builder.assistant(reasoning=reply.reasoning, text=reply.text, calls=reply.calls)
+            reply = None
+
+    for i, item in enumerate(items):
+        where = f"input[{i - first}]"
+        if isinstance(item, FunctionCallItem):
+            # Calls join the reasoning and preamble before them: one Harmony reply.
+            if reply is None:
+                reply = _Reply()
+            reply.calls.append(AssistantCall(item.call_id, item.name, item.arguments))
+            continue
+        if isinstance(item, ReasoningItem):
+            text = "".join(p.text for p in (item.content or item.summary))
+            if text:
+                flush()
+                reply = _Reply(reasoning=text)
+            continue
+        flush()
+        if isinstance(item, MessageItem):
+            text = _text(item.content, param=f"{where}.content")
+            if item.role == "user":
+                builder.user(text)
+            elif item.role in ("system", "developer"):
+                builder.instructions(text)
+            else:
+                reply = _Reply(text=text)
+        elif isinstance(item, FunctionCallOutputItem):
+            call_id = item.call_id
+            builder.tool_result(
+                call_id,
+                _text(item.output, param=f"{where}.output"),
+                unknown=lambda where=where, call_id=call_id: APIError(
+                    400,
+                    f"{where} answers call_id {call_id!r}, which no earlier function_call item "
+                    "has; send the function_call item (from the response's output) before its "
+                    "output, or continue that response with previous_response_id",
+                    param=f"{where}.call_id",
+                    code="unknown_call_id",
+                ),
+            )
+        else:
+            kind = item.type if isinstance(item, OtherItem) else type(item).__name__
+            raise APIError(
+                400,
+                f"{where} is a {kind!r} item, which this server does not serve; use message, "
+                "function_call, function_call_output or reasoning items",
+                param=f"{where}.type",
+                code="unsupported_item",
+            )
+    flush()
+    if not builder.has_user:
+        raise APIError(
+            400,
+            "the conversation has no user message; send input as a string, or add "
+            "{'role': 'user', 'content': ...} to input",
+            param="input",
+            code="no_user_message",
+        )
+    return builder.build()
+
+
+def _function_specs(body: ResponseCreateRequest) -> list[FunctionSpec]:
+    specs: list[FunctionSpec] = []
+    for i, tool in enumerate(body.tools or ()):
+        if isinstance(tool, OtherTool) or not isinstance(tool, FunctionToolSpec):
+            raise APIError(
+                400,
+                f"tools[{i}] is a {tool.type!r} tool; this server runs function tools only "
+                "({'type': 'function', 'name': ..., 'parameters': {...}}): declare what you can "
+                "run yourself as a function",
+                param=f"tools[{i}].type",
+                code="unsupported_tool",
+            )
+        specs.append(
+            FunctionSpec(
+                tool.name,
+                tool.description,
+                tool.parameters,
+                name_param=f"tools[{i}].name",
+                param=f"tools[{i}]",
+            )
+        )
+    return specs
+
+
+def _tool_choice(choice: object) -> ToolChoice:
+    if choice is None:
+        return None
+    if choice == "auto":
+        return "auto"
+    if choice == "none":
+        return "none"
+    if choice == "required":
+        return "required"
+    if isinstance(choice, dict) and choice.get("type") == "function":
+        name = choice.get("name")
+        if isinstance(name, str) and name:
+            return FunctionChoice(name)
+        raise APIError(
+            400,
+            "tool_choice {'type': 'function'} needs the function's 'name'",
+            param="tool_choice.name",
+            code="invalid_value",
+        )
+    what = repr(choice) if isinstance(choice, str) else f"of type {_type_of(choice)!r}"
+    raise APIError(
+        400,
+        f"tool_choice {what} is not supported; use 'auto', 'none', 'required' or "
+        "{'type': 'function', 'name': ...}",
+        param="tool_choice",
+        code="unsupported_value",
+    )
+
+
+def _type_of(value: object) -> object:
+    return value.get("type") if isinstance(value, dict) else None
+
+
+def _format_instruction(body: ResponseCreateRequest) -> str | None:
+    fmt = body.text.format if body.text is not None else None
+    if not fmt:
+        return None
+    return format_instruction(fmt.get("type"), fmt.get("schema"), param="text.format.type")
+
+
+def _effort(body: ResponseCreateRequest) -> Literal["low", "medium", "high"] | None:
+    effort = body.reasoning.effort if body.reasoning is not None else None
+    if effort is None:
+        return None
+    if effort == "low" or effort == "medium" or effort == "high":
+        return effort
+    raise APIError(
+        400,
+        f"reasoning.effort {effort!r} is not a gpt-oss reasoning level; use low, medium or high",
+        param="reasoning.effort",
+        code="unsupported_value",
+    )
+
+
+def _refuse_unsupported(body: ResponseCreateRequest) -> None:
+    if body.background:
+        raise APIError(
+            400,
+            "background responses are not supported; leave background out (or false)",
+            param="background",
+            code="unsupported_value",
+        )
+    if body.conversation is not None:
+        raise APIError(
+            400,
+            "conversation objects are not supported; chain responses with "
+            "previous_response_id, or send the whole conversation as input",
+            param="conversation",
+            code="unsupported_value",
+        )
+
+
+def not_stored(response_id: str, store: ResponseStore, *, param: str | None) -> APIError:
+    what = "previous_response_id" if param else "response"
+    return APIError(
+        404,
+        f"{what} {response_id!r} is not in this server's response store: responses are kept in "
+        f"memory only (the last {store.max_size}, --response-store-size), are lost on restart, "
+        "and are not kept with store: false; send the whole conversation as input instead",
+        param=param,
+        code="previous_response_not_found" if param else "response_not_found",
+    )
+
+
+def _items(
+    body: ResponseCreateRequest, store: ResponseStore
+) -> tuple[int, tuple[InputItemModel, ...]]:
+    """The stored conversation's items and the request's: (how many were stored, all)."""
+    previous: tuple[InputItemModel, ...] = ()
+    if body.previous_response_id:
+        stored = store.get(body.previous_response_id)
+        if stored is None:
+            raise not_stored(body.previous_response_id, store, param="previous_response_id")
+        previous = stored.items
+    if isinstance(body.input, str):
+        new: tuple[InputItemModel, ...] = (
+            MessageItem(role="user", content=body.input, phase=None),
+        )
+    else:
+        new = tuple(body.input or ())
+    if not new:
+        raise APIError(
+            400,
+            "input is empty; send the next user message (a string) or items such as "
+            "function_call_output",
+            param="input",
+            code="missing_input",
+        )
+    return len(previous), previous + new
+
+
+def plan_response(
+    body: ResponseCreateRequest,
+    registry: ModelRegistry,
+    store: ResponseStore,
+    *,
+    max_tokens_cap: int | None = None,
+) -> ResponsePlan:
+    """Check `body` and plan its turn; `APIError` when it is wrong."""
+    _refuse_unsupported(body)
+    first, items = _items(body, store)
+    entry = registry.resolve(body.model)
+    specs = _function_specs(body)
+    names = ToolNameMap(spec.name for spec in specs)
+    conversation = to_conversation(items, names, instructions=body.instructions, first=first)
+    function_tools, tool_instruction = declare_tools(specs, names, _tool_choice(body.tool_choice))
+    instructions = developer_instructions(
+        conversation.instructions, (tool_instruction, _format_instruction(body)), entry
+    )
+    config = build_config(
+        entry.prompt_config,
+        sampling={"temperature": body.temperature, "top_p": body.top_p},
+        reasoning_effort=_effort(body),
+        instructions=instructions,
+        max_tokens=body.max_output_tokens,
+        max_tokens_cap=max_tokens_cap,
+        params=_PARAMS,
+    )
+    explicit = body.max_output_tokens is not None or max_tokens_cap is not None
+    turn_plan = TurnPlan(
+        entry=entry,
+        turn=conversation.turn,
+        history=conversation.history,
+        config=config,
+        function_tools=function_tools,
+        policy=retry_policy(explicit_limit=explicit),
+        conversation_param="input",
+    )
+    settings = ResponseSettings(
+        instructions=body.instructions,
+        previous_response_id=body.previous_response_id,
+        reasoning={"effort": str(config.reasoning_effort), "summary": None},
+        tools=[t.model_dump(exclude_none=True) for t in body.tools or ()],
+        tool_choice=body.tool_choice if body.tool_choice is not None else "auto",
+        parallel_tool_calls=body.parallel_tool_calls is not False,
+        max_output_tokens=body.max_output_tokens,
+        temperature=config.setting("temperature"),
+        top_p=config.setting("top_p"),
+        text={"format": (body.text.format if body.text else None) or {"type": "text"}},
+        store=body.store,
+        metadata=body.metadata or {},
+        user=body.user,
+    )
+    return ResponsePlan(
+        id=new_id("resp"),
+        turn_plan=turn_plan,
+        names=names,
+        model=entry.id,
+        items=items,
+        settings=settings,
+        store=body.store,
+        stream=body.stream,
+    )
