@@ -1,4 +1,4 @@
-"""The two standalone packages build into wheels that install and work with no other member."""
+"""The standalone packages build into wheels that install and work with no other member."""
 
 import os
 import subprocess
@@ -23,6 +23,12 @@ CHECKS = {
         "assert len(tokens) > 5\n"
         "r = parse_completion([200005, 17196, 200008, 12194, 200002])\n"  # final, "Hi"
         "assert (r.final, r.parse_path, r.truncated) == ('Hi', 'strict', False), r\n"
+    ),
+    "mlx-harmony-chat-tools": (
+        "from mlx_harmony.tools import ToolRegistry\n"
+        "with ToolRegistry.from_flags(python=True) as tools:\n"
+        "    assert tools.handles('python') and not tools.handles('functions.f')\n"
+        "    assert tools.declarations().system\n"
     ),
 }
 

@@ -67,7 +67,7 @@ def test_commands_change_the_session_and_quit_ends_it() -> None:
     assert "temperature = 0.25" in run.screen
     assert "Unknown command \\frobnicate" in run.screen
     [request] = backend.requests
-    assert request.config.temperature == 0.25
+    assert request.config.setting("temperature") == 0.25
     assert request.config.reasoning_effort == "high"
     assert user_texts(backend) == ["Go"]
 
@@ -229,8 +229,8 @@ def test_chat_saves_after_every_exchange_and_resumes_with_its_model(tmp_path: Pa
     )
     assert run.status == 0
     assert f"Chat saved in {chat_file}." in run.screen
-    log = load_chat(chat_file)  # valid chat-log v2
-    assert log.schema_version == 2
+    log = load_chat(chat_file)  # valid chat-log v3
+    assert log.schema_version == 3
     assert [(m.role, m.content) for m in log.messages] == [
         ("user", "Capital of France?"),
         ("assistant", "Paris."),
@@ -245,7 +245,7 @@ def test_chat_saves_after_every_exchange_and_resumes_with_its_model(tmp_path: Pa
     assert "Resumed 1 turn from" in run.screen
     assert run.calls[0]["location"].path == model.resolve()
     [request] = second.requests
-    assert request.config.temperature == 0.3
+    assert request.config.setting("temperature") == 0.3
     assert [t.user.text for t in request.history] == ["Capital of France?"]
     log = load_chat(chat_file)
     assert [m.content for m in log.messages if m.role == "user"] == [
@@ -300,7 +300,7 @@ def test_load_conversation_continues_a_chat_and_save_writes_it_back(tmp_path: Pa
     run = run_chat(
         ["--load-conversation", str(source), "--model", str(model)], keys, backend=backend
     )
-    assert backend.requests[0].config.top_k == 7  # the chat's last-used value
+    assert backend.requests[0].config.setting("top_k") == 7  # the chat's last-used value
     assert [t.user.text for t in backend.requests[0].history] == ["Hello"]
     assert "Saved 4 messages to" in run.screen
     saved = load_chat(source)
@@ -340,9 +340,9 @@ def test_clear_and_undo_keep_the_saved_chat_in_step(tmp_path: Path) -> None:
     chat_file = tmp_path / "chat.json"
     keys = "One" + ENTER + "Two" + ENTER + "\\undo" + ENTER + QUIT
     run_chat(["--chat", str(chat_file)], keys, backend=FakeBackend(["1", "2"]))
-    assert [m.content for m in load_chat(chat_file).messages] == ["One", "1"]
+    assert [m.content for m in load_chat(chat_file).branch()] == ["One", "1"]
     data = json.loads(chat_file.read_text())
-    assert data["schema_version"] == 2
+    assert data["schema_version"] == 3
 
 
 def test_a_second_ctrl_c_warns_and_a_third_leaves() -> None:

@@ -41,7 +41,7 @@ def test_the_prompt_flag_prints_the_answer() -> None:
     assert "Easy one." not in out + err
     request = backend.requests[0]
     assert request.turn.user.text == "Capital of France?"
-    assert request.config.temperature == 0.0
+    assert request.config.setting("temperature") == 0.0
 
 
 def test_the_prompt_can_come_from_stdin() -> None:

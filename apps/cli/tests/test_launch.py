@@ -57,13 +57,13 @@ def profiles(tmp_path: Path) -> Path:
 
 def test_a_profile_gives_the_model_and_the_prompt_config(profiles: Path) -> None:
     launch = launch_for(["--profiles-file", str(profiles), "--profile", "inline"])
-    assert launch.config.top_k == 3
+    assert launch.config.setting("top_k") == 3
     assert launch.settings.model_source == "profile 'inline'"
     location = locate_model(launch)
     assert location.path == profiles.parent / "models" / "tiny"
     # without --profile: the file's default profile, with its config file
     launch = launch_for(["--profiles-file", str(profiles), "--temperature", "0.9"])
-    assert (launch.config.temperature, launch.config.max_tokens) == (0.9, 99)
+    assert (launch.config.setting("temperature"), launch.config.max_tokens) == (0.9, 99)
     assert launch.prompt_config_path == str(profiles.parent / "quick.json")
 
 
@@ -76,7 +76,7 @@ def test_profile_errors_name_the_fix(
     with pytest.raises(CliError, match="--profile quick needs a profiles file"):
         launch_for(["--profile", "quick"])
     monkeypatch.setenv("MLX_HARMONY_PROFILES", str(profiles))
-    assert launch_for(["--profile", "inline"]).config.top_k == 3
+    assert launch_for(["--profile", "inline"]).config.setting("top_k") == 3
     monkeypatch.delenv("MLX_HARMONY_PROFILES")
     monkeypatch.chdir(tmp_path)  # ./profiles.json is found without --profiles-file
     assert launch_for(["--profile", "quick"]).config.max_tokens == 99
@@ -89,7 +89,7 @@ def test_the_prompt_config_flag_wins_over_the_profiles(profiles: Path, write_jso
     )
     assert launch.config.max_tokens == 7
     assert launch.config.developer_instructions == "Be brief."
-    assert launch.config.temperature is None  # the profile's config is not merged in
+    assert launch.config.setting("temperature") is None  # the profile's config is not merged in
     with pytest.raises(CliError, match=r"tempreature.*did you mean 'temperature'"):
         launch_for(["--prompt-config", str(write_json("bad.json", {"tempreature": 1}))])
 
@@ -148,10 +148,11 @@ def test_a_missing_local_model_is_a_clear_error() -> None:
 class RecordingGenerator(ScriptedGenerator):
     """Stands in for TokenGenerator: records how it was built."""
 
-    built: ClassVar[list[tuple[Any, dict[str, Any]]]] = []
+    built: ClassVar[list[tuple[Any, Any]]] = []
 
-    def __init__(self, model: Any, **options: Any) -> None:
+    def __init__(self, model: Any, options: Any) -> None:
         super().__init__([Script.harmony("Hi.")])
+        self.options = options
         RecordingGenerator.built.append((model, options))
 
     def close(self) -> None:
@@ -181,12 +182,9 @@ def test_generation_flags_reach_the_token_generator(
     assert isinstance(backend, LocalBackend)
     [(model, options)] = RecordingGenerator.built
     assert model == tmp_path
-    assert options == {
-        "max_kv_size": 256,
-        "mlock": True,
-        "loop_detection": "full",
-        "reseed_each_turn": False,
-    }
+    from mlx_harmony.generate import GeneratorOptions
+
+    assert options == GeneratorOptions(max_kv_size=256, mlock=True, loop_detection="full")
     assert backend.tools is not None
     assert backend.tools.handles("python")
     for close in closers:
@@ -207,8 +205,8 @@ def test_performance_mode_builds_the_generator_with_the_perf_values(
     )
     make_backend(launch, locate_model(launch), on_close=lambda _: None)
     [(_, options)] = RecordingGenerator.built
-    assert options["max_kv_size"] == 128
-    assert options["loop_detection"] == "off"
+    assert options.max_kv_size == 128
+    assert options.loop_detection == "off"
 
 
 def test_tool_flags_build_the_registry() -> None:

@@ -42,8 +42,13 @@ def test_each_layer_wins_over_the_ones_below() -> None:
     line = CommandLine(values={"temperature": 0.7})
     settings = merge_settings(line, chat=chat, prompt_config=config)
     cfg = settings.config
-    assert (cfg.temperature, cfg.top_p, cfg.top_k, cfg.max_tokens) == (0.7, 0.8, 5, 100)
-    assert cfg.min_p is None  # nobody set it: PromptConfig's default
+    assert (
+        cfg.setting("temperature"),
+        cfg.setting("top_p"),
+        cfg.setting("top_k"),
+        cfg.max_tokens,
+    ) == (0.7, 0.8, 5, 100)
+    assert cfg.setting("min_p") is None  # nobody set it: PromptConfig's default
     assert settings.sources["temperature"] == COMMAND_LINE
     assert settings.sources["top_p"] == FROM_CHAT
     assert settings.sources["top_k"] == FROM_PROMPT_CONFIG
@@ -65,21 +70,21 @@ def test_none_on_the_command_line_means_not_given() -> None:
     settings = merge_settings(
         CommandLine(values={"temperature": None}), prompt_config=PromptConfig(temperature=0.2)
     )
-    assert settings.config.temperature == 0.2
+    assert settings.config.setting("temperature") == 0.2
 
 
 def test_bad_chat_values_are_skipped_and_reported() -> None:
     chat = header(temperature=0.4, top_p=0.0, colour="blue")
     settings = merge_settings(chat=chat)
-    assert settings.config.temperature == 0.4
-    assert settings.config.top_p is None
+    assert settings.config.setting("temperature") == 0.4
+    assert settings.config.setting("top_p") is None
     assert any("top_p" in s and "(0, 1]" in s for s in settings.skipped)
     assert any("'colour' is not a setting" in s for s in settings.skipped)
 
 
 def test_a_bad_chat_value_is_not_checked_when_the_command_line_replaces_it() -> None:
     settings = merge_settings(CommandLine(values={"top_p": 0.5}), chat=header(top_p=0.0))
-    assert settings.config.top_p == 0.5
+    assert settings.config.setting("top_p") == 0.5
     assert settings.skipped == ()
 
 

@@ -63,3 +63,13 @@ def test_a_rotating_cache_gets_the_one_at_a_time_generator_with_the_same_options
     assert isinstance(generator, _Single)
     assert generator.options == config.generator_options()
     assert generator.options.max_kv_size == 256
+
+
+@pytest.mark.usefixtures("fakes")
+@pytest.mark.parametrize(("written", "expected"), [({}, True), ({"reseed_each_turn": False}, False)])
+def test_a_seeded_request_repeats_itself_unless_the_config_chains_seeds(
+    tmp_path: Path, written: dict[str, bool], expected: bool
+) -> None:
+    config = PromptConfig(**written)
+    generator = load_generator(ModelEntry("m", str(tmp_path), config), max_concurrency=4)
+    assert generator.options.reseed_each_turn is expected

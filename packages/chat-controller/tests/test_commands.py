@@ -11,6 +11,7 @@ from mlx_harmony.controller import (
     complete_command,
     parse_command,
 )
+from mlx_harmony.harmony_format import Message
 
 
 def run(state: SessionState, line: str):
@@ -22,8 +23,10 @@ def run(state: SessionState, line: str):
 @pytest.fixture
 def chatted() -> SessionState:
     state = SessionState(PromptConfig())
-    state = state.with_user_message("hi").with_replies("hello!")
-    return state.with_user_message("how are you?").with_replies("thinking", "fine")
+    state = state.with_user_message(Message.user("hi")).with_replies(Message.assistant("hello!"))
+    return state.with_user_message(Message.user("how are you?")).with_replies(
+        Message.assistant("thinking"), Message.assistant("fine")
+    )
 
 
 @pytest.mark.parametrize(
@@ -52,9 +55,9 @@ def test_set_validates_and_changes_only_that_key() -> None:
     assert not result.error
     assert result.message == "temperature = 2.5"
     assert result.changed == ("temperature",)
-    assert result.state.config.temperature == 2.5
-    assert result.state.config.top_k == 5
-    assert state.config.temperature is None  # the old state is untouched
+    assert result.state.config.setting("temperature") == 2.5
+    assert result.state.config.setting("top_k") == 5
+    assert state.config.setting("temperature") is None  # the old state is untouched
 
 
 @pytest.mark.parametrize(
@@ -95,7 +98,7 @@ def test_set_parses_json_then_falls_back_to_text(line: str, name: str, value: ob
     start = SessionState(PromptConfig(seed=3))
     result = run(start, line)
     assert not result.error, result.message
-    assert getattr(result.state.config, name) == value
+    assert result.state.config.setting(name) == value
 
 
 def test_set_to_the_same_value_changes_nothing() -> None:
@@ -135,7 +138,7 @@ def test_show_lists_effective_values() -> None:
 
 def test_undo_drops_the_last_turn(chatted: SessionState) -> None:
     result = run(chatted, "\\undo")
-    assert result.state.turns == (Turn("hi", ("hello!",)),)
+    assert result.state.turns == (Turn(Message.user("hi"), (Message.assistant("hello!"),)),)
     empty = run(SessionState(), "\\undo")
     assert empty.error
     assert "Nothing to undo" in empty.message
@@ -144,7 +147,7 @@ def test_undo_drops_the_last_turn(chatted: SessionState) -> None:
 def test_retry_keeps_the_user_message_and_asks_for_a_new_reply(chatted: SessionState) -> None:
     result = run(chatted, "\\retry")
     assert result.action is CommandAction.RETRY
-    assert result.state.turns[-1] == Turn("how are you?")
+    assert result.state.turns[-1] == Turn(Message.user("how are you?"))
     assert result.state.turns[0] == chatted.turns[0]
     assert run(SessionState(), "\\retry").error
 

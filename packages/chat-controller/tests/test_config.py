@@ -5,6 +5,7 @@ import pytest
 from pydantic import ValidationError
 
 from mlx_harmony.controller import (
+    SETTING_NAMES,
     ConfigError,
     PromptConfig,
     render_config_reference,
@@ -50,17 +51,53 @@ def test_example_config_loads_and_sets_what_it_shows() -> None:
     assert config.models_dir == Path(raw["models_dir"]).expanduser()
 
 
-def test_example_config_covers_every_key_but_the_sampling_ones() -> None:
+def test_example_config_covers_every_key() -> None:
     raw = json.loads((CONFIGS / "prompt-config.example.json").read_text())
-    missing = set(PromptConfig.model_fields) - set(raw) - set(PromptConfig.SAMPLING_FIELDS)
+    missing = set(PromptConfig.model_fields) - set(raw)
     assert missing == set(), f"add {sorted(missing)} to configs/prompt-config.example.json"
 
 
-def test_sampling_keys_are_exactly_the_sampling_params_fields() -> None:
+def test_sampling_is_nested_and_setting_names_list_its_keys_flat() -> None:
+    assert PromptConfig.model_fields["sampling"].annotation is SamplingParams
     assert set(PromptConfig.SAMPLING_FIELDS) == set(SamplingParams.model_fields)
-    assert set(PromptConfig.SAMPLING_FIELDS) <= set(PromptConfig.model_fields)
-    for name in PromptConfig.SAMPLING_FIELDS:
-        assert PromptConfig.model_fields[name].default is None, name
+    assert not set(PromptConfig.SAMPLING_FIELDS) & set(PromptConfig.model_fields)
+    assert set(SETTING_NAMES) == (set(PromptConfig.model_fields) - {"sampling"}) | set(
+        SamplingParams.model_fields
+    )
+
+
+def test_flat_sampling_keys_of_older_files_load_into_sampling(tmp_path: Path) -> None:
+    flat = PromptConfig.from_file(
+        write(tmp_path, '{"temperature": 0.5, "top_k": 7, "seed": null, "max_tokens": 9}')
+    )
+    nested = PromptConfig.model_validate(
+        {"sampling": {"temperature": 0.5, "top_k": 7}, "max_tokens": 9}
+    )
+    assert flat == nested
+    assert flat.sampling.model_fields_set == {"temperature", "top_k"}  # null: the default
+    assert flat.settings_set() == {"temperature", "top_k", "max_tokens"}
+    assert (flat.setting("temperature"), flat.setting("min_p")) == (0.5, None)
+
+
+def test_a_sampling_key_given_twice_is_refused(tmp_path: Path) -> None:
+    path = write(tmp_path, '{"temperature": 0.5, "sampling": {"temperature": 0.7}}')
+    with pytest.raises(ConfigError, match="temperature given both at the top level and inside"):
+        PromptConfig.from_file(path)
+
+
+def test_bad_sampling_values_name_the_key(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="top_p"):
+        PromptConfig.from_file(write(tmp_path, '{"top_p": 2}'))
+    with pytest.raises(ConfigError, match=r"unknown key 'temprature' \(did you mean 'temperature'"):
+        PromptConfig.from_file(write(tmp_path, '{"temprature": 2}'))
+
+
+def test_updated_takes_flat_sampling_keys_and_none_restores_the_default() -> None:
+    config = PromptConfig(temperature=0.3).updated(top_k=5)
+    assert config.sampling.model_fields_set == {"temperature", "top_k"}
+    reset = config.updated(temperature=None)
+    assert reset.setting("temperature") is None
+    assert reset.sampling.temperature == SamplingParams().temperature
 
 
 def test_sampling_params_use_the_set_keys_then_overrides() -> None:
@@ -137,7 +174,7 @@ def test_reasoning_and_loop_detection_accept_any_case() -> None:
 
 def test_schema_key_is_allowed_for_editors(tmp_path: Path) -> None:
     config = PromptConfig.from_file(write(tmp_path, '{"$schema": "x.json", "top_k": 3}'))
-    assert config.top_k == 3
+    assert config.setting("top_k") == 3
 
 
 def test_relative_models_dir_is_taken_from_the_config_folder(tmp_path: Path) -> None:
@@ -163,19 +200,45 @@ def test_effective_applies_perf_overrides_only_in_performance_mode() -> None:
     assert fast.effective() == fast
 
 
-def test_clear_cache_interval() -> None:
-    every_third = PromptConfig(clear_cache=True, clear_cache_interval=3)
-    assert [t for t in range(1, 10) if every_third.clears_cache_after_turn(t)] == [3, 6, 9]
-    assert not any(
-        PromptConfig(clear_cache_interval=1).clears_cache_after_turn(t) for t in range(5)
+def test_generator_options_map_every_generator_key() -> None:
+    pytest.importorskip("mlx.core")
+    from mlx_harmony.generate import GeneratorOptions
+
+    config = PromptConfig(
+        max_kv_size=4096,
+        loop_detection="full",
+        reseed_each_turn=True,
+        mlock=True,
+        clear_cache=True,
+        clear_cache_interval=3,
+        clear_cache_generation=128,
+        log_memory_stats=True,
     )
+    assert config.generator_options() == GeneratorOptions(
+        max_kv_size=4096,
+        loop_detection="full",
+        reseed_each_turn=True,
+        mlock=True,
+        clear_cache_interval=3,
+        clear_cache_tokens=128,
+        log_memory_stats=True,
+    )
+    assert PromptConfig(clear_cache_interval=3).generator_options().clear_cache_interval == 0
+    perf = PromptConfig(max_kv_size=8192, perf_max_kv_size=1024, performance_mode=True)
+    assert perf.generator_options().max_kv_size == 1024
+
+
+def test_clear_cache_generation_takes_the_original_flag() -> None:
+    assert PromptConfig(clear_cache_generation=True).clear_cache_generation == 256
+    assert PromptConfig(clear_cache_generation=False).clear_cache_generation == 0
+    assert PromptConfig(clear_cache_generation=64).clear_cache_generation == 64
 
 
 def test_config_is_frozen_and_updated_validates() -> None:
     config = PromptConfig()
     with pytest.raises(ValidationError):
-        config.temperature = 0.1  # type: ignore[misc]
-    assert config.updated(temperature=2.5).temperature == 2.5
+        config.max_tokens = 1  # type: ignore[misc]
+    assert config.updated(temperature=2.5).sampling.temperature == 2.5
     with pytest.raises(ValidationError, match="top_p must be in"):
         config.updated(top_p=0)
-    assert config.updated(top_k=5).model_fields_set == {"top_k"}
+    assert config.updated(top_k=5).settings_set() == {"top_k"}

@@ -12,6 +12,7 @@ from mlx_harmony.controller import (
     Turn,
     fit_context,
 )
+from mlx_harmony.harmony_format import Message
 
 PREFIX = 10
 
@@ -21,13 +22,13 @@ def make_renderer(sizes: dict[str, int], calls: list[int]):
 
     def render(turns):
         calls.append(len(turns))
-        return [0] * (PREFIX + sum(sizes[t.user] for t in turns))
+        return [0] * (PREFIX + sum(sizes[t.user.text] for t in turns))
 
     return render
 
 
 def turns(*names: str) -> list[Turn]:
-    return [Turn(name) for name in names]
+    return [Turn(Message.user(name)) for name in names]
 
 
 def test_everything_fits_without_dropping() -> None:

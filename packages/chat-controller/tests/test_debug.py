@@ -12,11 +12,11 @@ from mlx_harmony.controller import (
     DebugWriter,
     LocalBackend,
     PromptConfig,
+    Turn,
     adapter_for,
     run_chat_turn,
 )
 from mlx_harmony.controller.backend import ChatRequest
-from mlx_harmony.controller.commands import Turn
 from mlx_harmony.controller.testing import Script, ScriptedGenerator
 from mlx_harmony.harmony_format import Message
 

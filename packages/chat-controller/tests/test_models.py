@@ -22,7 +22,6 @@ mx = pytest.importorskip("mlx.core")
 
 from mlx_harmony.chat_history import load_chat, new_chat, save_chat  # noqa: E402
 from mlx_harmony.controller import (  # noqa: E402
-    ChatFrontend,
     FinishReason,
     HarmonyAdapter,
     LocalBackend,
@@ -32,7 +31,6 @@ from mlx_harmony.controller import (  # noqa: E402
     RetryReason,
     ToolRegistry,
     Turn,
-    TurnDone,
     adapter_for,
     run_chat_turn,
 )
@@ -240,15 +238,15 @@ TIME_TOOL = FunctionTool("get_current_time", "Gets the current time.")
 
 
 def test_demo_model_answers_with_analysis_and_final(demo_backend: LocalBackend) -> None:
-    front = ChatFrontend(demo_backend, config=PromptConfig(temperature=0.0, max_tokens=200))
-    events = list(front.handle("Hello!"))
-    done = events[-1]
-    assert isinstance(done, TurnDone)
-    assert done.result.finish_reason is FinishReason.STOP
-    assert done.result.final.strip()
-    assert done.result.analysis.strip()
-    events = list(front.handle("Tell me about the moon."))
-    second = events[-1].result
+    config = PromptConfig(temperature=0.0, max_tokens=200)
+    generator, adapter = demo_backend.generator, demo_backend.adapter
+    first = run_chat_turn(generator, adapter, "Hello!", config=config)
+    assert first.finish_reason is FinishReason.STOP
+    assert first.final.strip()
+    assert first.analysis.strip()
+    second = run_chat_turn(
+        generator, adapter, "Tell me about the moon.", history=[first.turn], config=config
+    )
     assert second.final.strip()
     assert second.reused_prompt_tokens > 0
 

@@ -44,7 +44,7 @@ def test_paths_resolve_against_the_profiles_file(tmp_path: Path) -> None:
     assert fast.prompt_config.max_tokens == 64
     assert fast.prompt_config.reasoning_effort == "low"
     hub = profiles.resolve("hub")
-    assert (hub.model, hub.prompt_config.temperature, hub.prompt_config_path) == (
+    assert (hub.model, hub.prompt_config.setting("temperature"), hub.prompt_config_path) == (
         "org/repo",
         0.2,
         None,

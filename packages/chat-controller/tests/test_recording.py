@@ -117,15 +117,17 @@ def test_returned_function_calls_and_truncation_are_recorded() -> None:
     assert [r["reason"] for r in last.retries] == ["length"]
 
 
-def test_drop_last_turn_removes_the_user_message_and_its_replies() -> None:
+def test_drop_last_turn_leaves_the_user_message_and_its_replies_on_a_branch() -> None:
     log = new_chat()
     log.append_user("a")
     log.append_assistant("A")
     log.append_user("b")
     log.append_assistant("B", analysis="why")
     assert drop_last_turn(log) == 2
-    assert [m.content for m in log.messages] == ["a", "A"]
+    assert [m.content for m in log.branch()] == ["a", "A"]
+    assert [m.content for m in log.messages] == ["a", "A", "b", "B"]  # kept, on a branch
     assert drop_last_turn(log) == 2
+    assert log.branch() == []
     assert drop_last_turn(log) == 0
 
 

@@ -561,7 +561,8 @@ def test_stream_chat_turn_is_lazy_and_ends_with_turn_done() -> None:
 def test_as_turn_accepts_text_messages_and_turns() -> None:
     assert as_turn("hi") == Turn(Message.user("hi"))
     assert as_turn(Message.user("hi")) == Turn(Message.user("hi"))
-    assert as_turn(Turn("hi", ("x",))) == Turn(Message.user("hi"), ("x",))
+    going_on = Turn(Message.user("hi"), (Message.assistant("x"),))
+    assert as_turn(going_on) is going_on
     with pytest.raises(ValueError, match="a turn starts with a user message"):
         as_turn(Message.assistant("no"))
     with pytest.raises(TypeError, match="got int"):

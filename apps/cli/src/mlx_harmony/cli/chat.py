@@ -15,7 +15,7 @@ from prompt_toolkit.input import Input
 from prompt_toolkit.output import Output
 from rich.console import Console
 
-from mlx_harmony.controller import ChatFrontend
+from mlx_harmony.cli.frontend import ChatFrontend
 
 from .launch import (
     BackendFactory,

@@ -16,10 +16,10 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TextIO
 
+from mlx_harmony.cli.frontend import ChatFrontend
 from mlx_harmony.controller import (
     TRUNCATED_MARKER,
     AnswerDelta,
-    ChatFrontend,
     CommandOutput,
     FinishReason,
     RetryEvent,

@@ -272,18 +272,11 @@ def make_backend(
 
     assert location.path is not None
     path = _ensure_demo_model(progress=False) if location.check_demo else location.path
-    cfg = launch.config.effective()
     tools = make_tools(launch)
     if tools is not None:
         on_close(tools.close)
     try:
-        generator = TokenGenerator(
-            path,
-            max_kv_size=cfg.max_kv_size,
-            loop_detection=cfg.loop_detection,
-            reseed_each_turn=cfg.reseed_each_turn,
-            mlock=cfg.mlock,
-        )
+        generator = TokenGenerator(path, launch.config.generator_options())
     except ModelLoadError as error:
         raise CliError(str(error)) from None
     on_close(generator.close)
@@ -293,10 +286,10 @@ def make_backend(
 def _server_backend(
     location: ModelLocation, *, on_close: Callable[[Callable[[], Any]], None]
 ) -> ChatBackend:
-    """The controller's `ServerBackend` over the api-client, once the server answers (and,
+    """The `ServerBackend` over the api-client, once the server answers (and,
     without ``--model``, says which model it serves)."""
     from mlx_harmony.api_client import APIError, Client
-    from mlx_harmony.controller.remote import ServerBackend
+    from mlx_harmony.cli.remote import ServerBackend
 
     assert location.server is not None
     client = Client(location.server, max_retries=0)

@@ -32,8 +32,8 @@ from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
 from prompt_toolkit.output import Output
 from rich.console import Console
 
+from mlx_harmony.cli.frontend import ChatFrontend
 from mlx_harmony.controller import (
-    ChatFrontend,
     CommandOutput,
     PromptConfig,
     Quit,

@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from mlx_harmony.chat_history import Header
-from mlx_harmony.controller import PromptConfig, format_validation_error
+from mlx_harmony.controller import SETTING_NAMES, PromptConfig, format_validation_error
 
 __all__ = [
     "COMMAND_LINE",
@@ -102,12 +102,12 @@ def merge_settings(
     skipped and reported in ``skipped``.
     """
     config = prompt_config if prompt_config is not None else PromptConfig()
-    sources = dict.fromkeys(config.model_fields_set, FROM_PROMPT_CONFIG)
+    sources = dict.fromkeys(config.settings_set(), FROM_PROMPT_CONFIG)
     skipped: list[str] = []
 
     if chat is not None:
         for key, value in chat.hyperparameters.items():
-            if key not in PromptConfig.model_fields:
+            if key not in SETTING_NAMES:
                 skipped.append(f"{chat_source}: {key!r} is not a setting; ignored")
                 continue
             if key in command_line.values and command_line.values[key] is not None:
@@ -121,11 +121,9 @@ def merge_settings(
             sources[key] = FROM_CHAT
 
     given = {k: v for k, v in command_line.values.items() if v is not None}
-    unknown = sorted(k for k in given if k not in PromptConfig.model_fields)
+    unknown = sorted(k for k in given if k not in SETTING_NAMES)
     if unknown:
-        raise SettingsError(
-            f"unknown settings {unknown}; valid ones: {sorted(PromptConfig.model_fields)}"
-        )
+        raise SettingsError(f"unknown settings {unknown}; valid ones: {sorted(SETTING_NAMES)}")
     if given:
         try:
             config = config.updated(**given)

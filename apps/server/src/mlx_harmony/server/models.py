@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -92,6 +92,10 @@ def load_generator(
     from mlx_harmony.generate import BatchTokenGenerator, TokenGenerator
 
     options = entry.prompt_config.generator_options()
+    if "reseed_each_turn" not in entry.prompt_config.model_fields_set:
+        # OpenAI's `seed`: a seeded request repeats itself, whatever other clients asked before.
+        # A server config that sets reseed_each_turn: false chains seeds as the CLI does.
+        options = replace(options, reseed_each_turn=True)
     path: str | Path = demo_model_folder() if entry.is_demo else entry.model
     if max_concurrency > 1 and options.max_kv_size is None:
         return BatchTokenGenerator(

@@ -3,7 +3,7 @@
 `Client` and `AsyncClient` send chat completions, whole or streamed as typed events
 (`ReasoningDelta`, `ContentDelta`, `ToolCallDelta`, `Finish`, `Usage`), with timeouts,
 retries of failed connections and one error class per kind of failure. The chat controller's
-`ChatBackend` over HTTP is `mlx_harmony.controller.remote.ServerBackend`, built on this client;
+`ChatBackend` over HTTP is `mlx_harmony.cli.remote.ServerBackend`, built on this client;
 this package imports neither MLX nor the controller.
 """
 

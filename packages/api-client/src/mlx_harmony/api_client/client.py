@@ -19,6 +19,7 @@ import asyncio
 import json
 import time
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -100,6 +101,15 @@ def _chunk_events(payload: str) -> list[StreamEvent]:
     return events_from_chunk(chunk) if isinstance(chunk, dict) else []
 
 
+@dataclass(slots=True)
+class _CallParts:
+    """One streamed tool call joined so far: its id (the first one sent) and the text pieces."""
+
+    id: str | None = None
+    name: str = ""
+    arguments: str = ""
+
+
 class _StreamState:
     """What a stream said so far, joined: the same view as a `ChatCompletion`."""
 
@@ -107,7 +117,7 @@ class _StreamState:
         self.reasoning_parts: list[str] = []
         self.content_parts: list[str] = []
         self.logprobs: list[dict[str, Any]] = []
-        self.calls: dict[int, list[Any]] = {}
+        self.calls: dict[int, _CallParts] = {}
         self.finish_reason: str | None = None
         self.usage: Usage | None = None
         self.first_token_at: float | None = None
@@ -125,10 +135,12 @@ class _StreamState:
                 self.content_parts.append(event.text)  # type: ignore[union-attr]
                 self.logprobs.extend(event.logprobs)  # type: ignore[union-attr]
         elif kind is ToolCallDelta:
-            call = self.calls.setdefault(event.index, [None, "", ""])  # type: ignore[union-attr]
-            call[0] = event.id or call[0]  # type: ignore[union-attr]
-            call[1] += event.name or ""  # type: ignore[union-attr]
-            call[2] += event.arguments  # type: ignore[union-attr]
+            call = self.calls.get(event.index)  # type: ignore[union-attr]
+            if call is None:
+                call = self.calls[event.index] = _CallParts()  # type: ignore[union-attr]
+            call.id = event.id or call.id  # type: ignore[union-attr]
+            call.name += event.name or ""  # type: ignore[union-attr]
+            call.arguments += event.arguments  # type: ignore[union-attr]
         elif kind is Finish:
             self.finish_reason = event.reason  # type: ignore[union-attr]
         elif kind is Usage:
@@ -145,7 +157,7 @@ class _StreamState:
     @property
     def tool_calls(self) -> tuple[ToolCall, ...]:
         return tuple(
-            ToolCall(call[0] or f"call_{i}", call[1], call[2])
+            ToolCall(call.id or f"call_{i}", call.name, call.arguments)
             for i, call in sorted(self.calls.items())
         )
 

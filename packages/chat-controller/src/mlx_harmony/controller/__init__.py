@@ -1,9 +1,10 @@
-"""The brain shared by the CLI and the server: prompt config, chat turns, tools, commands.
+"""The chat turn shared by the CLI and the server: prompt config, turns, retries, commands.
 
 It turns a conversation and a prompt config into prompt tokens (through an adapter: Harmony
 for gpt-oss, the chat template for other models), runs the model, reads the answer, recovers
-when the model misbehaves (runs out of tokens, only thinks, loops), runs the built-in tools,
-records the turn in a chat log, and drives the front-end loop the CLI and clients share.
+when the model misbehaves (runs out of tokens, only thinks, loops), runs the built-in tools of
+`mlx_harmony.tools` (re-exported here: `ToolRegistry`, `ToolResult`, ...) and records the turn
+in a chat log. It speaks no HTTP: the CLI owns the front-end loop and the server backend.
 
 Importing it does not import mlx-generate (nor mlx-lm): only `LocalBackend` with a real
 `TokenGenerator` needs them, so HTTP front ends start fast. Test doubles live in
@@ -12,6 +13,15 @@ Importing it does not import mlx-generate (nor mlx-lm): only `LocalBackend` with
 
 from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
 from importlib.metadata import version as _version
+
+from mlx_harmony.tools import (
+    ToolCall,
+    ToolCallLike,
+    ToolDeclarations,
+    ToolRegistry,
+    ToolResult,
+    render_tool_result,
+)
 
 from .adapters import (
     ChatAdapter,
@@ -30,12 +40,12 @@ from .commands import (
     CommandResult,
     CommandSpec,
     SessionState,
-    Turn,
     apply_command,
     complete_command,
     parse_command,
 )
 from .config import (
+    SETTING_NAMES,
     ConfigError,
     DialogueMessage,
     LoopDetection,
@@ -64,7 +74,6 @@ from .events import (
     TurnDone,
     TurnEvent,
 )
-from .frontend import ChatFrontend
 from .placeholders import TIME_TOKENS, expand_placeholders, time_token_values
 from .profiles import Profile, Profiles, ResolvedProfile
 from .recording import drop_last_turn, record_turn, turns_from_log
@@ -75,25 +84,20 @@ from .retries import (
     decide_retry,
     looks_complete,
 )
-from .tools import (
-    ToolCall,
-    ToolCallLike,
-    ToolDeclarations,
-    ToolRegistry,
-    ToolResult,
-    render_tool_result,
-)
 from .turn import (
     DEFAULT_MAX_TOOL_ROUNDS,
-    TRUNCATED_MARKER,
-    FinishReason,
-    RetryRecord,
     TokenStreamer,
-    TurnResult,
-    as_turn,
     hyperparameters_of,
     run_chat_turn,
     stream_chat_turn,
+)
+from .turns import (
+    TRUNCATED_MARKER,
+    FinishReason,
+    RetryRecord,
+    Turn,
+    TurnResult,
+    as_turn,
 )
 
 try:
@@ -107,12 +111,12 @@ __all__ = [
     "DEFAULT_MAX_TOOL_ROUNDS",
     "DEFAULT_RETRY_POLICY",
     "SETTINGS",
+    "SETTING_NAMES",
     "TIME_TOKENS",
     "TRUNCATED_MARKER",
     "AnswerDelta",
     "ChatAdapter",
     "ChatBackend",
-    "ChatFrontend",
     "ChatRequest",
     "Command",
     "CommandAction",

@@ -35,11 +35,11 @@ from mlx_harmony.harmony_format import (
     get_encoding,
     parse_completion,
 )
+from mlx_harmony.tools import ToolDeclarations, ToolResult
 
-from .commands import Turn
 from .config import PromptConfig
 from .events import AnswerDelta, CommentaryDelta, ThinkingDelta
-from .tools import ToolDeclarations, ToolResult
+from .turns import Turn
 
 __all__ = [
     "ChatAdapter",

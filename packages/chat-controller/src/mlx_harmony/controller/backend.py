@@ -10,20 +10,20 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 from mlx_harmony.harmony_format import FunctionTool
+from mlx_harmony.tools import ToolDeclarations, ToolRegistry
 
 from .adapters import ChatAdapter, adapter_for
-from .commands import Turn
 from .config import PromptConfig
 from .context import ContextBudget
 from .debug import DebugOptions, DebugWriter
 from .events import TurnDone, TurnEvent
 from .retries import DEFAULT_RETRY_POLICY, RetryPolicy
-from .tools import ToolDeclarations, ToolRegistry
 from .turn import DEFAULT_MAX_TOOL_ROUNDS, TokenStreamer, stream_chat_turn
+from .turns import Turn
 
 __all__ = ["ChatBackend", "ChatRequest", "LocalBackend", "TokenCount", "context_length_of"]
 
@@ -127,6 +127,7 @@ class LocalBackend:
         self.turns_run = 0
 
     def stream_turn(self, request: ChatRequest) -> Iterator[TurnEvent]:
+        self._retune(request.config)
         for event in stream_chat_turn(
             self.generator,
             self.adapter,
@@ -143,9 +144,18 @@ class LocalBackend:
         ):
             if isinstance(event, TurnDone):
                 self.turns_run += 1
-                if request.config.effective().clears_cache_after_turn(self.turns_run):
-                    _clear_mlx_cache()
             yield event
+
+    def _retune(self, config: PromptConfig) -> None:
+        """A real generator takes the config's per-call options (a ``\\set`` of
+        ``clear_cache`` or ``reseed_each_turn`` applies from the next turn); ``mlock`` and
+        ``max_kv_size`` stay as the model was loaded with."""
+        retune = getattr(self.generator, "retune", None)
+        loaded = getattr(self.generator, "options", None)
+        if not callable(retune) or loaded is None:
+            return  # a test double
+        options = config.generator_options()
+        retune(replace(options, mlock=loaded.mlock, max_kv_size=loaded.max_kv_size))
 
     def count_tokens(
         self,
@@ -172,9 +182,3 @@ class LocalBackend:
         stays: the next prompt shares the system and developer prefix, which it reuses."""
         if self.tools is not None:
             self.tools.reset()
-
-
-def _clear_mlx_cache() -> None:
-    import mlx.core as mx
-
-    mx.clear_cache()

@@ -22,10 +22,12 @@ from typing import Any, get_args
 
 from pydantic import ValidationError
 
+from mlx_harmony.harmony_format import Message
 from mlx_harmony.sampling import SamplingParams
 
 from ._suggest import by_closeness, closest
-from .config import PromptConfig, ReasoningEffort, format_validation_error
+from .config import SETTING_NAMES, PromptConfig, ReasoningEffort, format_validation_error
+from .turns import Turn
 
 __all__ = [
     "COMMANDS",
@@ -81,7 +83,7 @@ COMMANDS: Mapping[str, CommandSpec] = {
     )
 }
 ALIASES: Mapping[str, str] = {"exit": "quit"}
-SETTINGS: tuple[str, ...] = tuple(PromptConfig.model_fields)
+SETTINGS: tuple[str, ...] = SETTING_NAMES
 REASONING_EFFORTS: tuple[str, ...] = get_args(ReasoningEffort)
 
 _COMMAND_RE = re.compile(r"\\([A-Za-z][A-Za-z_-]*)(?:\s+(.*))?", re.DOTALL)
@@ -96,28 +98,16 @@ class Command:
 
 
 @dataclass(frozen=True)
-class Turn:
-    """One exchange: the user's message and the messages that answered it.
-
-    Messages are opaque here (text, Harmony messages, chat-log entries): commands only drop or
-    keep whole turns.
-    """
-
-    user: Any
-    replies: tuple[Any, ...] = ()
-
-
-@dataclass(frozen=True)
 class SessionState:
     """What chat commands read and change: the prompt config and the conversation so far."""
 
     config: PromptConfig = field(default_factory=PromptConfig)
     turns: tuple[Turn, ...] = ()
 
-    def with_user_message(self, message: Any) -> SessionState:
+    def with_user_message(self, message: Message) -> SessionState:
         return replace(self, turns=(*self.turns, Turn(message)))
 
-    def with_replies(self, *replies: Any) -> SessionState:
+    def with_replies(self, *replies: Message) -> SessionState:
         """Append replies to the last turn (the front end calls this after generating)."""
         if not self.turns:
             raise ValueError("there is no turn to add replies to; add a user message first")
@@ -240,13 +230,13 @@ def _update(state: SessionState, name: str, raw: str) -> CommandResult:
         except ValidationError as error:
             first_error = first_error or error
             continue
-        if getattr(config, name) == getattr(state.config, name):
+        if config.setting(name) == state.config.setting(name):
             return CommandResult(state, f"{name} is already {_show_value(config, name)}.")
         message = f"{name} = {_show_value(config, name)}"
         override = next(
             (p for p, t in PromptConfig.PERFORMANCE_OVERRIDES.items() if t == name), None
         )
-        if config.performance_mode and override and getattr(config, override) is not None:
+        if config.performance_mode and override and config.setting(override) is not None:
             message += f" (performance mode uses {override} = {_show_value(config, override)})"
         return CommandResult(SessionState(config, state.turns), message, changed=(name,))
     assert first_error is not None
@@ -258,7 +248,7 @@ def _set(state: SessionState, argument: str) -> CommandResult:
     raw = raw.strip()
     if not name:
         return _fail(state, f"usage: {COMMANDS['set'].usage}; \\show lists the settings")
-    if name not in PromptConfig.model_fields:
+    if name not in SETTINGS:
         match = closest(name, SETTINGS)
         hint = f" Did you mean {match}?" if match else ""
         return _fail(state, f"Unknown setting {name!r}.{hint} \\show lists the settings.")
@@ -285,7 +275,7 @@ def _reasoning(state: SessionState, argument: str) -> CommandResult:
 
 
 def _show_value(config: PromptConfig, name: str) -> str:
-    value = getattr(config, name)
+    value = config.setting(name)
     default = ""
     if value is None and name in PromptConfig.SAMPLING_FIELDS:
         value = SamplingParams.model_fields[name].default
@@ -303,7 +293,7 @@ def _show_value(config: PromptConfig, name: str) -> str:
 def _show(state: SessionState, argument: str) -> CommandResult:
     config = state.config.effective()
     if argument:
-        if argument not in PromptConfig.model_fields:
+        if argument not in SETTINGS:
             match = closest(argument, SETTINGS)
             hint = f" Did you mean {match}?" if match else ""
             return _fail(state, f"Unknown setting {argument!r}.{hint}")

@@ -4,8 +4,9 @@ Loading checks everything once and says what to fix: a missing file, invalid JSO
 and column), an unknown key (with the closest valid key), a value out of range (naming the
 field and its range). Placeholders are expanded at load, see `mlx_harmony.controller.placeholders`.
 
-The sampling keys are the fields of `mlx_harmony.sampling.SamplingParams`, checked by it; a
-key left out (null) means "SamplingParams' default".
+Sampling is `sampling`, a `mlx_harmony.sampling.SamplingParams` checked by itself; a key left
+out means its default. Older files write the sampling keys at the top level: they are moved
+into `sampling` once, at load.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     BaseModel,
@@ -34,7 +35,11 @@ from mlx_harmony.sampling import SamplingParams
 from ._suggest import closest
 from .placeholders import NAME_RE, expand_placeholders, parse_deterministic_time
 
+if TYPE_CHECKING:
+    from mlx_harmony.generate import GeneratorOptions
+
 __all__ = [
+    "SETTING_NAMES",
     "ConfigError",
     "DialogueMessage",
     "LoopDetection",
@@ -60,19 +65,19 @@ def _lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
 
 
+CLEAR_CACHE_EVERY_TOKENS = 256
+"""What ``clear_cache_generation: true`` means: mlx-lm's interval."""
+
+
+def _tokens_from_flag(value: Any) -> Any:
+    """The original tool's ``clear_cache_generation`` was a flag: true is every 256 tokens."""
+    if isinstance(value, bool):
+        return CLEAR_CACHE_EVERY_TOKENS if value else 0
+    return value
+
+
 def _json(value: Any) -> str:
     return json.dumps(list(value) if isinstance(value, tuple) else value)
-
-
-def _sampling_field(name: str) -> Any:
-    """A PromptConfig field for SamplingParams' `name`: its description and bounds, default None."""
-    info = SamplingParams.model_fields[name]
-    extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else None
-    return Field(
-        None,
-        description=f"{info.description} Null: SamplingParams' default, {_json(info.default)}.",
-        json_schema_extra=extra,
-    )
 
 
 class DialogueMessage(BaseModel):
@@ -147,23 +152,13 @@ class PromptConfig(BaseModel):
         description="Values for {name} placeholders in the text fields, expanded once at load.",
     )
 
-    # -- sampling defaults (SamplingParams' fields) -------------------------------------------
-    temperature: float | None = _sampling_field("temperature")
-    top_p: float | None = _sampling_field("top_p")
-    top_k: int | None = _sampling_field("top_k")
-    min_p: float | None = _sampling_field("min_p")
-    min_tokens_to_keep: int | None = _sampling_field("min_tokens_to_keep")
-    xtc_probability: float | None = _sampling_field("xtc_probability")
-    xtc_threshold: float | None = _sampling_field("xtc_threshold")
-    xtc_special_tokens: tuple[int, ...] | None = _sampling_field("xtc_special_tokens")
-    repetition_penalty: float | None = _sampling_field("repetition_penalty")
-    repetition_context_size: int | None = _sampling_field("repetition_context_size")
-    presence_penalty: float | None = _sampling_field("presence_penalty")
-    presence_context_size: int | None = _sampling_field("presence_context_size")
-    frequency_penalty: float | None = _sampling_field("frequency_penalty")
-    frequency_context_size: int | None = _sampling_field("frequency_context_size")
-    logit_bias: dict[int, float] | None = _sampling_field("logit_bias")
-    seed: int | None = _sampling_field("seed")
+    # -- sampling ---------------------------------------------------------------------------
+    sampling: SamplingParams = Field(
+        default_factory=SamplingParams,
+        description="How each token is picked: mlx-sampling's SamplingParams (temperature, "
+        "top_p, top_k, min_p, penalties, logit_bias, seed, ...); a key left out keeps its "
+        "default. Older files write these keys at the top level: they load the same.",
+    )
 
     # -- generation limits --------------------------------------------------------------------
     max_tokens: int | None = Field(
@@ -229,19 +224,23 @@ class PromptConfig(BaseModel):
     )
     clear_cache: bool = Field(
         False,
-        description="Free MLX's buffer cache between turns, every clear_cache_interval turns.",
+        description="Free MLX's buffer cache after generations, every clear_cache_interval-th "
+        "one (a turn with tool calls or retries runs several).",
     )
     clear_cache_interval: int = Field(
-        1, ge=1, description="Turns between cache clears when clear_cache is on."
+        1, ge=1, description="Generations between cache clears when clear_cache is on."
     )
-    clear_cache_generation: int = Field(
+    clear_cache_generation: Annotated[int, BeforeValidator(_tokens_from_flag)] = Field(
         0,
         ge=0,
-        description="Also free MLX's buffer cache every this many generated tokens (mlx-lm "
-        "uses 256); 0: never. Works whether or not clear_cache is on.",
+        description="Also free MLX's buffer cache every this many generated tokens, inside a "
+        "generation; 0: never; true (the original's flag) means 256, as mlx-lm. Works whether "
+        "or not clear_cache is on.",
     )
     log_memory_stats: bool = Field(
-        False, description="Log MLX active, cache and peak memory after each turn."
+        False,
+        description="Log MLX's active, cache and peak memory after each generation (logger "
+        "mlx_harmony.generate, INFO).",
     )
     models_dir: Path | None = Field(
         None,
@@ -264,30 +263,37 @@ class PromptConfig(BaseModel):
     # -- validation ---------------------------------------------------------------------------
     @model_validator(mode="before")
     @classmethod
-    def _reject_unknown_keys(cls, data: Any) -> Any:
-        if isinstance(data, dict):
-            data = {k: v for k, v in data.items() if k != "$schema"}
-            unknown = [k for k in data if k not in cls.model_fields]
-            if unknown:
-                hints = "; ".join(_unknown_key_hint(str(k), cls.model_fields) for k in unknown)
+    def _nest_sampling_and_reject_unknown_keys(cls, data: Any) -> Any:
+        """Top-level sampling keys (older files) move into ``sampling`` here, once; a null
+        one means the default. Any other unknown key is refused with the closest valid one."""
+        if not isinstance(data, dict):
+            return data
+        data = {k: v for k, v in data.items() if k != "$schema"}
+        flat = {k: data.pop(k) for k in list(data) if k in cls.SAMPLING_FIELDS}
+        if flat:
+            nested = data.get("sampling") or {}
+            if isinstance(nested, SamplingParams):
+                nested = nested.model_dump(exclude_unset=True)
+            if not isinstance(nested, dict):
+                return data  # the field's own validation says what is wrong
+            twice = sorted(set(flat) & set(nested))
+            if twice:
                 raise PydanticCustomError(
-                    "unknown_key",
-                    "{hints} (the valid keys are in configs/prompt-config.schema.json)",
-                    {"hints": hints},
+                    "sampling_twice",
+                    "{keys} given both at the top level and inside sampling; keep one",
+                    {"keys": ", ".join(twice)},
                 )
+            data["sampling"] = {**nested, **{k: v for k, v in flat.items() if v is not None}}
+        unknown = [k for k in data if k not in cls.model_fields]
+        if unknown:
+            valid = [*cls.model_fields, *cls.SAMPLING_FIELDS]
+            hints = "; ".join(_unknown_key_hint(str(k), valid) for k in unknown)
+            raise PydanticCustomError(
+                "unknown_key",
+                "{hints} (the valid keys are in configs/prompt-config.schema.json)",
+                {"hints": hints},
+            )
         return data
-
-    @field_validator(*SAMPLING_FIELDS, mode="after")
-    @classmethod
-    def _check_sampling_value(cls, value: Any, info: ValidationInfo) -> Any:
-        if value is None:
-            return None
-        try:
-            params = SamplingParams.model_validate({info.field_name: value})
-        except ValidationError as error:
-            message = error.errors()[0]["msg"].removeprefix("Value error, ")
-            raise PydanticCustomError("sampling_value", message) from None
-        return getattr(params, str(info.field_name))
 
     @field_validator("models_dir", mode="after")
     @classmethod
@@ -331,10 +337,6 @@ class PromptConfig(BaseModel):
                 "deterministic_time_enabled is true but deterministic_time_iso is not set; "
                 "give a date-time like '2025-01-31T14:05:09+01:00'"
             )
-        try:
-            self.sampling_params()
-        except ValidationError as error:
-            raise ValueError(error.errors()[0]["msg"].removeprefix("Value error, ")) from None
         # Expand placeholders once; the model is frozen, so write the fields directly.
         now = self.now()
         values = self.placeholders
@@ -373,19 +375,55 @@ class PromptConfig(BaseModel):
         return self.model_copy(update=update) if update else self
 
     def sampling_params(self, **overrides: Any) -> SamplingParams:
-        """SamplingParams from the sampling keys that are set, then `overrides` (e.g. CLI flags;
-        None values there are ignored)."""
-        values = {name: getattr(self, name) for name in self.SAMPLING_FIELDS}
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return SamplingParams(**{k: v for k, v in values.items() if v is not None})
+        """The sampling values, then `overrides` (e.g. CLI flags; None values there are
+        ignored)."""
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        return self.sampling.updated(**changes) if changes else self.sampling
+
+    def setting(self, name: str) -> Any:
+        """The value of a setting by its flat name (a field, or a sampling key); a sampling
+        key nobody set is None, meaning SamplingParams' default."""
+        if name in self.SAMPLING_FIELDS:
+            return getattr(self.sampling, name) if name in self.sampling.model_fields_set else None
+        if name not in type(self).model_fields or name == "sampling":
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def settings_set(self) -> set[str]:
+        """The flat names of the settings given explicitly (sampling keys by their own name)."""
+        return (self.model_fields_set - {"sampling"}) | set(self.sampling.model_fields_set)
 
     def updated(self, **changes: Any) -> PromptConfig:
-        """A copy with `changes` validated like a loaded file (ValidationError when not valid)."""
-        return type(self).model_validate({**self.model_dump(exclude_unset=True), **changes})
+        """A copy with `changes` validated like a loaded file (ValidationError when not valid).
+        Sampling keys may be given flat; None puts one back to its default."""
+        data = self.model_dump(exclude_unset=True)
+        flat = {k: changes.pop(k) for k in list(changes) if k in self.SAMPLING_FIELDS}
+        if flat:
+            nested = dict(data.get("sampling") or {})
+            for name, value in flat.items():
+                if value is None:
+                    nested.pop(name, None)
+                else:
+                    nested[name] = value
+            data["sampling"] = nested
+        return type(self).model_validate({**data, **changes})
 
-    def clears_cache_after_turn(self, turn: int) -> bool:
-        """Whether to free MLX's buffer cache after turn number `turn` (counted from 1)."""
-        return self.clear_cache and turn % self.clear_cache_interval == 0
+    def generator_options(self) -> GeneratorOptions:
+        """The generator's set-up values from this config (its effective values): the one
+        mapping from prompt config to mlx-generate, used by the CLI, the server and the
+        benchmarks alike. Imports mlx-generate (and MLX)."""
+        from mlx_harmony.generate import GeneratorOptions
+
+        cfg = self.effective()
+        return GeneratorOptions(
+            max_kv_size=cfg.max_kv_size,
+            loop_detection=cfg.loop_detection,
+            reseed_each_turn=cfg.reseed_each_turn,
+            mlock=cfg.mlock,
+            clear_cache_interval=cfg.clear_cache_interval if cfg.clear_cache else 0,
+            clear_cache_tokens=cfg.clear_cache_generation,
+            log_memory_stats=cfg.log_memory_stats,
+        )
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> PromptConfig:
@@ -406,6 +444,18 @@ class PromptConfig(BaseModel):
             return cls.model_validate(dict(data), context={"base_dir": base_dir})
         except ValidationError as error:
             raise ConfigError(format_validation_error(error, source=source)) from None
+
+
+def _setting_names() -> tuple[str, ...]:
+    names: list[str] = []
+    for name in PromptConfig.model_fields:
+        names.extend(PromptConfig.SAMPLING_FIELDS if name == "sampling" else (name,))
+    return tuple(names)
+
+
+SETTING_NAMES: tuple[str, ...] = _setting_names()
+"""Every setting by its flat name (the sampling keys in place of ``sampling``): what
+``\\set`` and the chat log's hyperparameters use."""
 
 
 def _unknown_key_hint(key: str, valid: Iterable[str]) -> str:
@@ -472,15 +522,29 @@ def render_prompt_config_schema() -> str:
 
 def render_config_reference() -> str:
     """The README's table of keys: name, type, default, description."""
-    schema = PromptConfig.model_json_schema()
     rows = ["| key | type | default | description |", "|---|---|---|---|"]
-    for name, info in PromptConfig.model_fields.items():
+    rows += _reference_rows(PromptConfig, prefix="", expand={"sampling": SamplingParams})
+    return "\n".join(rows) + "\n"
+
+
+def _reference_rows(
+    model: type[BaseModel], *, prefix: str, expand: Mapping[str, type[BaseModel]]
+) -> list[str]:
+    schema = model.model_json_schema()
+    rows = []
+    for name, info in model.model_fields.items():
         prop = schema["properties"][name]
+        description = (info.description or "").replace("|", "\\|")
+        if name in expand:
+            rows.append(f"| `{prefix}{name}` | object | | {description} |")
+            rows += _reference_rows(expand[name], prefix=f"{prefix}{name}.", expand={})
+            continue
         default = info.get_default(call_default_factory=True)
         shown = "null" if default is None else json.dumps(default, default=str)
-        description = (info.description or "").replace("|", "\\|")
-        rows.append(f"| `{name}` | {_type_text(prop, schema)} | `{shown}` | {description} |")
-    return "\n".join(rows) + "\n"
+        rows.append(
+            f"| `{prefix}{name}` | {_type_text(prop, schema)} | `{shown}` | {description} |"
+        )
+    return rows
 
 
 def _type_text(prop: dict[str, Any], schema: dict[str, Any]) -> str:

@@ -17,8 +17,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from .commands import Turn
 from .config import PromptConfig
+from .turns import Turn
 
 __all__ = ["DEFAULT_MAX_TOKENS", "ContextBudget", "ContextOverflowError", "fit_context"]
 

@@ -13,15 +13,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import StrEnum
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from mlx_harmony.harmony_format import ToolCall
+from mlx_harmony.tools import ToolResult
 
-from .tools import ToolResult
-
-if TYPE_CHECKING:
-    from .turn import TurnResult
+from .turns import GenerationInfo, RetryReason, TurnResult
 
 __all__ = [
     "AnswerDelta",
@@ -40,17 +37,6 @@ __all__ = [
     "TurnDone",
     "TurnEvent",
 ]
-
-
-class RetryReason(StrEnum):
-    """Why an attempt was thrown away and generated again."""
-
-    LENGTH = "length"
-    """max_tokens was reached before the answer looked complete."""
-    NO_FINAL = "no_final"
-    """The model only thought (analysis) and never wrote a final answer."""
-    LOOP = "loop"
-    """The loop detector stopped a generation stuck repeating itself."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,52 +100,6 @@ class ContextTrimmed:
     dropped_turns: int
     prompt_tokens: int
     limit: int
-
-
-@dataclass(frozen=True, slots=True)
-class GenerationInfo:
-    """Counts and timings of one generation (an attempt or a tool round), in seconds and GB.
-
-    A plain copy of mlx-generate's `GenerationStats` fields that a front end shows, so that
-    events do not need MLX; an HTTP backend fills it from the server's usage data.
-    """
-
-    prompt_tokens: int
-    completion_tokens: int
-    reused_prompt_tokens: int = 0
-    prefill_s: float = 0.0
-    time_to_first_token_s: float = 0.0
-    decode_s: float = 0.0
-    decode_tokens_per_s: float = 0.0
-    peak_memory_gb: float = 0.0
-    stop_reason: str = "stop"
-    cache_reuse: str | None = None
-    stop_string: str | None = None
-
-    @property
-    def prefilled_tokens(self) -> int:
-        return self.prompt_tokens - self.reused_prompt_tokens
-
-    @property
-    def prompt_tokens_per_s(self) -> float:
-        return self.prefilled_tokens / self.prefill_s if self.prefill_s > 0 else 0.0
-
-    @classmethod
-    def from_stats(cls, stats: Any) -> GenerationInfo:
-        """From mlx-generate's `GenerationStats` (read by attribute; no import needed)."""
-        return cls(
-            prompt_tokens=stats.prompt_tokens,
-            completion_tokens=stats.completion_tokens,
-            reused_prompt_tokens=stats.reused_prompt_tokens,
-            prefill_s=stats.prefill_s,
-            time_to_first_token_s=stats.time_to_first_token_s,
-            decode_s=stats.decode_s,
-            decode_tokens_per_s=stats.decode_tokens_per_s,
-            peak_memory_gb=stats.peak_memory_gb,
-            stop_reason=str(getattr(stats.stop_reason, "value", stats.stop_reason)),
-            cache_reuse=str(getattr(stats.cache_reuse, "value", stats.cache_reuse)),
-            stop_string=getattr(stats, "stop_string", None),
-        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,4 +1,4 @@
-"""Between turns and chat logs (chat-history v2): record a turn, rebuild turns from a log.
+"""Between turns and chat logs (chat-history v3): record a turn, rebuild turns from a log.
 
 `record_turn(log, result)` appends what a turn added: the user's message (as written, never a
 retry's instruction), each tool call with the reasoning that led to it and its result (paired
@@ -8,8 +8,9 @@ also gets the turn's ``timing`` (with ``reused_prompt_tokens`` and ``generations
 there were any, ``retries``, ``tool_rounds``, ``finish_reason`` (unless ``stop``),
 ``truncated`` and ``dropped_turns`` (chat-history keeps unknown fields).
 
-`turns_from_log(log)` rebuilds the session's turns (for ``\\load``); `drop_last_turn(log)`
-follows ``\\undo`` and ``\\retry``.
+`turns_from_log(log)` rebuilds the session's turns from the active branch (for ``\\load``);
+`drop_last_turn(log)` follows ``\\undo`` and ``\\retry`` (the turn left behind stays in the
+file, on its own branch).
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ from typing import Any
 from mlx_harmony.chat_history import ChatLog, ChatMessage
 from mlx_harmony.harmony_format import Message, Role
 
-from .commands import Turn
-from .turn import FinishReason, TurnResult
+from .turns import FinishReason, Turn, TurnResult
 
 __all__ = ["drop_last_turn", "record_turn", "turns_from_log"]
 
@@ -135,7 +135,7 @@ def turns_from_log(log: ChatLog) -> tuple[Turn, ...]:
     turns: list[Turn] = []
     user: Message | None = None
     replies: list[Message] = []
-    for m in log.messages:
+    for m in log.branch():
         if m.role == "user":
             if user is not None:
                 turns.append(Turn(user, tuple(replies)))
@@ -169,10 +169,9 @@ def turns_from_log(log: ChatLog) -> tuple[Turn, ...]:
 
 
 def drop_last_turn(log: ChatLog) -> int:
-    """Remove the last user message and everything after it; returns how many messages went."""
-    for i in range(len(log.messages) - 1, -1, -1):
-        if log.messages[i].role == "user":
-            removed = len(log.messages) - i
-            del log.messages[i:]
-            return removed
-    return 0
+    """Go back to before the last user message of the active branch; returns how many
+    messages left it (chat-log v3 keeps them in the file, on a branch of their own)."""
+    try:
+        return len(log.active.undo())
+    except ValueError:  # no user message on the branch: nothing to drop
+        return 0

@@ -28,7 +28,7 @@ from typing import Any
 from mlx_harmony.sampling import SamplingParams
 
 from .adapters import TurnOutput
-from .events import RetryReason
+from .turns import RetryReason
 
 __all__ = [
     "DEFAULT_RETRY_POLICY",

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mlx_harmony.harmony_format import (
     STOP_TOKENS,
@@ -34,11 +34,15 @@ from mlx_harmony.harmony_format import (
 
 from .adapters import HarmonyAdapter
 from .backend import ChatRequest, TokenCount
-from .commands import Turn
 from .config import PromptConfig
 from .context import ContextBudget
-from .events import AnswerDelta, GenerationInfo, StatsEvent, ThinkingDelta, TurnDone, TurnEvent
-from .turn import FinishReason, TurnResult, as_turn, hyperparameters_of
+from .events import AnswerDelta, StatsEvent, ThinkingDelta, TurnDone, TurnEvent
+from .turn import Cancel, hyperparameters_of
+from .turns import FinishReason, GenerationInfo, Turn, TurnResult, as_turn
+
+if TYPE_CHECKING:
+    from mlx_harmony.generate import StreamEvent
+    from mlx_harmony.sampling import SamplingParams
 
 __all__ = [
     "FakeBackend",
@@ -136,11 +140,11 @@ class GenerationCall:
     """What one ``stream()`` call was given."""
 
     prompt_tokens: tuple[int, ...]
-    sampling: Any
+    sampling: SamplingParams | None
     max_tokens: int
     stop_tokens: frozenset[int]
     stop_strings: tuple[str, ...]
-    loop_detection: Any
+    loop_detection: str | None
 
     @property
     def prompt_text(self) -> str:
@@ -148,7 +152,7 @@ class GenerationCall:
         return get_encoding().decode(list(self.prompt_tokens))
 
 
-def _cancelled(cancel: Any) -> bool:
+def _cancelled(cancel: Cancel | None) -> bool:
     if cancel is None:
         return False
     is_set = getattr(cancel, "is_set", None)
@@ -209,14 +213,14 @@ class ScriptedGenerator:
         self,
         *,
         prompt_tokens: Sequence[int],
-        sampling: Any = None,
+        sampling: SamplingParams | None = None,
         max_tokens: int = 512,
         stop_tokens: Iterable[int] | None = None,
         stop_strings: Sequence[str] = (),
-        cancel: Any = None,
-        loop_detection: Any = None,
+        cancel: Cancel | None = None,
+        loop_detection: str | None = None,
         **_: Any,
-    ) -> Iterator[Any]:
+    ) -> Iterator[StreamEvent]:
         stops = frozenset(self.default_stop_tokens if stop_tokens is None else stop_tokens)
         prompt = list(prompt_tokens)
         self.calls.append(
@@ -240,9 +244,9 @@ class ScriptedGenerator:
         stops: frozenset[int],
         max_tokens: int,
         stop_strings: Sequence[str],
-        cancel: Any,
-        loop_detection: Any,
-    ) -> Iterator[Any]:
+        cancel: Cancel | None,
+        loop_detection: str | None,
+    ) -> Iterator[StreamEvent]:
         from mlx_harmony.generate import CacheReuseMode, GenerationStats, StopReason, StreamEvent
 
         reused = 0
@@ -290,15 +294,13 @@ class ScriptedGenerator:
             reason = script.stop_reason or "length"
         self._cache = prompt + generated
         n = len(generated)
-        stats = GenerationStats(
+        stats = GenerationStats.measured(
             prompt_tokens=len(prompt),
             reused_prompt_tokens=reused,
-            prefilled_tokens=len(prompt) - reused,
             prefill_s=0.001 * (len(prompt) - reused),
             time_to_first_token_s=0.001 * (len(prompt) - reused) + 0.001,
             completion_tokens=n,
-            decode_s=0.001 * n,
-            decode_tokens_per_s=1000.0 if n > 1 else 0.0,
+            decode_s=0.001 * (n - 1),
             peak_memory_gb=0.0,
             kv_length=len(prompt) + n,
             stop_reason=StopReason(reason),

@@ -26,69 +26,47 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Protocol
 
 from mlx_harmony.harmony_format import FunctionTool, Message, Role, ToolCall
+from mlx_harmony.sampling import SamplingParams
+from mlx_harmony.tools import ToolDeclarations, ToolRegistry, ToolResult
 
 from .adapters import ChatAdapter, TurnOutput
-from .commands import Turn
 from .config import PromptConfig
 from .context import ContextBudget, fit_context
 from .debug import DebugWriter
 from .events import (
     ContextTrimmed,
-    GenerationInfo,
     RetryEvent,
-    RetryReason,
     StatsEvent,
     ToolCallEvent,
     ToolResultEvent,
     TurnDone,
     TurnEvent,
 )
+from .recording import record_turn
 from .retries import DEFAULT_RETRY_POLICY, RetryDecision, RetryPolicy, decide_retry, looks_complete
-from .tools import ToolDeclarations, ToolRegistry, ToolResult
+from .turns import FinishReason, GenerationInfo, RetryRecord, Turn, TurnResult, as_turn
 
 if TYPE_CHECKING:
     from mlx_harmony.chat_history import ChatLog
+    from mlx_harmony.generate import StreamEvent
 
 __all__ = [
     "DEFAULT_MAX_TOOL_ROUNDS",
-    "TRUNCATED_MARKER",
-    "FinishReason",
-    "RetryRecord",
     "TokenStreamer",
-    "TurnResult",
-    "as_turn",
     "hyperparameters_of",
     "run_chat_turn",
     "stream_chat_turn",
 ]
 
 DEFAULT_MAX_TOOL_ROUNDS = 8
-TRUNCATED_MARKER = "[truncated]"
 
-
-class FinishReason(StrEnum):
-    """How a turn ended (the server maps these to OpenAI's ``finish_reason``)."""
-
-    STOP = "stop"
-    """The model finished its answer."""
-    LENGTH = "length"
-    """max_tokens cut the answer and the retries did not help."""
-    TOOL_CALLS = "tool_calls"
-    """The model called functions the caller must run; see `TurnResult.tool_calls`."""
-    LOOP = "loop"
-    """The answer kept looping after the loop retries."""
-    NO_FINAL = "no_final"
-    """The model gave no final answer after the retries."""
-    TOOL_LIMIT = "tool_limit"
-    """The model kept calling tools after ``max_tool_rounds`` and being told to answer."""
-    CANCELLED = "cancelled"
-    """The caller cancelled the turn."""
+Cancel = threading.Event | Callable[[], bool]
+"""A cancel flag: an event, or a function that says whether to stop."""
 
 
 class TokenStreamer(Protocol):
@@ -101,127 +79,13 @@ class TokenStreamer(Protocol):
         self,
         *,
         prompt_tokens: Sequence[int],
-        sampling: Any = None,
+        sampling: SamplingParams | None = None,
         max_tokens: int = 512,
-        stop_tokens: Any = None,
+        stop_tokens: Iterable[int] | None = None,
         stop_strings: Sequence[str] = (),
-        cancel: Any = None,
-        loop_detection: Any = None,
-    ) -> Iterator[Any]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class RetryRecord:
-    """One thrown-away attempt: why, and what the next attempt changed."""
-
-    attempt: int
-    reason: RetryReason
-    stop_reason: str
-    completion_tokens: int
-    max_tokens: int
-    detail: str
-    instruction: str | None = None
-    sampling: Mapping[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """The form stored on the turn in the chat log (``retries``)."""
-        data: dict[str, Any] = {
-            "attempt": self.attempt,
-            "reason": self.reason.value,
-            "stop_reason": self.stop_reason,
-            "completion_tokens": self.completion_tokens,
-            "max_tokens": self.max_tokens,
-            "detail": self.detail,
-        }
-        if self.instruction:
-            data["instruction"] = self.instruction
-        if self.sampling:
-            data["sampling"] = dict(self.sampling)
-        return data
-
-
-@dataclass(frozen=True, slots=True)
-class TurnResult:
-    """Everything a turn produced.
-
-    ``turn`` is the whole turn (user message and every reply, reasoning and tool messages
-    included) to keep in the session; ``new_replies`` the replies this call added. ``final`` is
-    the answer, ``tool_calls`` the calls returned to the caller. ``hyperparameters`` are the
-    user's settings for the turn (never a retry's overrides), as stored in the chat log.
-    """
-
-    turn: Turn
-    final: str
-    finish_reason: FinishReason
-    analysis: str = ""
-    tool_calls: tuple[ToolCall, ...] = ()
-    truncated: bool = False
-    retries: tuple[RetryRecord, ...] = ()
-    tool_rounds: int = 0
-    generations: tuple[GenerationInfo, ...] = ()
-    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
-    dropped_turns: int = 0
-    prompt_tokens: int = 0
-    total_s: float = 0.0
-    user_is_new: bool = True
-    replies_start: int = 0
-
-    @property
-    def new_replies(self) -> tuple[Any, ...]:
-        return self.turn.replies[self.replies_start :]
-
-    @property
-    def display_text(self) -> str:
-        """The answer as shown to people: a cut answer ends with ``[truncated]``."""
-        if not self.truncated:
-            return self.final
-        return (
-            f"{self.final.rstrip()} {TRUNCATED_MARKER}" if self.final.strip() else TRUNCATED_MARKER
-        )
-
-    @property
-    def completion_tokens(self) -> int:
-        return sum(g.completion_tokens for g in self.generations)
-
-    @property
-    def reused_prompt_tokens(self) -> int:
-        return self.generations[-1].reused_prompt_tokens if self.generations else 0
-
-    def timing(self) -> dict[str, Any]:
-        """The chat log's `TimingStats` values (mlx-lm's names) plus ``reused_prompt_tokens``
-        and ``generations``; prompt numbers are those of the last generation."""
-        if not self.generations:
-            return {"total_time": round(self.total_s, 4)}
-        first, last = self.generations[0], self.generations[-1]
-        return {
-            "prompt_tokens": last.prompt_tokens,
-            "prompt_tps": round(last.prompt_tokens_per_s, 3),
-            "generation_tokens": self.completion_tokens,
-            "generation_tps": round(last.decode_tokens_per_s, 3),
-            "time_to_first_token": round(first.time_to_first_token_s, 4),
-            "total_time": round(self.total_s, 4),
-            "peak_memory": round(max(g.peak_memory_gb for g in self.generations), 4),
-            "reused_prompt_tokens": last.reused_prompt_tokens,
-            "generations": len(self.generations),
-        }
-
-
-def as_turn(turn: str | Message | Turn) -> Turn:
-    """A `Turn` from a user's text, a user `Message`, or a turn to continue."""
-    if isinstance(turn, Turn):
-        if isinstance(turn.user, str):
-            return Turn(Message.user(turn.user), turn.replies)
-        return turn
-    if isinstance(turn, str):
-        return Turn(Message.user(turn))
-    if isinstance(turn, Message):
-        if turn.role is not Role.USER:
-            raise ValueError(
-                f"a turn starts with a user message, got a {turn.role.value} message; pass a "
-                "Turn(user, replies) to continue a turn"
-            )
-        return Turn(turn)
-    raise TypeError(f"a turn is a str, a user Message or a Turn, got {type(turn).__name__}")
+        cancel: Cancel | None = None,
+        loop_detection: str | None = None,
+    ) -> Iterator[StreamEvent]: ...
 
 
 def hyperparameters_of(config: PromptConfig) -> dict[str, Any]:
@@ -238,7 +102,7 @@ def hyperparameters_of(config: PromptConfig) -> dict[str, Any]:
     return values
 
 
-def _is_cancelled(cancel: Any) -> bool:
+def _is_cancelled(cancel: Cancel | None) -> bool:
     if cancel is None:
         return False
     is_set = getattr(cancel, "is_set", None)
@@ -284,6 +148,58 @@ def _finish(output: TurnOutput, stop_reason: str) -> tuple[FinishReason, bool]:
     return FinishReason.STOP, False
 
 
+@dataclass
+class _TurnState:
+    """What one turn carries from one generation to the next."""
+
+    generator: TokenStreamer
+    adapter: ChatAdapter
+    cfg: PromptConfig
+    current: Turn
+    history: tuple[Turn, ...]
+    tools: ToolRegistry | None
+    """The built-in tools, or None when this turn runs none."""
+    declarations: ToolDeclarations
+    function_tools: Sequence[FunctionTool]
+    policy: RetryPolicy
+    max_tool_rounds: int
+    budget: ContextBudget
+    cancel: Cancel | None
+    debug: DebugWriter | None
+    user_is_new: bool
+    started: float = field(default_factory=time.perf_counter)
+    replies: list[Message] = field(default_factory=list)
+    replies_start: int = 0
+    retries: list[RetryRecord] = field(default_factory=list)
+    generations: list[GenerationInfo] = field(default_factory=list)
+    kept: list[Message] = field(default_factory=list)
+    """Reasoning a no_final retry keeps."""
+    decision: RetryDecision | None = None
+    """The retry the next attempt runs, if any."""
+    rounds: int = 0
+    attempt: int = 0
+    tools_refused: bool = False
+    dropped_reported: int = 0
+    dropped: int = 0
+    prompt_len: int = 0
+    returned: tuple[ToolCall, ...] = ()
+    finish: FinishReason = FinishReason.STOP
+    truncated: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class _Attempt:
+    """One generation and what the turn read from it."""
+
+    completion: list[int]
+    output: TurnOutput
+    stop_reason: str
+    max_tokens: int
+    sampling: SamplingParams
+    force_final: bool
+    sampling_overrides: dict[str, Any]
+
+
 def stream_chat_turn(
     generator: TokenStreamer,
     adapter: ChatAdapter,
@@ -296,7 +212,7 @@ def stream_chat_turn(
     policy: RetryPolicy = DEFAULT_RETRY_POLICY,
     max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
     context_length: int | None = None,
-    cancel: threading.Event | Callable[[], bool] | None = None,
+    cancel: Cancel | None = None,
     debug: DebugWriter | None = None,
     log: ChatLog | None = None,
 ) -> Iterator[TurnEvent]:
@@ -313,215 +229,227 @@ def stream_chat_turn(
         raise ValueError(
             f"max_tool_rounds must be >= 0 (0: never run tools), got {max_tool_rounds}"
         )
-    started = time.perf_counter()
     cfg = config.effective()
     current = as_turn(turn)
-    user_is_new = not isinstance(turn, Turn) or not turn.replies
-    use_tools = tools is not None and bool(tools) and adapter.supports_tools
-    declarations = tools.declarations() if use_tools and tools is not None else ToolDeclarations()
-    base_sampling = cfg.sampling_params()
-    budget = ContextBudget.from_config(cfg, context_length=context_length)
-    stop_strings = tuple(cfg.end_token_strings)
-    history = tuple(history)
-
-    replies: list[Message] = list(current.replies)
-    replies_start = len(replies)
-    retries: list[RetryRecord] = []
-    generations: list[GenerationInfo] = []
-    kept: list[Message] = []  # reasoning a no_final retry keeps
-    decision: RetryDecision | None = None
-    rounds = 0
-    attempt = 0
-    tools_refused = False
-    dropped_reported = 0
-    dropped = 0
-    prompt_len = 0
-    returned: tuple[ToolCall, ...] = ()
-    finish = FinishReason.STOP
-    truncated = False
+    active = tools if tools is not None and bool(tools) and adapter.supports_tools else None
+    state = _TurnState(
+        generator=generator,
+        adapter=adapter,
+        cfg=cfg,
+        current=current,
+        history=tuple(history),
+        tools=active,
+        declarations=active.declarations() if active is not None else ToolDeclarations(),
+        function_tools=function_tools,
+        policy=policy,
+        max_tool_rounds=max_tool_rounds,
+        budget=ContextBudget.from_config(cfg, context_length=context_length),
+        cancel=cancel,
+        debug=debug,
+        user_is_new=not isinstance(turn, Turn) or not turn.replies,
+        replies=list(current.replies),
+        replies_start=len(current.replies),
+    )
     if debug is not None:
         debug.begin_turn()
-
     while True:
-        attempt += 1
-        user = current.user
-        if decision is not None and decision.instruction and isinstance(user, Message):
-            user = Message.user(f"{user.text}\n\n{decision.instruction}")
-        force_final = (decision is not None and decision.force_final) or tools_refused
-        working = Turn(user, (*replies, *kept))
-
-        def render(turns: Sequence[Turn], force_final: bool = force_final) -> list[int]:
-            return adapter.render(
-                turns,
-                config=cfg,
-                tools=declarations,
-                function_tools=function_tools,
-                force_final=force_final,
-            )
-
-        prompt, dropped = fit_context(render, [*history, working], budget=budget)
-        prompt_len = len(prompt)
-        if dropped and dropped != dropped_reported:
-            dropped_reported = dropped
-            yield ContextTrimmed(dropped, prompt_len, budget.limit or 0)
-        wanted = decision.max_tokens if decision is not None else cfg.max_tokens
-        max_tokens = budget.max_new_tokens(prompt_len, wanted)
-        sampling = (
-            base_sampling.updated(**decision.sampling)
-            if decision is not None and decision.sampling
-            else base_sampling
-        )
-        if debug is not None:
-            debug.prompt(attempt=attempt, tokens=prompt, decode=adapter.decode)
-
-        parser = adapter.make_stream_parser(force_final=force_final)
-        completion: list[int] = []
-        stop_reason = "stop"
-        info: GenerationInfo | None = None
-        for event in generator.stream(
-            prompt_tokens=prompt,
-            sampling=sampling,
-            max_tokens=max_tokens,
-            stop_tokens=adapter.stop_tokens,
-            stop_strings=stop_strings,
-            cancel=cancel,
-            loop_detection=cfg.loop_detection,
-        ):
-            token = event.token
-            if token is not None:
-                completion.append(token)
-                deltas = parser.feed(token, event.text)
-                if deltas:
-                    yield from deltas
-            if event.stats is not None:
-                info = GenerationInfo.from_stats(event.stats)
-                stop_reason = info.stop_reason
-            elif event.stop_reason is not None:
-                stop_reason = str(getattr(event.stop_reason, "value", event.stop_reason))
-        yield from parser.flush()
-        output = parser.finish()
-        if info is None:
-            info = GenerationInfo(prompt_len, len(completion), stop_reason=stop_reason)
-        output = _cut_at_stop_string(output, info.stop_string)
-        generations.append(info)
-        yield StatsEvent(info, attempt, rounds)
-
-        room = budget.max_new_tokens(prompt_len, None) if budget.window is not None else None
-        new = decide_retry(
-            output,
-            stop_reason,
-            max_tokens=max_tokens,
-            previous=[r.reason for r in retries],
-            sampling=sampling,
-            policy=policy,
-            max_tokens_cap=room,
-        )
-        trace: dict[str, Any] = {
-            "attempt": attempt,
-            "tool_round": rounds,
-            "stop_reason": stop_reason,
-            "max_tokens": max_tokens,
-            "sampling_overrides": dict(decision.sampling) if decision is not None else {},
-            "force_final": force_final,
-        }
-        if new is not None:
-            retries.append(
-                RetryRecord(
-                    attempt=attempt,
-                    reason=new.reason,
-                    stop_reason=stop_reason,
-                    completion_tokens=len(completion),
-                    max_tokens=new.max_tokens,
-                    detail=new.detail,
-                    instruction=new.instruction,
-                    sampling=dict(new.sampling),
-                )
-            )
-            if debug is not None:
-                debug.completion(
-                    attempt=attempt,
-                    tokens=completion,
-                    decode=adapter.decode,
-                    output=output,
-                    stop_reason=stop_reason,
-                    decision={**trace, "action": "retry", "retry": new.to_dict()},
-                )
-            yield RetryEvent(
-                attempt + 1, new.reason, new.detail, new.max_tokens, dict(new.sampling)
-            )
-            kept = [*kept, *_analysis_messages(output)] if new.keep_analysis else []
-            decision = new
+        attempt = yield from _generate(state)
+        if (yield from _retry(state, attempt)):
             continue
-
-        # The attempt is kept.
-        replies.extend(kept)
-        replies.extend(output.messages)
-        kept, decision = [], None
-        if output.called_tool and output.tool_calls:
-            handled = [
-                c
-                for c in output.tool_calls
-                if use_tools and tools is not None and tools.handles(c.recipient)
-            ]
-            others = tuple(c for c in output.tool_calls if c not in handled)
-            for call in output.tool_calls:
-                yield ToolCallEvent(call, handled=call in handled)
-            if handled and tools_refused:
-                finish, returned = FinishReason.TOOL_LIMIT, others
-                action = "tool_limit"
-            else:
-                ran = False
-                for call in handled:
-                    if rounds >= max_tool_rounds:
-                        tools_refused = True
-                        result = ToolResult(
-                            name=call.recipient,
-                            content=(
-                                f"Error: not run: this turn already used its {max_tool_rounds} "
-                                "tool calls. Answer the user now with what you have."
-                            ),
-                            error=True,
-                        )
-                    else:
-                        assert tools is not None
-                        result = tools.execute(call)
-                        ran = True
-                    replies.append(adapter.tool_result_message(call, result))
-                    yield ToolResultEvent(call, result)
-                rounds += ran
-                if others:
-                    finish, returned = FinishReason.TOOL_CALLS, others
-                    action = "return_tool_calls"
-                elif _is_cancelled(cancel):
-                    finish = FinishReason.CANCELLED
-                    action = "cancelled"
-                else:
-                    action = "tool_round"
-            if debug is not None:
-                debug.completion(
-                    attempt=attempt,
-                    tokens=completion,
-                    decode=adapter.decode,
-                    output=output,
-                    stop_reason=stop_reason,
-                    decision={**trace, "action": action},
-                )
-            if action == "tool_round":
-                continue
+        if not (yield from _accept(state, attempt)):
             break
-        finish, truncated = _finish(output, stop_reason)
-        if debug is not None:
-            debug.completion(
-                attempt=attempt,
-                tokens=completion,
-                decode=adapter.decode,
-                output=output,
-                stop_reason=stop_reason,
-                decision={**trace, "action": "accept", "finish_reason": finish.value},
-            )
-        break
+    result = _turn_result(state)
+    if log is not None:
+        record_turn(log, result)
+    yield TurnDone(result)
 
-    new_replies = replies[replies_start:]
+
+def _generate(state: _TurnState) -> Generator[TurnEvent, None, _Attempt]:
+    """Render the prompt that fits, stream one generation, read it."""
+    state.attempt += 1
+    cfg, adapter, decision = state.cfg, state.adapter, state.decision
+    user = state.current.user
+    if decision is not None and decision.instruction:
+        user = Message.user(f"{user.text}\n\n{decision.instruction}")
+    force_final = (decision is not None and decision.force_final) or state.tools_refused
+    working = Turn(user, (*state.replies, *state.kept))
+
+    def render(turns: Sequence[Turn]) -> list[int]:
+        return adapter.render(
+            turns,
+            config=cfg,
+            tools=state.declarations,
+            function_tools=state.function_tools,
+            force_final=force_final,
+        )
+
+    prompt, state.dropped = fit_context(render, [*state.history, working], budget=state.budget)
+    state.prompt_len = len(prompt)
+    if state.dropped and state.dropped != state.dropped_reported:
+        state.dropped_reported = state.dropped
+        yield ContextTrimmed(state.dropped, state.prompt_len, state.budget.limit or 0)
+    wanted = decision.max_tokens if decision is not None else cfg.max_tokens
+    max_tokens = state.budget.max_new_tokens(state.prompt_len, wanted)
+    sampling = cfg.sampling_params()
+    if decision is not None and decision.sampling:
+        sampling = sampling.updated(**decision.sampling)
+    if state.debug is not None:
+        state.debug.prompt(attempt=state.attempt, tokens=prompt, decode=adapter.decode)
+
+    parser = adapter.make_stream_parser(force_final=force_final)
+    completion: list[int] = []
+    stop_reason = "stop"
+    info: GenerationInfo | None = None
+    for event in state.generator.stream(
+        prompt_tokens=prompt,
+        sampling=sampling,
+        max_tokens=max_tokens,
+        stop_tokens=adapter.stop_tokens,
+        stop_strings=tuple(cfg.end_token_strings),
+        cancel=state.cancel,
+        loop_detection=cfg.loop_detection,
+    ):
+        token = event.token
+        if token is not None:
+            completion.append(token)
+            deltas = parser.feed(token, event.text)
+            if deltas:
+                yield from deltas
+        if event.stats is not None:
+            info = GenerationInfo.from_stats(event.stats)
+            stop_reason = info.stop_reason
+        elif event.stop_reason is not None:
+            stop_reason = str(getattr(event.stop_reason, "value", event.stop_reason))
+    yield from parser.flush()
+    output = parser.finish()
+    if info is None:
+        info = GenerationInfo(state.prompt_len, len(completion), stop_reason=stop_reason)
+    output = _cut_at_stop_string(output, info.stop_string)
+    state.generations.append(info)
+    yield StatsEvent(info, state.attempt, state.rounds)
+    return _Attempt(
+        completion=completion,
+        output=output,
+        stop_reason=stop_reason,
+        max_tokens=max_tokens,
+        sampling=sampling,
+        force_final=force_final,
+        sampling_overrides=dict(decision.sampling) if decision is not None else {},
+    )
+
+
+def _retry(state: _TurnState, attempt: _Attempt) -> Generator[TurnEvent, None, bool]:
+    """Throw the attempt away when `decide_retry` says so; True when it did."""
+    budget = state.budget
+    room = budget.max_new_tokens(state.prompt_len, None) if budget.window is not None else None
+    new = decide_retry(
+        attempt.output,
+        attempt.stop_reason,
+        max_tokens=attempt.max_tokens,
+        previous=[r.reason for r in state.retries],
+        sampling=attempt.sampling,
+        policy=state.policy,
+        max_tokens_cap=room,
+    )
+    if new is None:
+        return False
+    state.retries.append(
+        RetryRecord(
+            attempt=state.attempt,
+            reason=new.reason,
+            stop_reason=attempt.stop_reason,
+            completion_tokens=len(attempt.completion),
+            max_tokens=new.max_tokens,
+            detail=new.detail,
+            instruction=new.instruction,
+            sampling=dict(new.sampling),
+        )
+    )
+    _debug_completion(state, attempt, action="retry", retry=new.to_dict())
+    yield RetryEvent(state.attempt + 1, new.reason, new.detail, new.max_tokens, dict(new.sampling))
+    state.kept = [*state.kept, *_analysis_messages(attempt.output)] if new.keep_analysis else []
+    state.decision = new
+    return True
+
+
+def _accept(state: _TurnState, attempt: _Attempt) -> Generator[TurnEvent, None, bool]:
+    """Keep the attempt; run its built-in tool calls. True when the turn goes on (a tool
+    round), False when it is over."""
+    state.replies.extend(state.kept)
+    state.replies.extend(attempt.output.messages)
+    state.kept, state.decision = [], None
+    output = attempt.output
+    if output.called_tool and output.tool_calls:
+        action = yield from _run_tools(state, output.tool_calls)
+        _debug_completion(state, attempt, action=action)
+        return action == "tool_round"
+    state.finish, state.truncated = _finish(output, attempt.stop_reason)
+    _debug_completion(state, attempt, action="accept", finish_reason=state.finish.value)
+    return False
+
+
+def _run_tools(state: _TurnState, calls: Sequence[ToolCall]) -> Generator[TurnEvent, None, str]:
+    """Run the calls the built-in tools handle (refusing them past ``max_tool_rounds``) and
+    return the others to the caller; the action taken, for the debug trace."""
+    tools = state.tools
+    handled = [c for c in calls if tools is not None and tools.handles(c.recipient)]
+    others = tuple(c for c in calls if c not in handled)
+    for call in calls:
+        yield ToolCallEvent(call, handled=call in handled)
+    if handled and state.tools_refused:
+        state.finish, state.returned = FinishReason.TOOL_LIMIT, others
+        return "tool_limit"
+    ran = False
+    for call in handled:
+        if state.rounds >= state.max_tool_rounds:
+            state.tools_refused = True
+            result = ToolResult(
+                name=call.recipient,
+                content=(
+                    f"Error: not run: this turn already used its {state.max_tool_rounds} "
+                    "tool calls. Answer the user now with what you have."
+                ),
+                error=True,
+            )
+        else:
+            assert tools is not None
+            result = tools.execute(call)
+            ran = True
+        state.replies.append(state.adapter.tool_result_message(call, result))
+        yield ToolResultEvent(call, result)
+    state.rounds += ran
+    if others:
+        state.finish, state.returned = FinishReason.TOOL_CALLS, others
+        return "return_tool_calls"
+    if _is_cancelled(state.cancel):
+        state.finish = FinishReason.CANCELLED
+        return "cancelled"
+    return "tool_round"
+
+
+def _debug_completion(state: _TurnState, attempt: _Attempt, **decision: Any) -> None:
+    if state.debug is None:
+        return
+    state.debug.completion(
+        attempt=state.attempt,
+        tokens=attempt.completion,
+        decode=state.adapter.decode,
+        output=attempt.output,
+        stop_reason=attempt.stop_reason,
+        decision={
+            "attempt": state.attempt,
+            "tool_round": state.rounds,
+            "stop_reason": attempt.stop_reason,
+            "max_tokens": attempt.max_tokens,
+            "sampling_overrides": attempt.sampling_overrides,
+            "force_final": attempt.force_final,
+            **decision,
+        },
+    )
+
+
+def _turn_result(state: _TurnState) -> TurnResult:
+    new_replies = state.replies[state.replies_start :]
     final = next(
         (
             m.text
@@ -535,28 +463,23 @@ def stream_chat_turn(
         for m in new_replies
         if m.role is Role.ASSISTANT and m.channel == "analysis" and not m.recipient
     )
-    result = TurnResult(
-        turn=Turn(current.user, tuple(replies)),
+    return TurnResult(
+        turn=Turn(state.current.user, tuple(state.replies)),
         final=final,
-        finish_reason=finish,
+        finish_reason=state.finish,
         analysis=analysis,
-        tool_calls=returned,
-        truncated=truncated,
-        retries=tuple(retries),
-        tool_rounds=rounds,
-        generations=tuple(generations),
-        hyperparameters=hyperparameters_of(cfg),
-        dropped_turns=dropped,
-        prompt_tokens=prompt_len,
-        total_s=time.perf_counter() - started,
-        user_is_new=user_is_new,
-        replies_start=replies_start,
+        tool_calls=state.returned,
+        truncated=state.truncated,
+        retries=tuple(state.retries),
+        tool_rounds=state.rounds,
+        generations=tuple(state.generations),
+        hyperparameters=hyperparameters_of(state.cfg),
+        dropped_turns=state.dropped,
+        prompt_tokens=state.prompt_len,
+        total_s=time.perf_counter() - state.started,
+        user_is_new=state.user_is_new,
+        replies_start=state.replies_start,
     )
-    if log is not None:
-        from .recording import record_turn
-
-        record_turn(log, result)
-    yield TurnDone(result)
 
 
 def run_chat_turn(
@@ -571,7 +494,7 @@ def run_chat_turn(
     policy: RetryPolicy = DEFAULT_RETRY_POLICY,
     max_tool_rounds: int = DEFAULT_MAX_TOOL_ROUNDS,
     context_length: int | None = None,
-    cancel: threading.Event | Callable[[], bool] | None = None,
+    cancel: Cancel | None = None,
     debug: DebugWriter | None = None,
     log: ChatLog | None = None,
     on_event: Callable[[TurnEvent], None] | None = None,

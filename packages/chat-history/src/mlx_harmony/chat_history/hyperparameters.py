@@ -13,7 +13,7 @@ from typing import Any
 __all__ = ["apply_hyperparameter_change", "diff_hyperparameters", "json_equal"]
 
 
-_MISSING: Any = object()
+_MISSING = object()
 _SCALARS = frozenset({str, int, float, bool, type(None)})
 
 

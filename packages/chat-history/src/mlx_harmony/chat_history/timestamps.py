@@ -11,7 +11,7 @@ so a migration loses neither.
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeGuard
 
 from pydantic import AfterValidator, AwareDatetime, BeforeValidator
 
@@ -82,7 +82,8 @@ def render_iso(value: datetime | None) -> str | None:
     return text[:-6] + "Z" if text.endswith("+00:00") else text
 
 
-def _disagrees(value: Any) -> bool:
+def _disagrees(value: Any) -> TypeGuard[dict[str, Any]]:
+    """Whether ``value`` is a ``{"unix", "iso"}`` object whose two parts name different moments."""
     if not isinstance(value, dict) or "unix" not in value or "iso" not in value:
         return False
     try:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import cast
 
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 from mlx_lm.generate import generate_step
+from mlx_lm.models.gpt_oss import Model
 
 from mlx_harmony.harmony_format import (
     CALL,
@@ -23,6 +25,7 @@ from mlx_harmony.harmony_format import (
     RETURN,
     DeveloperConfig,
     Message,
+    ReasoningEffort,
     SystemConfig,
     get_encoding,
     render_prompt,
@@ -93,7 +96,9 @@ CHECK_CASES: tuple[CheckCase, ...] = (
         "time, other words",
         (Message.user("Could you tell me the current time?"),),
         "call",
-        system=SystemConfig(reasoning_effort="high", conversation_start_date="2025-11-21"),
+        system=SystemConfig(
+            reasoning_effort=ReasoningEffort.HIGH, conversation_start_date="2025-11-21"
+        ),
         developer=DeveloperConfig(instructions="Be brief.", tools=(TIME_TOOL,)),
     ),
     CheckCase(
@@ -160,7 +165,8 @@ def generate_completion(
         token = int(token)
         out.append(token)
         if unseen is not None:
-            worst = max(worst, mx.exp(logprobs[unseen]).sum().item())
+            mass = cast(float, mx.exp(logprobs[unseen]).sum().item())  # a float32 sum
+            worst = max(worst, mass)
         if token in (RETURN, CALL):
             break
     return out, worst
@@ -178,7 +184,7 @@ class CheckResult:
 
 
 def run_self_check(
-    model: nn.Module,
+    model: Model,
     token_ids: Iterable[int],
     *,
     cases: Iterable[CheckCase] = CHECK_CASES,

@@ -22,6 +22,7 @@ from mlx_harmony.harmony_format import (
     FunctionTool,
     Message,
     PromptRenderer,
+    ReasoningEffort,
     SystemConfig,
     get_encoding,
 )
@@ -229,7 +230,9 @@ def _system(rng: random.Random) -> SystemConfig:
         model_identity=(
             rng.choice(_IDENTITIES) if rng.random() < 0.15 else SystemConfig().model_identity
         ),
-        reasoning_effort=rng.choice(["low", "medium", "high"]),
+        reasoning_effort=rng.choice(
+            [ReasoningEffort.LOW, ReasoningEffort.MEDIUM, ReasoningEffort.HIGH]
+        ),
         conversation_start_date=date,
     )
 

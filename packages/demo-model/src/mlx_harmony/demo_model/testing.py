@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pytest
 
 __all__ = ["ENV_VAR", "demo_model_for_tests"]
 
 ENV_VAR = "MLX_HARMONY_DEMO_MODEL"
 
 
-def demo_model_for_tests(tmp_path_factory: Any) -> Path:
+def demo_model_for_tests(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The demo model's folder: `$MLX_HARMONY_DEMO_MODEL`, else built once per session."""
     from .build import ensure_demo_model, read_build_record
 

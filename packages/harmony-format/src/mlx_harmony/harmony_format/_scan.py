@@ -60,7 +60,7 @@ class Header(NamedTuple):
 class Piece(NamedTuple):
     """New text of message ``index``."""
 
-    index: int
+    index: int  # pyright: ignore[reportIncompatibleMethodOverride]  # a field, as NamedTuple allows
     header: Header
     text: str
 

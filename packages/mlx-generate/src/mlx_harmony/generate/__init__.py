@@ -14,7 +14,13 @@ from .batch import (
 from .cache import CacheReuse, PromptCache, common_prefix_len, make_cache, maybe_quantize_kv_cache
 from .detokenizer import ByteLevelDetokenizer, Detokenizer, make_detokenizer
 from .emit import TokenEvents
-from .generator import HARMONY_END_TOKEN, HARMONY_STOP_TOKENS, ModelFacts, TokenGenerator
+from .generator import (
+    HARMONY_END_TOKEN,
+    HARMONY_STOP_TOKENS,
+    GeneratorOptions,
+    ModelFacts,
+    TokenGenerator,
+)
 from .loading import (
     HARMONY_MODEL_TYPES,
     LoadedModel,
@@ -62,6 +68,7 @@ __all__ = [
     "Detokenizer",
     "GenerationResult",
     "GenerationStats",
+    "GeneratorOptions",
     "LoadedModel",
     "LogitsProcessor",
     "LoopDetectionMode",

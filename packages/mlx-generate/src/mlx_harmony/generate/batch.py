@@ -26,7 +26,7 @@ import queue
 import secrets
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +39,7 @@ from mlx_lm.models.cache import TokenBuffer
 from .cache import make_cache
 from .detokenizer import token_bytes_table
 from .emit import StreamEvent, TokenEvents
-from .generator import ModelFacts
+from .generator import GeneratorOptions, ModelFacts, _Housekeeping, _unwire_memory, _wire_memory
 from .loading import LoadedModel, load_model
 from .loop import (
     Cancel,
@@ -48,7 +48,7 @@ from .loop import (
     _new_generation_stream,
     release_thread_streams,
 )
-from .loop_detection import LoopDetectionMode, LoopDetector, make_loop_detector
+from .loop_detection import LoopDetectionMode, LoopDetector
 from .shared_cache import SharedPromptCache
 from .stats import CacheReuseMode, GenerationStats, StopReason
 
@@ -149,9 +149,8 @@ class _Row:
         return check is not None and bool(check())
 
 
-def _request_key(sampling: SamplingParams) -> mx.array:
-    seed = sampling.seed
-    return mx.random.key(seed if seed is not None else secrets.randbits(63))
+_MAX_SEED_CHAINS = 1024
+"""Seeds whose key chain `BatchGenerator` remembers (least recently used ones are forgotten)."""
 
 
 class BatchGenerator:
@@ -165,6 +164,7 @@ class BatchGenerator:
         prefill_step_size: int = 1024,
         prompt_cache: SharedPromptCache | None = None,
         stream: Any = None,
+        reseed_each_turn: bool = True,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
@@ -176,6 +176,8 @@ class BatchGenerator:
         self.prompt_cache = prompt_cache
         self.stream = stream if stream is not None else _new_generation_stream()
         self.stats = BatchStats()
+        self.reseed_each_turn = reseed_each_turn
+        self._chains: OrderedDict[int, mx.array] = OrderedDict()
         self._uids = 0
         self._waiting: deque[_Row] = deque()
         self._prefilling: _Row | None = None
@@ -411,10 +413,27 @@ class BatchGenerator:
         if sampling is not None:
             processors = list(sampling.make_logits_processors() or ()) + processors
             if sampling.temperature != 0:
-                row.sampler = sampling.make_sampler(key=_request_key(sampling))
+                row.sampler = sampling.make_sampler(key=self._request_key(sampling.seed))
         row.processors = processors
         if processors:
             row.history = TokenBuffer(row.prompt[:-1])
+
+    def _request_key(self, seed: int | None) -> mx.array:
+        """A request's PRNG key: without a seed a random one; with ``reseed_each_turn`` the
+        seed's own key (a seeded request repeats itself); else the next key of the seed's
+        chain, as `TokenGenerator` does across a session's calls."""
+        if seed is None:
+            return mx.random.key(secrets.randbits(63))
+        if self.reseed_each_turn:
+            return mx.random.key(seed)
+        key = self._chains.pop(seed, None)
+        if key is None:
+            key = mx.random.key(seed)
+        # The sampler walks 2-way splits of `key`: the third branch never meets its draws.
+        self._chains[seed] = mx.random.split(key, 3)[2]
+        while len(self._chains) > _MAX_SEED_CHAINS:
+            self._chains.popitem(last=False)
+        return key
 
     def _join(self, row: _Row) -> None:
         """The prompt is in the row's cache but for its last token: keep a copy for later
@@ -457,11 +476,21 @@ class BatchTokenGenerator(ModelFacts):
     The engine thread loads the model and makes every MLX call; callers only read tokens and
     turn them into text. Prompt caches come from a `SharedPromptCache` of
     ``prompt_cache_size`` entries and at most ``prompt_cache_bytes`` bytes.
+
+    `GeneratorOptions` apply as in `TokenGenerator`, on the engine thread: ``mlock`` wires
+    the weights, ``clear_cache_interval`` counts finished requests, ``clear_cache_tokens``
+    the tokens of the whole batch, ``log_memory_stats`` logs after each request. Seeds: with
+    ``reseed_each_turn`` a seeded request starts from its seed (the same request gives the
+    same answer, OpenAI's ``seed``); without it, requests with the same seed continue one key
+    chain (the n-th request with a seed is reproducible from a fresh generator).
+    ``max_kv_size`` does not batch: it is refused (use `TokenGenerator`). ``loop_detection``
+    given as a keyword is a shorthand for the options' field.
     """
 
     def __init__(
         self,
         model: str | Path | LoadedModel,
+        options: GeneratorOptions | None = None,
         *,
         lazy: bool = False,
         revision: str | None = None,
@@ -469,17 +498,25 @@ class BatchTokenGenerator(ModelFacts):
         prefill_step_size: int = 1024,
         prompt_cache_size: int = 16,
         prompt_cache_bytes: int | None = None,
-        loop_detection: LoopDetector | LoopDetectionMode | str = LoopDetectionMode.CHEAP,
+        loop_detection: LoopDetector | LoopDetectionMode | str | None = None,
     ) -> None:
+        if options is None:
+            options = GeneratorOptions(
+                loop_detection=LoopDetectionMode.CHEAP if loop_detection is None else loop_detection
+            )
+        elif loop_detection is not None:
+            raise TypeError("pass loop_detection inside GeneratorOptions, not beside options=")
+        if options.max_kv_size is not None:
+            raise ValueError(
+                f"max_kv_size={options.max_kv_size}: a rotating KV cache does not batch; "
+                "use TokenGenerator, or leave max_kv_size unset"
+            )
+        self.options = options
         self.max_batch_size = max_batch_size
         self.prompt_cache = SharedPromptCache(
             max_entries=prompt_cache_size, max_bytes=prompt_cache_bytes
         )
-        self.loop_detector = (
-            loop_detection
-            if isinstance(loop_detection, LoopDetector)
-            else make_loop_detector(loop_detection)
-        )
+        self.loop_detector = options.loop_detector()
         self._inbox: queue.SimpleQueue[_Submission | None] = queue.SimpleQueue()
         self._ready = threading.Event()
         self._error: BaseException | None = None
@@ -529,6 +566,7 @@ class BatchTokenGenerator(ModelFacts):
         max_batch_size: int,
         prefill_step_size: int,
     ) -> None:
+        old_wired_limit: int | None = None
         try:
             self.loaded = (
                 model
@@ -538,18 +576,28 @@ class BatchTokenGenerator(ModelFacts):
             # Text deltas need the token-bytes table: build it once here, not in the first
             # requests' threads.
             token_bytes_table(self.loaded.tokenizer)
-            self.engine = BatchGenerator(
+            engine = self.engine = BatchGenerator(
                 self.loaded.model,
                 max_batch_size=max_batch_size,
                 prefill_step_size=prefill_step_size,
                 prompt_cache=self.prompt_cache,
+                reseed_each_turn=self.options.reseed_each_turn,
             )
+            old_wired_limit = _wire_memory(self.loaded.model) if self.options.mlock else None
         except BaseException as error:
             self._error = error
             return
         finally:
             self._ready.set()
-        engine = self.engine
+        try:
+            self._serve_requests(engine)
+        finally:
+            _unwire_memory(old_wired_limit)
+            release_thread_streams()
+
+    def _serve_requests(self, engine: BatchGenerator) -> None:
+        housekeeping = _Housekeeping(self.options)
+        every_tokens = self.options.clear_cache_tokens
         outboxes: dict[int, queue.SimpleQueue[BatchOutput]] = {}
         stopping = False
         while not stopping:
@@ -579,12 +627,14 @@ class BatchTokenGenerator(ModelFacts):
                 box.put(output)
                 if output.finish_reason is not None or output.error is not None:
                     del outboxes[output.uid]
+                    housekeeping.after_generation()
+            if every_tokens:
+                housekeeping.after_tokens(engine.stats.generated_tokens)
         shutdown = RuntimeError("the batch generator was closed")
         for output in engine.fail_all(shutdown):
             box = outboxes.pop(output.uid, None)
             if box is not None:
                 box.put(output)
-        release_thread_streams()
 
     # -- generation -----------------------------------------------------------------------------
 
@@ -694,16 +744,13 @@ class BatchTokenGenerator(ModelFacts):
         completion = out.handed_out
         decode_s = t_end - t_first if completion and t_first else 0.0
         reused = info.reused_prompt_tokens if info is not None else 0
-        final.stats = GenerationStats(
+        final.stats = GenerationStats.measured(
             prompt_tokens=len(prompt),
             reused_prompt_tokens=reused,
-            prefilled_tokens=len(prompt) - reused,
             prefill_s=info.prefill_s if info is not None else 0.0,
             time_to_first_token_s=t_first - t_start if t_first else 0.0,
             completion_tokens=completion,
             decode_s=decode_s,
-            decode_tokens_per_s=(completion - 1) / decode_s if completion > 1 and decode_s else 0.0,
-            peak_memory_gb=mx.get_peak_memory() / 1e9,
             kv_length=len(prompt) + len(out.generated),
             stop_reason=final.stop_reason,
             loop_detection=out.detector.mode.value,

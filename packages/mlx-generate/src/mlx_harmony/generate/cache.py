@@ -37,6 +37,7 @@ from mlx_lm.models.cache import (
     RotatingKVCache,
 )
 
+from .kv_quant import SINK_ATTENTION_MODEL_TYPES, install_sinks_attention
 from .stats import CacheReuseMode
 
 __all__ = [
@@ -58,6 +59,19 @@ def _has_attention_sinks(model: nn.Module) -> bool:
     return any(hasattr(getattr(layer, "self_attn", None), "sinks") for layer in layers)
 
 
+def _model_module_name(model: nn.Module) -> str:
+    return type(model).__module__.rsplit(".", 1)[-1]
+
+
+def _head_dim(model: nn.Module) -> int | None:
+    for layer in getattr(model, "layers", None) or []:
+        head_dim = getattr(getattr(layer, "self_attn", None), "head_dim", None)
+        if isinstance(head_dim, int):
+            return head_dim
+    head_dim = getattr(getattr(model, "args", None), "head_dim", None)
+    return head_dim if isinstance(head_dim, int) else None
+
+
 def _check_options(
     model: nn.Module, max_kv_size: int | None, kv_bits: int | None, kv_group_size: int
 ) -> None:
@@ -77,12 +91,22 @@ def _check_options(
             "kv_bits and max_kv_size cannot be combined: mlx-lm's rotating cache cannot be "
             "quantized; drop one of them"
         )
-    if _has_attention_sinks(model):
+    head_dim = _head_dim(model)
+    if head_dim is not None and head_dim % kv_group_size:
+        groups = [g for g in _KV_GROUP_SIZES if head_dim % g == 0]
+        fix = f"use kv_group_size {groups[-1]}" if groups else "leave kv_bits unset"
         raise ValueError(
-            f"kv_bits is not supported for {type(model).__module__.rsplit('.', 1)[-1]}: its "
-            "attention uses sinks (gpt-oss), which mlx-lm's quantized attention cannot apply; "
-            "leave kv_bits unset"
+            f"kv_group_size {kv_group_size} does not divide the model's head_dim {head_dim}; {fix}"
         )
+    if _has_attention_sinks(model):
+        name = _model_module_name(model)
+        if name not in SINK_ATTENTION_MODEL_TYPES:
+            raise ValueError(
+                f"kv_bits is not supported for {name}: its attention uses sinks, and quantized "
+                f"attention with sinks exists only for {sorted(SINK_ATTENTION_MODEL_TYPES)}; "
+                "leave kv_bits unset"
+            )
+        install_sinks_attention(name)
 
 
 def make_cache(
@@ -122,11 +146,13 @@ def maybe_quantize_kv_cache(
     caches: list[Any], *, kv_bits: int | None, kv_group_size: int, quantized_kv_start: int
 ) -> None:
     """Quantize full-attention layers that grew past `quantized_kv_start`, in place (rotating
-    layers stay as they are: mlx-lm cannot quantize them)."""
+    layers stay as they are: mlx-lm cannot quantize them, and gpt-oss's 128-token windows are
+    small anyway). mlx-lm's `maybe_quantize_kv_cache`, restricted to plain `KVCache` layers."""
     if kv_bits is None:
         return
     for i, c in enumerate(caches):
         if type(c) is KVCache and c.offset >= quantized_kv_start:
+            install_sinks_attention()  # idempotent; gpt-oss's attention then takes the cache
             caches[i] = c.to_quantized(group_size=kv_group_size, bits=kv_bits)
 
 
@@ -333,6 +359,34 @@ class PromptCache:
                 return CacheReuse(target, CacheReuseMode.CHECKPOINT)
         self.reset()
         return CacheReuse(0, CacheReuseMode.RECOMPUTE)
+
+    def restore(self, tokens: Sequence[int], caches: list[Any], *, single_tail: bool) -> None:
+        """Hold `caches`, which hold exactly `tokens` (a saved prompt cache, say), as if this
+        cache had prefilled them: later prompts that extend them, or leave them at the end,
+        reuse them. The layer types must be the ones this cache makes (same `kv_bits`)."""
+        if len(caches) != len(self.caches):
+            raise ValueError(
+                f"the caches have {len(caches)} layers but the model has {len(self.caches)}"
+            )
+        for i, (mine, theirs) in enumerate(zip(self.caches, caches, strict=True)):
+            want, got = type(mine), type(theirs)
+            quantized_later = (
+                self.kv_bits is not None and want is KVCache and got is QuantizedKVCache
+            )
+            if got is not want and not quantized_later:
+                raise ValueError(
+                    f"layer {i} is a {got.__name__} but this cache makes a {want.__name__}; "
+                    "use the kv_bits, kv_group_size and max_kv_size the caches were made with"
+                )
+            offset = _offset(theirs)
+            if offset is not None and offset != len(tokens):
+                raise ValueError(f"layer {i} holds {offset} tokens, not the {len(tokens)} given")
+        self.caches = list(caches)
+        self.tokens = list(tokens)
+        self._single_tail = single_tail
+        self._checkpoint = None
+        if self.tokens:
+            self.checkpoint(len(self.tokens))
 
     def checkpoint(self, length: int) -> None:
         """Snapshot the layers that cannot be trimmed; the caches hold `length` tokens now."""

@@ -22,7 +22,7 @@ import weakref
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import llguidance
 import llguidance.hf
@@ -385,7 +385,7 @@ class Constraint:
             self._start = tokens.size
         else:
             mx.async_eval(logits)  # the forward pass runs while the CPU computes the mask
-            new = tokens[self._start + self._consumed :].tolist()
+            new = cast(list[int], tokens[self._start + self._consumed :].tolist())  # 1-D: a list
             self.advance(new)
         return apply_mask(logits, self.allowed_mask(), self._vocab_size)
 

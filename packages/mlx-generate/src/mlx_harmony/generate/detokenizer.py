@@ -12,7 +12,10 @@ import codecs
 import contextlib
 import json
 import weakref
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from mlx_lm.tokenizer_utils import StreamingDetokenizer
 
 __all__ = ["ByteLevelDetokenizer", "Detokenizer", "make_detokenizer", "token_bytes_table"]
 
@@ -53,7 +56,7 @@ class _MlxLmDetokenizer:
 
     __slots__ = ("_detokenizer",)
 
-    def __init__(self, detokenizer: Any) -> None:
+    def __init__(self, detokenizer: StreamingDetokenizer) -> None:
         self._detokenizer = detokenizer
         detokenizer.reset()
 

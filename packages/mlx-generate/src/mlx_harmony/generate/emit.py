@@ -14,7 +14,7 @@ import mlx.core as mx
 
 from .detokenizer import make_detokenizer
 from .loop_detection import LoopDetectionMode, LoopDetector, make_loop_detector
-from .stats import StopReason
+from .stats import GenerationStats, StopReason
 from .stop_strings import StopStringMatcher
 
 __all__ = ["StreamEvent", "TokenEvents"]
@@ -29,8 +29,8 @@ class StreamEvent:
     token: int | None
     text: str = ""
     logprobs: mx.array | None = None
-    stop_reason: Any = None
-    stats: Any = None
+    stop_reason: StopReason | None = None
+    stats: GenerationStats | None = None
 
 
 class TokenEvents:
@@ -116,7 +116,7 @@ class TokenEvents:
         self.reason = StopReason.CANCELLED
         self._last = None
 
-    def final(self, stats: Any = None) -> StreamEvent:
+    def final(self, stats: GenerationStats | None = None) -> StreamEvent:
         """The last event: the last token (None when cancelled) with the held-back text."""
         if self.reason is None:
             self.reason = StopReason.CANCELLED

@@ -1,11 +1,18 @@
-"""`TokenGenerator`: one loaded model, its prompt cache and its seed, for a chat session."""
+"""`TokenGenerator`: one loaded model, its prompt cache and its seed, for a chat session.
+
+`GeneratorOptions` holds what a generator is set up with once (seed policy, memory, cache
+clearing, loop detection); both `TokenGenerator` and `BatchTokenGenerator` take it, and the
+chat controller builds it from a prompt config in one place.
+"""
 
 from __future__ import annotations
 
+import logging
 import secrets
 import warnings
 import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +29,16 @@ from .stats import GenerationStats
 if TYPE_CHECKING:
     from mlx_harmony.sampling import SamplingParams
 
-__all__ = ["HARMONY_END_TOKEN", "HARMONY_STOP_TOKENS", "ModelFacts", "TokenGenerator", "token_view"]
+__all__ = [
+    "HARMONY_END_TOKEN",
+    "HARMONY_STOP_TOKENS",
+    "GeneratorOptions",
+    "ModelFacts",
+    "TokenGenerator",
+    "token_view",
+]
+
+logger = logging.getLogger("mlx_harmony.generate")
 
 HARMONY_STOP_TOKENS = frozenset({200002, 200012})
 """<|return|> and <|call|>: where a Harmony assistant turn ends."""
@@ -30,6 +46,112 @@ HARMONY_END_TOKEN = 200007
 """<|end|> ends a message inside the turn (the analysis); it must not stop generation."""
 
 _warned_mlock = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GeneratorOptions:
+    """What a generator is set up with once, for every call it runs.
+
+    ``clear_cache_interval`` and ``clear_cache_tokens`` free MLX's buffer cache
+    (`mx.clear_cache`): the first after every N-th generation (one `stream`/`generate` call, a
+    chat turn with tool calls or retries makes several), the second every N tokens inside a
+    generation (mlx-lm clears every 256); 0 turns either off. ``log_memory_stats`` logs MLX's
+    active, cache and peak memory (logger ``mlx_harmony.generate``, INFO) after each
+    generation. ``max_kv_size`` (a rotating KV cache) works with `TokenGenerator` only.
+    """
+
+    max_kv_size: int | None = None
+    loop_detection: LoopDetector | LoopDetectionMode | str = LoopDetectionMode.CHEAP
+    reseed_each_turn: bool = False
+    """With a seed: start every generation from it instead of continuing one key chain."""
+    mlock: bool = False
+    """Wire the weights in memory (Metal only; elsewhere a warning says it does nothing)."""
+    clear_cache_interval: int = 0
+    clear_cache_tokens: int = 0
+    log_memory_stats: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_kv_size is not None and self.max_kv_size < 1:
+            raise ValueError(f"max_kv_size must be >= 1 or None, got {self.max_kv_size}")
+        for name in ("clear_cache_interval", "clear_cache_tokens"):
+            value = getattr(self, name)
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0 (0: never), got {value}")
+        self.loop_detector()  # a clear error for an unknown mode, now
+
+    def loop_detector(self) -> LoopDetector:
+        if isinstance(self.loop_detection, LoopDetector):
+            return self.loop_detection
+        return make_loop_detector(self.loop_detection)
+
+
+def _clear_buffer_cache() -> None:
+    """Free MLX's buffer cache because an option asked for it (one place, so tests count it)."""
+    mx.clear_cache()
+
+
+class _Housekeeping:
+    """The options' work between and inside generations: cache clearing, memory logs."""
+
+    def __init__(self, options: GeneratorOptions) -> None:
+        self.options = options
+        self.generations = 0
+        self.cleared_at_tokens = 0
+
+    def after_tokens(self, generated: int) -> None:
+        """`generated` tokens so far (a running count); clears every clear_cache_tokens."""
+        every = self.options.clear_cache_tokens
+        if every and generated - self.cleared_at_tokens >= every:
+            self.cleared_at_tokens = generated - generated % every
+            _clear_buffer_cache()
+
+    def after_generation(self) -> None:
+        self.generations += 1
+        interval = self.options.clear_cache_interval
+        if interval and self.generations % interval == 0:
+            _clear_buffer_cache()
+        if self.options.log_memory_stats:
+            logger.info(
+                "memory after generation %d: active %.1f MB, cache %.1f MB, peak %.1f MB",
+                self.generations,
+                mx.get_active_memory() / 2**20,
+                mx.get_cache_memory() / 2**20,
+                mx.get_peak_memory() / 2**20,
+            )
+
+
+def _wire_memory(model: Any) -> int | None:
+    """Raise Metal's wired limit to keep `model` resident; the old limit, or None when
+    nothing was changed (not Metal)."""
+    global _warned_mlock
+    if not mx.metal.is_available():
+        if not _warned_mlock:
+            _warned_mlock = True
+            warnings.warn(
+                f"mlock has no effect on this backend ({mx.default_device()}): MLX wires "
+                "memory only on Metal",
+                RuntimeWarning,
+                stacklevel=4,
+            )
+        return None
+    limit = mx.device_info().get("max_recommended_working_set_size")
+    if limit is None:
+        return None
+    size = _model_bytes(model)
+    if size > 0.9 * limit:
+        warnings.warn(
+            f"the model needs {size // 2**20} MB, close to the {limit // 2**20} MB Metal can "
+            "wire; generation may be slow",
+            RuntimeWarning,
+            stacklevel=4,
+        )
+    return int(mx.set_wired_limit(limit))
+
+
+def _unwire_memory(old_limit: int | None) -> None:
+    if old_limit is not None:
+        mx.synchronize()
+        mx.set_wired_limit(old_limit)
 
 
 def _harmony_stop_tokens() -> frozenset[int]:
@@ -146,6 +268,15 @@ class ModelFacts:
         return frozenset(int(t) for t in stop_tokens)
 
 
+_SHORTHAND_DEFAULTS: dict[str, object] = {
+    "max_kv_size": None,
+    "loop_detection": LoopDetectionMode.CHEAP,
+    "reseed_each_turn": False,
+    "mlock": False,
+    "clear_cache_interval": 0,
+}
+
+
 class TokenGenerator(ModelFacts):
     """Generate from a model with prompt-cache reuse across calls.
 
@@ -158,11 +289,16 @@ class TokenGenerator(ModelFacts):
     ``mx.random.seed(seed)`` on the first call with that seed; later calls continue one key
     chain (a session is reproducible as a whole) unless ``reseed_each_turn=True``, which starts
     every call from the seed (the same prompt then gives the same answer every turn).
+
+    Set-up values come as one `GeneratorOptions` (``options=``); the keyword arguments
+    ``max_kv_size``, ``loop_detection``, ``reseed_each_turn``, ``mlock`` and ``clear_cache``
+    (after every call) are a shorthand for it and may not be mixed with ``options``.
     """
 
     def __init__(
         self,
         model: str | Path | LoadedModel,
+        options: GeneratorOptions | None = None,
         *,
         lazy: bool = False,
         revision: str | None = None,
@@ -177,6 +313,22 @@ class TokenGenerator(ModelFacts):
         mlock: bool = False,
         clear_cache: bool = False,
     ) -> None:
+        shorthand = {
+            "max_kv_size": max_kv_size,
+            "loop_detection": loop_detection,
+            "reseed_each_turn": reseed_each_turn,
+            "mlock": mlock,
+            "clear_cache_interval": 1 if clear_cache else 0,
+        }
+        if options is None:
+            options = GeneratorOptions(**shorthand)  # type: ignore[arg-type]
+        else:
+            mixed = [k for k, v in shorthand.items() if v != _SHORTHAND_DEFAULTS[k]]
+            if mixed:
+                raise TypeError(
+                    f"pass {', '.join(mixed)} inside GeneratorOptions, not beside options="
+                )
+        self.options = options
         self.loaded = (
             model
             if isinstance(model, LoadedModel)
@@ -186,16 +338,12 @@ class TokenGenerator(ModelFacts):
             raise ValueError(f"prefill_step_size must be positive, got {prefill_step_size}")
         self.prefill_step_size = prefill_step_size
         self.reuse_prompt_cache = prompt_cache
-        self.loop_detector = (
-            loop_detection
-            if isinstance(loop_detection, LoopDetector)
-            else make_loop_detector(loop_detection)
-        )
-        self.reseed_each_turn = reseed_each_turn
-        self.clear_cache = clear_cache
+        self.loop_detector = options.loop_detector()
+        self.reseed_each_turn = options.reseed_each_turn
+        self._housekeeping = _Housekeeping(options)
         self.prompt_cache = PromptCache(
             self.loaded.model,
-            max_kv_size=max_kv_size,
+            max_kv_size=options.max_kv_size,
             kv_bits=kv_bits,
             kv_group_size=kv_group_size,
             quantized_kv_start=quantized_kv_start,
@@ -206,44 +354,35 @@ class TokenGenerator(ModelFacts):
         self._seed: int | None = None
         self._chain: mx.array | None = None
         self._active: weakref.ref[Generator[Any, None, None]] | None = None
-        self._old_wired_limit: int | None = None
-        if mlock:
-            self._wire_memory()
+        self._old_wired_limit = _wire_memory(self.model) if options.mlock else None
 
-    # -- memory ----------------------------------------------------------------------------
-
-    def _wire_memory(self) -> None:
-        global _warned_mlock
-        if not mx.metal.is_available():
-            if not _warned_mlock:
-                _warned_mlock = True
-                warnings.warn(
-                    f"mlock has no effect on this backend ({mx.default_device()}): MLX wires "
-                    "memory only on Metal",
-                    RuntimeWarning,
-                    stacklevel=3,
+    def retune(self, options: GeneratorOptions) -> None:
+        """Take the per-call values of `options` (loop detection, seeds, cache clearing,
+        memory logs) for the next calls, e.g. after a chat's ``\\set``. ``mlock`` and
+        ``max_kv_size`` are fixed when the model loads: a change there raises ValueError."""
+        for name in ("mlock", "max_kv_size"):
+            if getattr(options, name) != getattr(self.options, name):
+                raise ValueError(
+                    f"{name} is set when the model loads ({getattr(self.options, name)!r}); "
+                    f"start again with {name}={getattr(options, name)!r} to change it"
                 )
+        if options == self.options:
             return
-        limit = mx.device_info().get("max_recommended_working_set_size")
-        if limit is None:
-            return
-        size = _model_bytes(self.model)
-        if size > 0.9 * limit:
-            warnings.warn(
-                f"the model needs {size // 2**20} MB, close to the {limit // 2**20} MB Metal can "
-                "wire; generation may be slow",
-                RuntimeWarning,
-                stacklevel=3,
-            )
-        self._old_wired_limit = mx.set_wired_limit(limit)
+        self.options = options
+        self.loop_detector = options.loop_detector()
+        self.reseed_each_turn = options.reseed_each_turn
+        self._housekeeping.options = options
+
+    @property
+    def clear_cache(self) -> bool:
+        """Whether MLX's buffer cache is freed after every call."""
+        return self.options.clear_cache_interval == 1
 
     def close(self) -> None:
         """Close an open stream and give wired memory back."""
         self._close_active()
-        if self._old_wired_limit is not None:
-            mx.synchronize()
-            mx.set_wired_limit(self._old_wired_limit)
-            self._old_wired_limit = None
+        old, self._old_wired_limit = self._old_wired_limit, None
+        _unwire_memory(old)
 
     def __enter__(self) -> TokenGenerator:
         return self
@@ -357,6 +496,10 @@ class TokenGenerator(ModelFacts):
         sampler, processors = self._sampling(sampling, logits_processors)
         detector = self.loop_detector if loop_detection is None else loop_detection
         self.last_stats = None
+        housekeeping = self._housekeeping
+        housekeeping.cleared_at_tokens = 0
+        every_tokens = housekeeping.options.clear_cache_tokens
+        generated = 0
         try:
             for event in stream_generate(
                 self.model,
@@ -378,7 +521,9 @@ class TokenGenerator(ModelFacts):
             ):
                 if event.stats is not None:
                     self.last_stats = event.stats
+                elif every_tokens:
+                    generated += 1
+                    housekeeping.after_tokens(generated)
                 yield event
         finally:
-            if self.clear_cache:
-                mx.clear_cache()
+            housekeeping.after_generation()

@@ -60,6 +60,8 @@ class LoadedModel:
     config: dict[str, Any]
     model_type: str
     path: Path
+    adapter_path: Path | None = None
+    """The mlx-lm adapter folder applied on top of the weights, if any."""
     is_harmony: bool = field(init=False)
     _token_bytes: list[bytes] | None = field(default=None, init=False, repr=False)
 
@@ -218,6 +220,68 @@ def _cast_for_cpu(model: nn.Module) -> None:
     model.update(tree_map(widen, model.parameters()))
 
 
+_ADAPTER_TYPES = ("lora", "dora", "full")
+
+
+def _check_adapter_folder(adapter_path: str | Path) -> Path:
+    """An mlx-lm adapter folder (what `mlx_lm.lora` writes): adapter_config.json and
+    adapters.safetensors, checked before mlx-lm reads them."""
+    folder = Path(adapter_path).expanduser()
+    if not folder.exists():
+        raise ModelLoadError(
+            f"adapter folder {str(adapter_path)!r} does not exist; pass the folder that "
+            "mlx_lm.lora wrote (adapter_config.json and adapters.safetensors)"
+        )
+    if not folder.is_dir():
+        raise ModelLoadError(
+            f"adapter path {folder} is a file; pass its folder, which holds adapter_config.json "
+            "and adapters.safetensors"
+        )
+    config_file = folder / "adapter_config.json"
+    if not config_file.is_file():
+        raise ModelLoadError(
+            f"{folder} is not an mlx-lm adapter folder: adapter_config.json is missing"
+        )
+    try:
+        config = json.loads(config_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ModelLoadError(f"{config_file} is not valid JSON: {e}") from e
+    if not isinstance(config, dict):
+        raise ModelLoadError(f"{config_file} must hold a JSON object, got {type(config).__name__}")
+    kind = config.get("fine_tune_type", "lora")
+    if kind not in _ADAPTER_TYPES:
+        raise ModelLoadError(
+            f"{config_file}: fine_tune_type {kind!r} is not one of {list(_ADAPTER_TYPES)}"
+        )
+    if kind != "full":
+        missing = [key for key in ("num_layers", "lora_parameters") if key not in config]
+        params = config.get("lora_parameters")
+        if isinstance(params, dict):
+            missing += [
+                f"lora_parameters.{k}" for k in ("rank", "scale", "dropout") if k not in params
+            ]
+        elif "lora_parameters" not in missing:
+            missing.append("lora_parameters (an object)")
+        if missing:
+            raise ModelLoadError(
+                f"{config_file} is missing {', '.join(missing)}; it is not a {kind} adapter "
+                "config as mlx_lm.lora writes it"
+            )
+    if not (folder / "adapters.safetensors").is_file():
+        raise ModelLoadError(f"{folder} has no adapter weights: adapters.safetensors is missing")
+    return folder
+
+
+def _apply_adapters(model: nn.Module, folder: Path) -> None:
+    from mlx_lm.tuner.utils import load_adapters
+
+    try:
+        load_adapters(model, str(folder))
+    except (ValueError, KeyError, OSError, RuntimeError) as e:
+        raise ModelLoadError(f"could not apply the adapters in {folder} to the model: {e}") from e
+    model.eval()
+
+
 def load_model(
     path_or_repo: str | Path,
     *,
@@ -225,21 +289,27 @@ def load_model(
     revision: str | None = None,
     tokenizer_config: dict[str, Any] | None = None,
     model_config: dict[str, Any] | None = None,
+    adapter_path: str | Path | None = None,
 ) -> LoadedModel:
     """Load a model folder or a Hugging Face repo id with mlx-lm's classes and weights.
 
     ``lazy=True`` maps the weights without reading them (they load on first use); the default
-    reads them now so the first token is not slowed by disk reads.
+    reads them now so the first token is not slowed by disk reads. ``adapter_path`` is a local
+    mlx-lm adapter folder (LoRA, DoRA or full fine-tune, as `mlx_lm.lora` writes it), applied
+    with mlx-lm's `load_adapters`, as `mlx_lm.load(adapter_path=...)` does.
     """
     from mlx_lm.utils import load_model as _mlx_load_model
     from mlx_lm.utils import load_tokenizer
 
     folder = resolve_model_path(path_or_repo, revision=revision)
     _, model_type = _check_folder(folder)
+    adapters = _check_adapter_folder(adapter_path) if adapter_path is not None else None
     try:
         model, config = _mlx_load_model(folder, lazy=True, model_config=model_config)
     except (ValueError, FileNotFoundError) as e:
         raise ModelLoadError(f"mlx-lm could not build the model in {folder}: {e}") from e
+    if adapters is not None:
+        _apply_adapters(model, adapters)
     if model_type in HARMONY_MODEL_TYPES and mx.default_device() == mx.cpu:
         _cast_for_cpu(model)
     if not lazy:
@@ -251,5 +321,10 @@ def load_model(
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"could not load the tokenizer in {folder}: {e}") from e
     return LoadedModel(
-        model=model, tokenizer=tokenizer, config=config, model_type=model_type, path=folder
+        model=model,
+        tokenizer=tokenizer,
+        config=config,
+        model_type=model_type,
+        path=folder,
+        adapter_path=adapters,
     )

@@ -59,6 +59,50 @@ class GenerationStats:
     stop_token: int | None = None
     stop_string: str | None = None
 
+    @classmethod
+    def measured(
+        cls,
+        *,
+        prompt_tokens: int,
+        reused_prompt_tokens: int,
+        completion_tokens: int,
+        prefill_s: float,
+        time_to_first_token_s: float,
+        decode_s: float,
+        kv_length: int,
+        stop_reason: StopReason,
+        loop_detection: str,
+        cache_reuse: CacheReuseMode,
+        stop_token: int | None = None,
+        stop_string: str | None = None,
+        peak_memory_gb: float | None = None,
+    ) -> GenerationStats:
+        """Stats from what a generation measured; the derived values (prefilled tokens, the
+        decode rate over the tokens after the first, MLX's peak memory when not given) are
+        computed here, the same for every generator and test double."""
+        if peak_memory_gb is None:
+            import mlx.core as mx
+
+            peak_memory_gb = mx.get_peak_memory() / 1e9
+        rate = (completion_tokens - 1) / decode_s if completion_tokens > 1 and decode_s else 0.0
+        return cls(
+            prompt_tokens=prompt_tokens,
+            reused_prompt_tokens=reused_prompt_tokens,
+            prefilled_tokens=prompt_tokens - reused_prompt_tokens,
+            prefill_s=prefill_s,
+            time_to_first_token_s=time_to_first_token_s,
+            completion_tokens=completion_tokens,
+            decode_s=decode_s,
+            decode_tokens_per_s=rate,
+            peak_memory_gb=peak_memory_gb,
+            kv_length=kv_length,
+            stop_reason=stop_reason,
+            loop_detection=loop_detection,
+            cache_reuse=cache_reuse,
+            stop_token=stop_token,
+            stop_string=stop_string,
+        )
+
     @property
     def prefill_tokens_per_s(self) -> float:
         return self.prefilled_tokens / self.prefill_s if self.prefill_s > 0 else 0.0

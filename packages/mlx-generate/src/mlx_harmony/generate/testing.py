@@ -250,15 +250,13 @@ class ScriptedGenerator:
         self._cached = fed[:-1] if reason is StopReason.LENGTH else fed
         completion = len(generated)
         elapsed = time.perf_counter() - start
-        stats = GenerationStats(
+        stats = GenerationStats.measured(
             prompt_tokens=len(prompt),
             reused_prompt_tokens=reused,
-            prefilled_tokens=len(prompt) - reused,
             prefill_s=0.0,
             time_to_first_token_s=0.0,
             completion_tokens=completion,
             decode_s=elapsed,
-            decode_tokens_per_s=0.0,
             peak_memory_gb=0.0,
             kv_length=len(self._cached),
             stop_reason=reason,

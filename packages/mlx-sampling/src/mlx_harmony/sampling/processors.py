@@ -8,7 +8,7 @@ Unlike mlx-lm's, they never modify the logits array they are given. Only the las
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
 import mlx.core as mx
 
@@ -27,7 +27,7 @@ LogitsProcessor = Callable[[mx.array, mx.array], mx.array]
 """Token history (T,) or (B, T) and logits (B, V) in, adjusted logits out."""
 
 
-def _recent(tokens: mx.array | Sequence[int], context_size: int) -> mx.array | None:
+def _recent(tokens: mx.array | list[int] | tuple[int, ...], context_size: int) -> mx.array | None:
     """The last `context_size` tokens as an array, or None when there are none."""
     if not isinstance(tokens, mx.array):
         tokens = mx.array(tokens, dtype=mx.int32)

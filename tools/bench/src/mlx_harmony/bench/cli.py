@@ -3,6 +3,8 @@
 mlx-harmony-bench run --target local,server,mlx-lm,mlx-lm-server --limit 20 --out DIR
 mlx-harmony-bench report DIR [DIR ...] [--out DIR]
 mlx-harmony-bench profile --target local --limit 5 --out DIR
+mlx-harmony-bench batching --concurrency 1,2,4,8,16 --out DIR
+mlx-harmony-bench server-overhead --concurrency 1,4 --rounds 3 --out DIR
 """
 
 from __future__ import annotations
@@ -14,13 +16,15 @@ import signal
 import sys
 import threading
 from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
 from .prompts import PromptSetError, load_prompts, select_prompts
 from .records import TARGETS
 from .servers import ServerStartError
-from .targets import DEFAULT_MAX_TOKENS, BenchSettings
+from .targets import DEFAULT_MAX_TOKENS, BenchSettings, Target
 
 __all__ = ["build_parser", "main"]
 
@@ -148,7 +152,71 @@ def build_parser() -> argparse.ArgumentParser:
     profile.add_argument("--tool", choices=("cprofile", "pyinstrument"), default="cprofile")
     profile.add_argument("--top", type=_positive, default=40, help="functions in the summary")
     profile.add_argument("--out", default="bench-profile", help="folder (default bench-profile)")
+
+    for name, (targets, levels, per_client, rounds, description) in SWEEPS.items():
+        sweep = sub.add_parser(name, help=description, description=description)
+        sweep.add_argument(
+            "--target",
+            action="append",
+            default=[],
+            help=f"targets side by side, the first is the reference (default {targets})",
+        )
+        _add_model_options(sweep)
+        # no retries: a reply cut at max_tokens is what a sweep asks for (our server's policy)
+        sweep.set_defaults(max_tokens=128, retries="none")
+        group = sweep.add_argument_group("sweep")
+        group.add_argument(
+            "--concurrency", default=levels, help=f"client counts, comma-separated ({levels})"
+        )
+        group.add_argument(
+            "--requests-per-client",
+            type=_positive,
+            default=per_client,
+            help=f"requests per client at each level ({per_client})",
+        )
+        group.add_argument(
+            "--rounds", type=_positive, default=rounds, help=f"repeats; medians ({rounds})"
+        )
+        if name == "server-overhead":
+            group.add_argument(
+                "--natural-stops",
+                action="store_true",
+                help="let the model stop (default: end tokens banned, replies run to max_tokens)",
+            )
+        else:
+            group.add_argument(
+                "--ban-end-tokens", action="store_true", help="replies run to max_tokens"
+            )
+        group.add_argument(
+            "--one-at-a-time",
+            action="store_true",
+            help="open one target at a time (a model that fits in memory only once)",
+        )
+        group.add_argument("--prompts", help="prompt set JSONL (default: the shipped set)")
+        group.add_argument(
+            "--out", help=f"results folder (default bench-results/{name}-<date-time>)"
+        )
     return parser
+
+
+SWEEPS: dict[str, tuple[str, str, int, int, str]] = {
+    "batching": (
+        "server,mlx-lm-server",
+        "1,2,4,8,16",
+        2,
+        1,
+        "aggregate tokens/s by concurrent clients: our server against mlx_lm.server",
+    ),
+    "server-overhead": (
+        "local,server,mlx-lm-server",
+        "1,4",
+        1,
+        3,
+        "the same turns in-process and through our server (and mlx_lm.server): the server's "
+        "cost as a ratio of tokens/s",
+    ),
+}
+"""Each sweep command's defaults: targets, client counts, requests per client, rounds, help."""
 
 
 def _settings(args: argparse.Namespace) -> BenchSettings:
@@ -279,6 +347,124 @@ def _profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _levels(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(sorted({int(c) for c in text.split(",") if c.strip()}))
+    except ValueError:
+        raise SystemExit(
+            f"mlx-harmony-bench: --concurrency takes whole numbers like 1,2,4, got {text!r}"
+        ) from None
+    if not levels or levels[0] < 1:
+        raise SystemExit(f"mlx-harmony-bench: --concurrency values must be >= 1, got {text!r}")
+    return levels
+
+
+def _sweep_config(settings: BenchSettings, out: Path, *, ban_end_tokens: bool) -> Path:
+    """The prompt config the sweep's in-process and server targets share, written into `out`."""
+    from .sweep import sweep_prompt_config
+    from .targets import resolve_model
+
+    choice = resolve_model(settings)
+    base: dict[str, object] = {}
+    if choice.prompt_config_path is not None:
+        base = json.loads(Path(choice.prompt_config_path).read_text(encoding="utf-8"))
+    elif choice.prompt_config is not None:
+        base = choice.prompt_config.model_dump(mode="json", exclude_unset=True)
+    path = out / "prompt-config.json"
+    config = sweep_prompt_config(base, ban_end_tokens=ban_end_tokens)
+    path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+def _ratio_or_none(top: dict[str, object] | None, bottom: dict[str, object] | None) -> float | None:
+    """Aggregate tokens/s of `top` over `bottom` (median rows), None when either is missing."""
+    a = top and top.get("aggregate_tokens_per_s")
+    b = bottom and bottom.get("aggregate_tokens_per_s")
+    return a / b if isinstance(a, float) and isinstance(b, float) and b else None
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from .sweep import NEVER_END, SweepPlan, SweepRow, median_rows, run_sweep, write_sweep
+    from .targets import open_target, resolve_model
+
+    name = args.command
+    names = _targets(args.target or [SWEEPS[name][0]])
+    levels = _levels(args.concurrency)
+    ban = not args.natural_stops if name == "server-overhead" else args.ban_end_tokens
+    plan = SweepPlan(
+        name=name,
+        levels=levels,
+        requests_per_client=args.requests_per_client,
+        rounds=args.rounds,
+        ban_end_tokens=ban,
+    )
+    out = Path(args.out or Path("bench-results") / f"{name}-{datetime.now():%Y%m%d-%H%M%S}")
+    out.mkdir(parents=True, exist_ok=True)
+    settings = replace(
+        _settings(args),
+        out=out,
+        max_concurrency=args.max_concurrency or levels[-1],
+        extra_body={"logit_bias": NEVER_END} if ban else {},
+    )
+    settings = replace(
+        settings, prompt_config=str(_sweep_config(settings, out, ban_end_tokens=ban))
+    )
+    model = resolve_model(settings).model
+    pool = [p for p in load_prompts(args.prompts) if len(p.turns) == 1]
+    pool = [p for p in pool if p.category != "long-context"] or pool
+    print(
+        f"mlx-harmony-bench {name}: {', '.join(names)}; model {model}; clients {list(levels)}; "
+        f"{plan.requests_per_client} request(s) per client; max_tokens {settings.max_tokens}; "
+        f"rounds {plan.rounds}; into {out}",
+        file=sys.stderr,
+    )
+
+    def show(row: SweepRow) -> None:
+        print(
+            f"  round {row.round + 1} {row.target:<14} x{row.clients:<3} "
+            f"{row.completion_tokens:>6} tok in {row.seconds:.2f} s = "
+            f"{row.aggregate_tokens_per_s or 0:.1f} tok/s, {row.errors} errors",
+            file=sys.stderr,
+        )
+
+    rows: list[SweepRow] = []
+    notes: dict[str, dict[str, object]] = {}
+    groups = [[n] for n in names] if args.one_at_a_time else [names]
+    try:
+        for group in groups:
+            with ExitStack() as stack:
+                targets: dict[str, Target] = {}
+                for n in group:
+                    targets[n] = stack.enter_context(open_target(n, settings))
+                    notes[n] = {k: v for k, v in targets[n].notes.items() if k != "log"}
+                rows += run_sweep(targets, pool, settings, plan, records_dir=out, on_row=show)
+    except (ServerStartError, ValueError, RuntimeError) as error:
+        print(f"mlx-harmony-bench {name}: {error}", file=sys.stderr)
+        return 1
+    extra = [
+        f"Note: {note['max_concurrency_note']}."
+        for note in notes.values()
+        if note.get("max_concurrency_note")
+    ]
+    merged = median_rows(rows)
+    ratio = _ratio_or_none(merged.get(("server", 1)), merged.get(("local", 1)))
+    if ratio is not None:
+        extra.append(f"server / local at 1 client: {ratio:.3f} (1.0: the server costs nothing).")
+    text = write_sweep(
+        out,
+        plan,
+        model=model,
+        max_tokens=settings.max_tokens,
+        rows=rows,
+        names=names,
+        notes=notes,
+        title=SWEEPS[name][4][0].upper() + SWEEPS[name][4][1:],
+        extra_notes=extra,
+    )
+    print("\n" + text)
+    return 1 if any(r.errors for r in rows) else 0
+
+
 def _terminate_as_exit(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
@@ -294,6 +480,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run(args, argv)
         if args.command == "report":
             return _report(args, argv)
+        if args.command in SWEEPS:
+            return _sweep(args)
         return _profile(args)
     except PromptSetError as error:
         print(f"mlx-harmony-bench: {error}", file=sys.stderr)

@@ -29,8 +29,10 @@ __all__ = [
     "git_commit",
     "machine_info",
     "package_versions",
+    "portable_path",
     "read_records",
     "read_run",
+    "scrub_paths",
     "utc_now",
     "write_records",
 ]
@@ -160,6 +162,41 @@ def read_records(path: str | os.PathLike[str]) -> list[TurnRecord]:
 def read_run(folder: str | os.PathLike[str]) -> RunInfo:
     path = Path(folder) / RUN_FILE
     return RunInfo.model_validate_json(path.read_text(encoding="utf-8"))
+
+
+def portable_path(text: str) -> str:
+    """A path as a committed result may show it: relative to the working folder when under it,
+    ``<venv>/...`` inside this interpreter's environment, else only its last part, so that no
+    result names a user's home, a temporary folder or a virtualenv. Anything that is not an
+    absolute path of this machine (a Hugging Face repo id, a URL path) is returned unchanged."""
+    if not os.path.isabs(text):
+        return text
+    path = Path(text)
+    roots = {Path.cwd(), Path.home(), Path(sys.prefix), Path(sys.base_prefix), Path("/tmp")}
+    if not path.exists() and not any(path.is_relative_to(root) for root in roots):
+        return text
+    venv, python = Path(sys.prefix), Path(sys.base_prefix)
+    if venv != Path("/") and path.is_relative_to(venv):
+        return (Path("<venv>") / path.relative_to(venv)).as_posix()
+    if path.is_relative_to(Path.cwd()):
+        return path.relative_to(Path.cwd()).as_posix() or "."
+    if python != Path("/") and path.is_relative_to(python):
+        return (Path("<python>") / path.relative_to(python)).as_posix()
+    return path.name or text
+
+
+def scrub_paths(value: Any) -> Any:
+    """`value` (JSON-like: dicts, lists, strings) with every absolute path of this machine made
+    portable by `portable_path`, including the words of a command line held in one string."""
+    if isinstance(value, dict):
+        return {key: scrub_paths(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [scrub_paths(item) for item in value]
+    if isinstance(value, str):
+        if " " in value:
+            return " ".join(portable_path(word) for word in value.split(" "))
+        return portable_path(value)
+    return value
 
 
 def utc_now() -> str:

@@ -355,13 +355,7 @@ class LocalTarget:
         else:
             self.config = PromptConfig.from_file(self.prompt_config)
         cfg = self.config.effective()
-        self.generator = TokenGenerator(
-            self.model,
-            max_kv_size=cfg.max_kv_size,
-            loop_detection=cfg.loop_detection,
-            reseed_each_turn=cfg.reseed_each_turn,
-            mlock=cfg.mlock,
-        )
+        self.generator = TokenGenerator(self.model, self.config.generator_options())
         self.tap = _TokenTap(self.generator)
         policy = DEFAULT_RETRY_POLICY if self.retries == "cli" else RetryPolicy(max_retries=0)
         self.backend = LocalBackend(

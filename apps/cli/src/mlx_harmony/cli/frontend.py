@@ -1,4 +1,4 @@
-"""The front-end loop the CLI and the server's stdio client share: lines in, events out.
+"""The chat front-end loop, over a local model or a server alike: lines in, events out.
 
 `ChatFrontend.handle(line)` takes one line the user typed. A chat command (``\\set``,
 ``\\undo``, ...) is applied with the pure functions of `mlx_harmony.controller.commands` and
@@ -26,15 +26,26 @@ from mlx_harmony.chat_history import (
     new_chat,
     save_chat,
 )
+from mlx_harmony.controller import (
+    ChatBackend,
+    ChatRequest,
+    CommandAction,
+    CommandOutput,
+    ContextOverflowError,
+    FrontendEvent,
+    PromptConfig,
+    Quit,
+    SessionState,
+    Turn,
+    TurnDone,
+    apply_command,
+    drop_last_turn,
+    hyperparameters_of,
+    parse_command,
+    record_turn,
+    turns_from_log,
+)
 from mlx_harmony.harmony_format import FunctionTool, Message
-
-from .backend import ChatBackend, ChatRequest
-from .commands import CommandAction, SessionState, Turn, apply_command, parse_command
-from .config import PromptConfig
-from .context import ContextOverflowError
-from .events import CommandOutput, FrontendEvent, Quit, TurnDone
-from .recording import drop_last_turn, record_turn, turns_from_log
-from .turn import hyperparameters_of
 
 __all__ = ["ChatFrontend"]
 
@@ -174,7 +185,8 @@ class ChatFrontend:
     def _do_retry(
         self, state: SessionState, message: str, cancel: Cancel
     ) -> Iterator[FrontendEvent]:
-        before_state, before_messages = self.state, list(self.log.messages)
+        chat = self.log.active
+        before = (self.state, list(chat.messages), chat.active_leaf_id)
         drop_last_turn(self.log)
         self.state = state
         yield CommandOutput(message, command="retry")
@@ -183,8 +195,7 @@ class ChatFrontend:
             finished = finished or isinstance(event, TurnDone)
             yield event
         if not finished:  # the turn failed: put the old reply back
-            self.state = before_state
-            self.log.messages[:] = before_messages
+            self.state, chat.messages[:], chat.active_leaf_id = before
 
     def _do_save(self, path: str | None) -> CommandOutput:
         target = Path(path) if path else self.chat_path

@@ -12,7 +12,12 @@ default, because every public engine needs a key or forbids scripts. A SearxNG i
 Without one, `search` is left out of the declaration and refused when called.
 
 By default only public addresses are opened: a URL whose host is (or resolves to) a loopback,
-private, link-local or reserved address is refused, redirects included.
+private, link-local or reserved address is refused, redirects included. The check sits in the
+socket layer: each connection resolves its host once, checks every address, and connects to
+the checked address (TLS still verifies the original name), so a name that resolves
+differently a moment later (DNS rebinding) cannot reach a local service. Every redirect hop
+opens its own connection and is checked the same way. Proxies from the environment are not
+used, since a proxy would connect on its own.
 """
 
 from __future__ import annotations
@@ -21,18 +26,29 @@ import ipaddress
 import json
 import socket
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote_plus, urlsplit
 
+import httpcore
 import httpx
 from openai_harmony import ToolNamespaceConfig
 
 from ._html import extract_html, get_domain
 from .base import ToolDeclarations, ToolResult
 
-__all__ = ["BrowserError", "BrowserTool", "Link", "Page"]
+__all__ = ["BrowserError", "BrowserTool", "Link", "Page", "Resolver", "system_resolver"]
+
+Resolver = Callable[[str, int], Sequence[str]]
+"""Host name and port to IP address strings (`system_resolver` asks the system)."""
+
+
+def system_resolver(host: str, port: int) -> list[str]:
+    """The addresses `getaddrinfo` gives for `host` (TCP)."""
+    infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [str(info[4][0]) for info in infos]
+
 
 _USER_AGENT = "Mozilla/5.0 (compatible; mlx-harmony-browser/0.1)"
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
@@ -84,8 +100,11 @@ class BrowserTool:
         max_search_results: int = 10,
         allow_private: bool = False,
         user_agent: str = _USER_AGENT,
-        client: httpx.Client | None = None,
+        resolver: Resolver = system_resolver,
+        network_backend: httpcore.NetworkBackend | None = None,
     ) -> None:
+        """`resolver` and `network_backend` (the sockets under the address check) exist for
+        tests and unusual networks; the defaults are the system's."""
         if search_url is not None and "{query}" not in search_url:
             raise ValueError(
                 f"search_url must contain '{{query}}' where the query goes, got {search_url!r}"
@@ -98,14 +117,17 @@ class BrowserTool:
         self.line_width = line_width
         self.max_search_results = max_search_results
         self.allow_private = allow_private
-        self._owns_client = client is None
-        self._client = client or httpx.Client(
+        backend = _CheckedBackend(
+            resolver, allow_private=allow_private, inner=network_backend or httpcore.SyncBackend()
+        )
+        self._client = httpx.Client(
+            transport=_CheckedTransport(backend),
             timeout=timeout_s,
             follow_redirects=True,
             max_redirects=5,
             headers={"User-Agent": user_agent},
+            trust_env=False,  # a proxy would connect to the name itself, unchecked
         )
-        self._client.event_hooks.setdefault("request", []).append(self._check_request)
         self.stack: list[Page] = []
         self._cache: dict[str, Page] = {}
 
@@ -164,8 +186,7 @@ class BrowserTool:
         self._cache.clear()
 
     def close(self) -> None:
-        if self._owns_client:
-            self._client.close()
+        self._client.close()
 
     # -- the three functions ----------------------------------------------------------------
     def search(self, query: str, *, topn: int = 10) -> str:
@@ -365,27 +386,79 @@ class BrowserTool:
             content_type += f"; charset={charset}"
         return b"".join(chunks), content_type, final_url
 
-    def _check_request(self, request: httpx.Request) -> None:
-        if self.allow_private:
-            return
-        host = request.url.host
+
+class _CheckedBackend(httpcore.NetworkBackend):
+    """Resolves once, checks every address, and connects to a checked address (the pin)."""
+
+    def __init__(
+        self, resolver: Resolver, *, allow_private: bool, inner: httpcore.NetworkBackend
+    ) -> None:
+        self._resolver = resolver
+        self._allow_private = allow_private
+        self._inner = inner
+
+    def addresses(self, host: str, port: int) -> list[str]:
+        """The addresses to try for `host`; `httpcore.ConnectError` when any is refused."""
         try:
-            addresses = {ipaddress.ip_address(host)}
+            found = [str(ipaddress.ip_address(host.strip("[]")))]
         except ValueError:
             try:
-                infos = socket.getaddrinfo(host, request.url.port or 443, type=socket.SOCK_STREAM)
+                found = list(self._resolver(host, port))
             except OSError as error:
-                raise httpx.ConnectError(
-                    f"cannot resolve {host}: {error}", request=request
-                ) from None
-            addresses = {ipaddress.ip_address(info[4][0]) for info in infos}
-        for address in addresses:
-            if not address.is_global or address.is_multicast:
-                raise httpx.ConnectError(
-                    f"refused: {host} is a local or private address ({address}); "
-                    "the browser opens public addresses only",
-                    request=request,
+                raise httpcore.ConnectError(f"cannot resolve {host}: {error}") from None
+            if not found:
+                raise httpcore.ConnectError(f"cannot resolve {host}: no addresses") from None
+        if not self._allow_private:
+            for text in found:
+                address = ipaddress.ip_address(text)
+                if not address.is_global or address.is_multicast:
+                    raise httpcore.ConnectError(
+                        f"refused: {host} is a local or private address ({address}); "
+                        "the browser opens public addresses only"
+                    )
+        return found
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Any = None,
+    ) -> httpcore.NetworkStream:
+        error: httpcore.ConnectError | None = None
+        for address in self.addresses(host, port):
+            try:
+                return self._inner.connect_tcp(
+                    address, port, timeout, local_address, socket_options
                 )
+            except httpcore.ConnectError as failed:
+                error = failed
+        assert error is not None
+        raise error
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Any = None
+    ) -> httpcore.NetworkStream:
+        raise httpcore.ConnectError("the browser does not open Unix sockets")
+
+    def sleep(self, seconds: float) -> None:
+        self._inner.sleep(seconds)
+
+
+class _CheckedTransport(httpx.HTTPTransport):
+    """httpx's transport over a connection pool that connects through `_CheckedBackend`."""
+
+    def __init__(self, backend: _CheckedBackend) -> None:
+        super().__init__()
+        # httpx offers no network_backend argument; its pool is rebuilt with ours.
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=httpx.create_ssl_context(),
+            max_connections=10,
+            max_keepalive_connections=5,
+            keepalive_expiry=5.0,
+            network_backend=backend,
+        )
 
 
 def _decode(body: bytes, content_type: str) -> str:

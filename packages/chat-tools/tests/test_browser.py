@@ -4,10 +4,11 @@ from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+import httpcore
 import pytest
 
-from mlx_harmony.controller.tools import BrowserTool, ToolRegistry
-from mlx_harmony.controller.tools._html import extract_html
+from mlx_harmony.tools import BrowserTool, ToolRegistry
+from mlx_harmony.tools._html import extract_html
 
 LONG_PAGE = (
     "<html><head><title>Long page</title><style>p {color: red}</style>"
@@ -256,3 +257,115 @@ class _Call:
     def __init__(self, recipient: str, arguments: str) -> None:
         self.recipient = recipient
         self.arguments = arguments
+
+
+class _Server:
+    """A local HTTP server that answers every path with one response and counts requests."""
+
+    def __init__(self, status: int, headers: dict[str, str], body: str) -> None:
+        self.requests: list[str] = []
+        owner = self
+
+        class OneAnswer(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                owner.requests.append(f"{self.headers['Host']}{self.path}")
+                data = body.encode()
+                self.send_response(status)
+                for name, value in {"Content-Type": "text/plain", **headers}.items():
+                    self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.http = ThreadingHTTPServer(("127.0.0.1", 0), OneAnswer)
+        self.port = self.http.server_port
+        threading.Thread(target=self.http.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.http.shutdown()
+        self.http.server_close()
+
+
+PUBLIC_IP = "8.8.8.8"  # stands for "some public server"; never really contacted
+
+
+class _LoopbackForPublic(httpcore.NetworkBackend):
+    """Sockets where connecting to PUBLIC_IP lands on a local test server (no real traffic)."""
+
+    def __init__(self, public_port: int) -> None:
+        self.public_port = public_port
+        self.connected: list[tuple[str, int]] = []
+        self._real = httpcore.SyncBackend()
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: object = None,
+    ) -> httpcore.NetworkStream:
+        self.connected.append((host, port))
+        if host == PUBLIC_IP:
+            return self._real.connect_tcp("127.0.0.1", self.public_port, timeout)
+        return self._real.connect_tcp(host, port, timeout)
+
+
+def test_a_name_that_rebinds_to_loopback_cannot_reach_the_local_server() -> None:
+    public = _Server(200, {}, "PUBLIC PAGE")
+    secret = _Server(200, {}, "LOCAL SECRET")
+    answers = iter([[PUBLIC_IP], ["127.0.0.1"], ["127.0.0.1"]])
+    asked: list[str] = []
+
+    def rebinding(host: str, port: int) -> list[str]:
+        asked.append(host)
+        return next(answers)  # public when checked, loopback on any later look-up
+
+    sockets = _LoopbackForPublic(public.port)
+    tool = BrowserTool(resolver=rebinding, network_backend=sockets)
+    try:
+        result = tool.execute(
+            "browser.open", json.dumps({"id": f"http://rebind.test:{secret.port}/"})
+        )
+    finally:
+        tool.close()
+        public.close()
+        secret.close()
+    assert not result.error, result.content
+    assert "PUBLIC PAGE" in result.content
+    assert secret.requests == []
+    assert asked == ["rebind.test"]  # one look-up: the checked address is the one used
+    assert sockets.connected == [(PUBLIC_IP, secret.port)]
+    assert public.requests == [f"rebind.test:{secret.port}/"]  # the original Host header
+
+
+def test_a_redirect_to_a_private_address_is_refused() -> None:
+    secret = _Server(200, {}, "LOCAL SECRET")
+    public = _Server(302, {"Location": f"http://127.0.0.1:{secret.port}/admin"}, "moved")
+    sockets = _LoopbackForPublic(public.port)
+    tool = BrowserTool(resolver=lambda host, port: [PUBLIC_IP], network_backend=sockets)
+    try:
+        result = tool.execute("browser.open", json.dumps({"id": "http://public.test/start"}))
+        # A redirect to a name that resolves to a private address is refused the same way.
+        private_name = BrowserTool(
+            resolver=lambda host, port: ["10.0.0.5"] if host == "intranet.test" else [PUBLIC_IP],
+            network_backend=sockets,
+        )
+        public_to_name = _Server(302, {"Location": "http://intranet.test/"}, "moved")
+        sockets.public_port = public_to_name.port
+        named = private_name.execute("browser.open", json.dumps({"id": "http://public.test/"}))
+        private_name.close()
+        public_to_name.close()
+    finally:
+        tool.close()
+        public.close()
+        secret.close()
+    assert result.error
+    assert "127.0.0.1 is a local or private address" in result.content
+    assert secret.requests == []
+    assert named.error
+    assert "intranet.test is a local or private address (10.0.0.5)" in named.content
+    assert ("10.0.0.5", 80) not in sockets.connected

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from mlx_harmony.chat_history import load_chat, new_chat, save_chat
+from mlx_harmony.cli.frontend import ChatFrontend
 from mlx_harmony.controller import (
     AnswerDelta,
     ChatBackend,
-    ChatFrontend,
     CommandOutput,
     ContextBudget,
     ContextOverflowError,
@@ -48,12 +48,12 @@ def test_a_message_runs_a_turn_and_is_recorded() -> None:
     assert "".join(e.text for e in events if isinstance(e, ThinkingDelta)) == "Be kind."
     assert len(front.turns) == 1
     assert front.turns[0].user == Message.user("Hi!")
-    assert [(m.role, m.content) for m in front.log.messages] == [
+    assert [(m.role, m.content) for m in front.log.branch()] == [
         ("user", "Hi!"),
         ("assistant", "Hello there."),
     ]
     assert front.log.messages[1].analysis == "Be kind."
-    assert backend.requests[0].config.temperature == 0.4
+    assert backend.requests[0].config.setting("temperature") == 0.4
     # the next message sees the history
     backend.add("Second.")
     list(front.handle("Again"))
@@ -86,7 +86,7 @@ def test_help_show_set_and_reasoning_change_the_next_request() -> None:
     assert "top_p must be in (0, 1]" in bad.text
     list(front.handle("go"))
     config = backend.requests[0].config
-    assert config.temperature == 0.25
+    assert config.setting("temperature") == 0.25
     assert config.reasoning_effort == "high"
     assert front.log.header.hyperparameters["temperature"] == 0.25
 
@@ -98,19 +98,20 @@ def test_unknown_commands_are_errors_that_suggest_the_right_one() -> None:
     assert "\\retry" in out.text
 
 
-def test_undo_drops_the_last_turn_from_the_session_and_the_log() -> None:
+def test_undo_drops_the_last_turn_from_the_session_and_the_active_branch() -> None:
     front = ChatFrontend(FakeBackend(["one", "two"]))
     list(front.handle("first"))
     list(front.handle("second"))
     [out] = outputs(front.handle("\\undo"))
     assert not out.error
     assert [t.user.text for t in front.turns] == ["first"]
-    assert [m.content for m in front.log.messages] == ["first", "one"]
+    assert [m.content for m in front.log.branch()] == ["first", "one"]
     list(front.handle("\\undo"))
     [empty] = outputs(front.handle("\\undo"))
     assert empty.error
     assert front.turns == ()
-    assert front.log.messages == []
+    assert front.log.branch() == []
+    assert len(front.log.messages) == 4  # undone turns stay in the file, on their own branch
 
 
 def test_retry_generates_the_last_reply_again_in_place() -> None:
@@ -125,7 +126,7 @@ def test_retry_generates_the_last_reply_again_in_place() -> None:
     assert request.turn.user.text == "q2"
     assert request.turn.replies == ()
     assert [t.user.text for t in request.history] == ["q1"]
-    assert [m.content for m in front.log.messages] == ["q1", "one", "q2", "second try"]
+    assert [m.content for m in front.log.branch()] == ["q1", "one", "q2", "second try"]
     assert front.turns[-1].replies[-1].text == "second try"
 
 
@@ -137,7 +138,7 @@ def test_a_retry_that_fails_keeps_the_old_reply() -> None:
     assert outputs(events)[-1].error
     assert "500 tokens" in outputs(events)[-1].text
     assert front.turns[-1].replies[-1].text == "kept"
-    assert [m.content for m in front.log.messages] == ["q", "kept"]
+    assert [m.content for m in front.log.branch()] == ["q", "kept"]
 
 
 def test_a_message_too_long_for_the_context_is_an_error_and_changes_nothing() -> None:
@@ -161,7 +162,7 @@ def test_save_and_load_round_trip(tmp_path) -> None:
     [saved] = outputs(front.handle(f"\\save {path}"))
     assert not saved.error
     assert str(path) in saved.text
-    assert json.loads(path.read_text())["schema_version"] == 2
+    assert json.loads(path.read_text())["schema_version"] == 3
     assert load_chat(path).header.model_path == "my-model"
 
     backend = FakeBackend(["Welcome back."])
@@ -175,7 +176,7 @@ def test_save_and_load_round_trip(tmp_path) -> None:
     assert [t.user.text for t in backend.requests[0].history] == ["Hi"]
     # \save with no path now writes to the loaded file
     outputs(other.handle("\\save"))
-    assert [m.content for m in load_chat(path).messages] == [
+    assert [m.content for m in load_chat(path).branch()] == [
         "Hi",
         "Hello.",
         "More",
@@ -251,7 +252,7 @@ def test_autosave_writes_after_every_turn(tmp_path) -> None:
     assert len(load_chat(path).messages) == 2
     list(front.handle("2"))
     list(front.handle("\\undo"))
-    assert [m.content for m in load_chat(path).messages] == ["1", "a"]
+    assert [m.content for m in load_chat(path).branch()] == ["1", "a"]
 
 
 def test_a_saved_log_continues(tmp_path) -> None:
@@ -297,7 +298,7 @@ def test_the_loop_on_a_local_backend_with_retry_and_tokens() -> None:
     events = list(front.handle("\\retry"))
     assert answer(events) == "Again, short."
     assert generator.calls[-1].max_tokens == 8  # the user's setting, not the retry's
-    assert [m.content for m in front.log.messages] == ["Talk", "Again, short."]
+    assert [m.content for m in front.log.branch()] == ["Talk", "Again, short."]
     list(front.handle("\\clear"))
     generator.add(Script.harmony("Fresh."))
     list(front.handle("New topic"))

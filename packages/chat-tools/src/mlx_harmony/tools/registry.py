@@ -25,7 +25,7 @@ __all__ = ["ApplyPatchTool", "ToolRegistry", "apply_patch_instructions"]
 
 def apply_patch_instructions() -> str:
     """The developer-message text that teaches the model the V4A patch format."""
-    return files("mlx_harmony.controller.tools").joinpath("apply_patch.md").read_text("utf-8")
+    return files("mlx_harmony.tools").joinpath("apply_patch.md").read_text("utf-8")
 
 
 class ApplyPatchTool:

@@ -7,7 +7,8 @@ values, and maps the streamed answer back onto the controller's events: `Thinkin
 `AnswerDelta`, `ToolCallEvent`, `StatsEvent` and a `TurnDone` whose `TurnResult` holds the
 same messages a local turn would.
 
-It lives here, not in the api-client, so that the api-client stays free of MLX.
+It lives in the CLI, not in the api-client (which stays free of MLX) nor in the controller
+(which stays free of HTTP).
 """
 
 from __future__ import annotations
@@ -19,9 +20,7 @@ from typing import Any
 
 from mlx_harmony.api_client import Client
 from mlx_harmony.api_client.types import ContentDelta, ReasoningDelta
-from mlx_harmony.harmony_format import FunctionTool, Message, Role, ToolCall
-
-from . import (
+from mlx_harmony.controller import (
     AnswerDelta,
     ChatRequest,
     FinishReason,
@@ -38,6 +37,7 @@ from . import (
     as_turn,
     hyperparameters_of,
 )
+from mlx_harmony.harmony_format import FunctionTool, Message, Role, ToolCall
 
 __all__ = ["ServerBackend", "request_body"]
 
@@ -139,7 +139,7 @@ def request_body(
     cfg = config.effective()
     body: dict[str, Any] = {"messages": _messages(turns, cfg)}
     for name in _SAMPLING:
-        value = getattr(cfg, name)
+        value = cfg.setting(name)
         if value is not None:
             body[name] = {str(k): v for k, v in value.items()} if name == "logit_bias" else value
     if cfg.max_tokens is not None:

@@ -3,9 +3,14 @@ from pathlib import Path
 import pytest
 from openai_harmony import Conversation, DeveloperContent, Message, Role, SystemContent
 
-from mlx_harmony.controller import ToolCall, ToolRegistry, ToolResult, render_tool_result
-from mlx_harmony.controller.tools import apply_patch_instructions
 from mlx_harmony.harmony_format import get_encoding
+from mlx_harmony.tools import (
+    ToolCall,
+    ToolRegistry,
+    ToolResult,
+    apply_patch_instructions,
+    render_tool_result,
+)
 
 
 def test_from_flags_enables_only_what_is_asked(tmp_path: Path) -> None:

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from mlx_harmony.controller.tools.patch import (
+from mlx_harmony.tools.patch import (
     AddFile,
     DeleteFile,
     PatchError,
@@ -265,7 +265,7 @@ def test_patch_text_is_taken_out_of_json_wrappers(wrapped: str) -> None:
 def test_a_failed_write_puts_back_the_files_already_written(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from mlx_harmony.controller.tools import patch as module
+    from mlx_harmony.tools import patch as module
 
     (tmp_path / "a.txt").write_text("a\n")
     (tmp_path / "b.txt").write_text("b\n")

@@ -10,10 +10,12 @@ import httpx
 import pytest
 
 from mlx_harmony.api_client import Client
+from mlx_harmony.chat_history import load_chat
+from mlx_harmony.cli.frontend import ChatFrontend
+from mlx_harmony.cli.remote import ServerBackend, request_body
 from mlx_harmony.controller import (
     AnswerDelta,
     ChatBackend,
-    ChatFrontend,
     ChatRequest,
     FinishReason,
     PromptConfig,
@@ -23,7 +25,6 @@ from mlx_harmony.controller import (
     Turn,
     TurnDone,
 )
-from mlx_harmony.controller.remote import ServerBackend, request_body
 from mlx_harmony.harmony_format import FunctionTool, Message
 
 USAGE = {
@@ -206,8 +207,8 @@ def test_the_shared_front_end_loop_runs_unchanged_on_the_server_backend(tmp_path
     ]
     tokens = list(frontend.handle("\\tokens"))
     assert "123 of 4096" in tokens[0].text
-    saved = json.loads((tmp_path / "chat.json").read_text())
-    assert len(saved["messages"]) >= 4
+    saved = load_chat(tmp_path / "chat.json")
+    assert len(saved.branch()) >= 4
 
 
 @pytest.mark.parametrize("turns", [()])

@@ -1,0 +1,228 @@
+"""What a chat turn is and what it produced: `Turn`, `TurnResult` and their parts.
+
+These types sit under the turn code (`turn.py`), the events it streams (`events.py`) and the
+chat-log recording (`recording.py`), which all import them; this module imports none of those.
+Nothing here imports MLX.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any
+
+from mlx_harmony.harmony_format import Message, Role, ToolCall
+
+if TYPE_CHECKING:
+    from mlx_harmony.generate import GenerationStats
+
+__all__ = [
+    "TRUNCATED_MARKER",
+    "FinishReason",
+    "GenerationInfo",
+    "RetryReason",
+    "RetryRecord",
+    "Turn",
+    "TurnResult",
+    "as_turn",
+]
+
+TRUNCATED_MARKER = "[truncated]"
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One exchange: the user's message and the messages that answered it (reasoning, tool
+    calls and their results, the answer)."""
+
+    user: Message
+    replies: tuple[Message, ...] = ()
+
+
+class RetryReason(StrEnum):
+    """Why an attempt was thrown away and generated again."""
+
+    LENGTH = "length"
+    """max_tokens was reached before the answer looked complete."""
+    NO_FINAL = "no_final"
+    """The model only thought (analysis) and never wrote a final answer."""
+    LOOP = "loop"
+    """The loop detector stopped a generation stuck repeating itself."""
+
+
+class FinishReason(StrEnum):
+    """How a turn ended (the server maps these to OpenAI's ``finish_reason``)."""
+
+    STOP = "stop"
+    """The model finished its answer."""
+    LENGTH = "length"
+    """max_tokens cut the answer and the retries did not help."""
+    TOOL_CALLS = "tool_calls"
+    """The model called functions the caller must run; see `TurnResult.tool_calls`."""
+    LOOP = "loop"
+    """The answer kept looping after the loop retries."""
+    NO_FINAL = "no_final"
+    """The model gave no final answer after the retries."""
+    TOOL_LIMIT = "tool_limit"
+    """The model kept calling tools after ``max_tool_rounds`` and being told to answer."""
+    CANCELLED = "cancelled"
+    """The caller cancelled the turn."""
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationInfo:
+    """Counts and timings of one generation (an attempt or a tool round), in seconds and GB.
+
+    A plain copy of mlx-generate's `GenerationStats` fields that a front end shows, so that
+    events do not need MLX; an HTTP backend fills it from the server's usage data.
+    """
+
+    prompt_tokens: int
+    completion_tokens: int
+    reused_prompt_tokens: int = 0
+    prefill_s: float = 0.0
+    time_to_first_token_s: float = 0.0
+    decode_s: float = 0.0
+    decode_tokens_per_s: float = 0.0
+    peak_memory_gb: float = 0.0
+    stop_reason: str = "stop"
+    cache_reuse: str | None = None
+    stop_string: str | None = None
+
+    @property
+    def prefilled_tokens(self) -> int:
+        return self.prompt_tokens - self.reused_prompt_tokens
+
+    @property
+    def prompt_tokens_per_s(self) -> float:
+        return self.prefilled_tokens / self.prefill_s if self.prefill_s > 0 else 0.0
+
+    @classmethod
+    def from_stats(cls, stats: GenerationStats) -> GenerationInfo:
+        """From mlx-generate's `GenerationStats` (read by attribute; no import needed)."""
+        return cls(
+            prompt_tokens=stats.prompt_tokens,
+            completion_tokens=stats.completion_tokens,
+            reused_prompt_tokens=stats.reused_prompt_tokens,
+            prefill_s=stats.prefill_s,
+            time_to_first_token_s=stats.time_to_first_token_s,
+            decode_s=stats.decode_s,
+            decode_tokens_per_s=stats.decode_tokens_per_s,
+            peak_memory_gb=stats.peak_memory_gb,
+            stop_reason=str(getattr(stats.stop_reason, "value", stats.stop_reason)),
+            cache_reuse=str(getattr(stats.cache_reuse, "value", stats.cache_reuse)),
+            stop_string=getattr(stats, "stop_string", None),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RetryRecord:
+    """One thrown-away attempt: why, and what the next attempt changed."""
+
+    attempt: int
+    reason: RetryReason
+    stop_reason: str
+    completion_tokens: int
+    max_tokens: int
+    detail: str
+    instruction: str | None = None
+    sampling: Mapping[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The form stored on the turn in the chat log (``retries``)."""
+        data: dict[str, Any] = {
+            "attempt": self.attempt,
+            "reason": self.reason.value,
+            "stop_reason": self.stop_reason,
+            "completion_tokens": self.completion_tokens,
+            "max_tokens": self.max_tokens,
+            "detail": self.detail,
+        }
+        if self.instruction:
+            data["instruction"] = self.instruction
+        if self.sampling:
+            data["sampling"] = dict(self.sampling)
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class TurnResult:
+    """Everything a turn produced.
+
+    ``turn`` is the whole turn (user message and every reply, reasoning and tool messages
+    included) to keep in the session; ``new_replies`` the replies this call added. ``final`` is
+    the answer, ``tool_calls`` the calls returned to the caller. ``hyperparameters`` are the
+    user's settings for the turn (never a retry's overrides), as stored in the chat log.
+    """
+
+    turn: Turn
+    final: str
+    finish_reason: FinishReason
+    analysis: str = ""
+    tool_calls: tuple[ToolCall, ...] = ()
+    truncated: bool = False
+    retries: tuple[RetryRecord, ...] = ()
+    tool_rounds: int = 0
+    generations: tuple[GenerationInfo, ...] = ()
+    hyperparameters: Mapping[str, Any] = field(default_factory=dict)
+    dropped_turns: int = 0
+    prompt_tokens: int = 0
+    total_s: float = 0.0
+    user_is_new: bool = True
+    replies_start: int = 0
+
+    @property
+    def new_replies(self) -> tuple[Message, ...]:
+        return self.turn.replies[self.replies_start :]
+
+    @property
+    def display_text(self) -> str:
+        """The answer as shown to people: a cut answer ends with ``[truncated]``."""
+        if not self.truncated:
+            return self.final
+        return (
+            f"{self.final.rstrip()} {TRUNCATED_MARKER}" if self.final.strip() else TRUNCATED_MARKER
+        )
+
+    @property
+    def completion_tokens(self) -> int:
+        return sum(g.completion_tokens for g in self.generations)
+
+    @property
+    def reused_prompt_tokens(self) -> int:
+        return self.generations[-1].reused_prompt_tokens if self.generations else 0
+
+    def timing(self) -> dict[str, Any]:
+        """The chat log's `TimingStats` values (mlx-lm's names) plus ``reused_prompt_tokens``
+        and ``generations``; prompt numbers are those of the last generation."""
+        if not self.generations:
+            return {"total_time": round(self.total_s, 4)}
+        first, last = self.generations[0], self.generations[-1]
+        return {
+            "prompt_tokens": last.prompt_tokens,
+            "prompt_tps": round(last.prompt_tokens_per_s, 3),
+            "generation_tokens": self.completion_tokens,
+            "generation_tps": round(last.decode_tokens_per_s, 3),
+            "time_to_first_token": round(first.time_to_first_token_s, 4),
+            "total_time": round(self.total_s, 4),
+            "peak_memory": round(max(g.peak_memory_gb for g in self.generations), 4),
+            "reused_prompt_tokens": last.reused_prompt_tokens,
+            "generations": len(self.generations),
+        }
+
+
+def as_turn(turn: str | Message | Turn) -> Turn:
+    """A `Turn` from a user's text, a user `Message`, or a turn to continue."""
+    if isinstance(turn, Turn):
+        return turn
+    if isinstance(turn, str):
+        return Turn(Message.user(turn))
+    if isinstance(turn, Message):
+        if turn.role is not Role.USER:
+            raise ValueError(
+                f"a turn starts with a user message, got a {turn.role.value} message; pass a "
+                "Turn(user, replies) to continue a turn"
+            )
+        return Turn(turn)
+    raise TypeError(f"a turn is a str, a user Message or a Turn, got {type(turn).__name__}")
