@@ -741,6 +741,7 @@ class BatchTokenGenerator(ModelFacts):
         finally:
             ended.set()
         final = out.final()
+        assert final.stop_reason is not None  # final() always sets it
         completion = out.handed_out
         decode_s = t_end - t_first if completion and t_first else 0.0
         reused = info.reused_prompt_tokens if info is not None else 0

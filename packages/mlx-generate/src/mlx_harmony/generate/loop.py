@@ -433,6 +433,7 @@ def stream_generate(
         committed = True
 
         final = out.final()
+        assert final.stop_reason is not None  # final() always sets it
         completion = out.handed_out
         decode_s = t_end - t_first if completion else 0.0
         final.stats = GenerationStats(
