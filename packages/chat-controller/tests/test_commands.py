@@ -213,3 +213,50 @@ def test_completions() -> None:
     assert complete_command("\\help cl") == ["clear"]
     assert complete_command("\\set temperature 1") == []
     assert complete_command("plain text") == []
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("q", Command("quit")),
+        ("  Quit ", Command("quit")),
+        ("exit", Command("quit")),
+        ("q and a", None),
+        ("/help", Command("help")),
+        ("/set temperature 0.7", Command("set", "temperature 0.7")),
+        ("/list", Command("list")),
+        ("/etc is a folder", None),
+        ("/usr/bin/env", None),
+        ("//help is a message", None),
+        ("\\models", Command("models")),
+    ],
+)
+def test_habits_of_mlx_harmony_0_4(line: str, expected: Command | None) -> None:
+    assert parse_command(line) == expected
+
+
+@pytest.mark.parametrize(
+    "line", ["\\set temperature=0.7", "/set temperature = 0.7", "\\set temperature 0.7"]
+)
+def test_set_takes_name_equals_value(line: str) -> None:
+    result = run(SessionState(), line)
+    assert not result.error, result.message
+    assert result.state.config.sampling.temperature == 0.7
+    assert result.changed == ("temperature",)
+
+
+def test_set_with_an_equals_sign_inside_the_value_keeps_it() -> None:
+    result = run(SessionState(), '\\set end_token_strings ["a=b"]')
+    assert result.state.config.end_token_strings == ["a=b"]
+    text = run(SessionState(), "\\set developer_instructions=Say x=1.").state.config
+    assert text.developer_instructions == "Say x=1."
+
+
+@pytest.mark.parametrize("line", ["\\models", "\\list", "/models", "/list"])
+def test_models_and_list_ask_the_front_end(line: str) -> None:
+    result = run(SessionState(), line)
+    assert (result.action, result.error) == (CommandAction.MODELS, False)
+
+
+def test_slash_completions() -> None:
+    assert complete_command("/re") == ["/reasoning", "/retry"]

@@ -104,6 +104,7 @@ def create_chat_session(
             model_path=location.name,
             prompt_config_path=launch.prompt_config_path,
             tools=tools,
+            profile_names=launch.profile_names,
         )
 
     def close() -> None:

@@ -4,6 +4,7 @@
 ``\\undo``, ...) is applied with the pure functions of `mlx_harmony.controller.commands` and
 the actions they ask for are carried out here: ``\\save`` and ``\\load`` read and write the
 chat log (chat-history v2), ``\\retry`` runs the last turn again, ``\\tokens`` asks the backend,
+``\\models`` lists the model folders under ``models_dir`` and the profiles,
 ``\\clear`` starts a new log, ``\\quit`` ends `run`. Any other line is a message: the backend
 answers it and its events come out as they happen. The front end keeps the session (config
 and turns) and the chat log in step, and saves the log after every turn with ``autosave``.
@@ -47,9 +48,32 @@ from mlx_harmony.controller import (
 )
 from mlx_harmony.harmony_format import FunctionTool, Message
 
-__all__ = ["ChatFrontend"]
+__all__ = ["ChatFrontend", "describe_models"]
 
 Cancel = threading.Event | Callable[[], bool] | None
+
+
+def describe_models(models_dir: Path | None, profile_names: Sequence[str]) -> str:
+    """What ``\\models`` shows: the model folders (those with a config.json) under
+    `models_dir`, then the profile names; each says how to use it."""
+    lines: list[str] = []
+    if models_dir is None:
+        lines.append("No models_dir in the prompt config: set it to list the models in a folder.")
+    elif not models_dir.is_dir():
+        lines.append(f"models_dir {models_dir} is not a folder.")
+    else:
+        found = sorted(p.name for p in models_dir.iterdir() if (p / "config.json").is_file())
+        if found:
+            lines.append(f"Models in {models_dir} (use with --model NAME):")
+            lines.extend(f"  {name}" for name in found)
+        else:
+            lines.append(f"No model folders (with a config.json) in {models_dir}.")
+    if profile_names:
+        lines.append("Profiles (use with --profile NAME):")
+        lines.extend(f"  {name}" for name in profile_names)
+    else:
+        lines.append("No profiles file in use (--profiles-file PATH).")
+    return "\n".join(lines)
 
 
 class ChatFrontend:
@@ -72,8 +96,10 @@ class ChatFrontend:
         model_path: str | None = None,
         prompt_config_path: str | None = None,
         tools: Mapping[str, bool] | None = None,
+        profile_names: Sequence[str] = (),
     ) -> None:
         config = config if config is not None else PromptConfig()
+        self.profile_names = tuple(profile_names)
         self.backend = backend
         self.function_tools = tuple(function_tools)
         self.chat_path = Path(chat_path) if chat_path is not None else None
@@ -145,6 +171,10 @@ class ChatFrontend:
                 self.state.turns, config=self.config, function_tools=self.function_tools
             )
             yield CommandOutput(count.describe(), command=name)
+        elif action is CommandAction.MODELS:
+            yield CommandOutput(
+                describe_models(self.config.models_dir, self.profile_names), command=name
+            )
         elif action is CommandAction.RETRY:
             yield from self._do_retry(result.state, result.message, cancel)
         else:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ from mlx_harmony.chat_history import ChatLog, ChatLogError, Finding, load_chat
 from mlx_harmony.controller import (
     ChatBackend,
     ConfigError,
+    ConfigWarning,
     DebugOptions,
     LocalBackend,
     Profiles,
@@ -80,6 +82,8 @@ class Launch:
     chat_path: Path | None = None
     autosave: bool = False
     notes: list[str] = field(default_factory=list)
+    profile_names: tuple[str, ...] = ()
+    """The profiles of the profiles file in use (or found), for ``\\models``."""
 
     @property
     def config(self) -> PromptConfig:
@@ -153,39 +157,66 @@ def prepare(args: argparse.Namespace, *, chat_files: bool = True) -> Launch:
                 )
             chat_path, autosave = target, True
 
-    try:
-        profile = None
-        if args.profile or args.profiles_file:
-            profile = Profiles.from_file(_profiles_file(args)).resolve(args.profile)
-        config: PromptConfig | None = None
-        config_path: str | None = None
-        if args.prompt_config:
-            config = PromptConfig.from_file(args.prompt_config)
-            config_path = os.fspath(Path(args.prompt_config).resolve())
-        elif profile is not None:
-            config = profile.prompt_config
-            config_path = (
-                os.fspath(profile.prompt_config_path) if profile.prompt_config_path else None
-            )
-        elif log is not None and log.header.prompt_config_path:
-            saved = Path(log.header.prompt_config_path)
-            if saved.is_file():
-                config, config_path = PromptConfig.from_file(saved), os.fspath(saved)
+    profile_names: tuple[str, ...] = ()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConfigWarning)
+        try:
+            profile = None
+            if args.profile or args.profiles_file:
+                profiles = Profiles.from_file(_profiles_file(args))
+                profile_names = profiles.names
+                profile = profiles.resolve(args.profile)
             else:
-                notes.append(
-                    f"the chat's prompt config {saved} is gone; using the chat's settings only"
+                profile_names = _found_profile_names(notes)
+            config: PromptConfig | None = None
+            config_path: str | None = None
+            if args.prompt_config:
+                config = PromptConfig.from_file(args.prompt_config)
+                config_path = os.fspath(Path(args.prompt_config).resolve())
+            elif profile is not None:
+                config = profile.prompt_config
+                config_path = (
+                    os.fspath(profile.prompt_config_path) if profile.prompt_config_path else None
                 )
-        settings = merge_settings(
-            command_line_from(args),
-            chat=log.header if log is not None else None,
-            prompt_config=config,
-            profile=(profile.name, profile.model) if profile is not None else None,
-            chat_source=os.fspath(chat_path) if chat_path is not None else "the chat",
-        )
-    except (ConfigError, SettingsError) as error:
-        raise CliError(str(error)) from None
+            elif log is not None and log.header.prompt_config_path:
+                saved = Path(log.header.prompt_config_path)
+                if saved.is_file():
+                    config, config_path = PromptConfig.from_file(saved), os.fspath(saved)
+                else:
+                    notes.append(
+                        f"the chat's prompt config {saved} is gone; using the chat's settings only"
+                    )
+            settings = merge_settings(
+                command_line_from(args),
+                chat=log.header if log is not None else None,
+                prompt_config=config,
+                profile=(profile.name, profile.model) if profile is not None else None,
+                chat_source=os.fspath(chat_path) if chat_path is not None else "the chat",
+            )
+        except (ConfigError, SettingsError) as error:
+            raise CliError(str(error)) from None
+    for w in caught:  # config warnings become start-up notes; others go on as usual
+        if issubclass(w.category, ConfigWarning):
+            notes.append(f"warning: {w.message}")
+        else:
+            warnings.showwarning(w.message, w.category, w.filename, w.lineno)
     notes.extend(settings.skipped)
-    return Launch(args, settings, config_path, log, chat_path, autosave, notes)
+    return Launch(args, settings, config_path, log, chat_path, autosave, notes, profile_names)
+
+
+def _found_profile_names(notes: list[str]) -> tuple[str, ...]:
+    """The profiles of a profiles file found where ``--profile`` looks, for ``\\models``."""
+    candidates = [os.environ.get(PROFILES_ENV, ""), *PROFILE_FILES]
+    path = next(
+        (Path(c).expanduser() for c in candidates if c and Path(c).expanduser().is_file()), None
+    )
+    if path is None:
+        return ()
+    try:
+        return Profiles.from_file(path).names
+    except ConfigError as error:
+        notes.append(f"warning: \\models will not list profiles: {error}")
+        return ()
 
 
 def mlx_harmony_home() -> Path:

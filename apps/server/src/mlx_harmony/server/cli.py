@@ -69,8 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--profile", help="profile name from --profiles")
     parser.add_argument(
         "--profiles",
+        "--profiles-file",
+        dest="profiles",
         default=os.environ.get("MLX_HARMONY_PROFILES"),
-        help="profiles JSON file (or MLX_HARMONY_PROFILES)",
+        help="profiles JSON file (or MLX_HARMONY_PROFILES); ours or mlx-harmony 0.4's flat one",
     )
     parser.add_argument("--prompt-config", help="prompt config JSON file")
     parser.add_argument(

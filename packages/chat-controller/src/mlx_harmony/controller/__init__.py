@@ -47,6 +47,7 @@ from .commands import (
 from .config import (
     SETTING_NAMES,
     ConfigError,
+    ConfigWarning,
     DialogueMessage,
     LoopDetection,
     PromptConfig,
@@ -125,6 +126,7 @@ __all__ = [
     "CommandSpec",
     "CommentaryDelta",
     "ConfigError",
+    "ConfigWarning",
     "ContextBudget",
     "ContextOverflowError",
     "ContextTrimmed",

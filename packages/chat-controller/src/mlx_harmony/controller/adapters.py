@@ -213,11 +213,13 @@ def _harmony_output(parsed: ParsedCompletion) -> TurnOutput:
 class _HarmonyParser:
     def __init__(self, prefix: Sequence[int]) -> None:
         self._parser = StreamParser()
+        # The prefix is a header (`<|channel|>final<|message|>`): the parser decodes header
+        # tokens itself, so no text goes with them, and every later token comes with its text.
         for token in prefix:
-            self._parser.feed(token)
+            self._parser.feed(token, "")
 
     def feed(self, token: int, text: str) -> tuple[TextDelta, ...]:
-        deltas = self._parser.feed(token)
+        deltas = self._parser.feed(token, text)
         return _to_events(deltas) if deltas else _NO_DELTAS
 
     def flush(self) -> tuple[TextDelta, ...]:

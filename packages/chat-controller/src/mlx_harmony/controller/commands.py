@@ -7,7 +7,9 @@ prints, reads files or touches a model, so the CLI and tests share one implement
 
 A line is a command when it starts with a backslash and a command-like word followed by a
 space or the end (``\\set x 1``, ``\\quit``); ``\\frac{1}{2}`` and lines starting with two
-backslashes are ordinary messages.
+backslashes are ordinary messages. As in mlx-harmony 0.4, ``/`` works as the prefix too, for
+known commands only (``/etc is a folder`` stays a message), and ``q``, ``quit`` or ``exit``
+typed alone leave the chat.
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class CommandAction(StrEnum):
     RETRY = "retry"  # generate the reply to the last user message again
     QUIT = "quit"
     TOKENS = "tokens"  # report how much of the context window the conversation uses
+    MODELS = "models"  # list the models under models_dir and the profiles
 
 
 @dataclass(frozen=True)
@@ -66,7 +69,11 @@ COMMANDS: Mapping[str, CommandSpec] = {
     spec.name: spec
     for spec in (
         CommandSpec("help", "\\help [COMMAND]", "List the commands, or explain one."),
-        CommandSpec("set", "\\set NAME VALUE", "Change a setting for the next turns (see \\show)."),
+        CommandSpec(
+            "set",
+            "\\set NAME VALUE",
+            "Change a setting for the next turns (also NAME=VALUE; see \\show).",
+        ),
         CommandSpec("show", "\\show [NAME]", "Show the settings in use, or one of them."),
         CommandSpec(
             "reasoning", "\\reasoning low|medium|high", "Set the model's reasoning effort."
@@ -79,14 +86,20 @@ COMMANDS: Mapping[str, CommandSpec] = {
         CommandSpec("undo", "\\undo", "Remove your last message and the replies to it."),
         CommandSpec("retry", "\\retry", "Generate the last reply again."),
         CommandSpec("tokens", "\\tokens", "Show how much of the context window is used."),
+        CommandSpec(
+            "models", "\\models", "List the models under models_dir and the profiles (\\list)."
+        ),
         CommandSpec("quit", "\\quit", "Leave the chat (also \\exit)."),
     )
 }
-ALIASES: Mapping[str, str] = {"exit": "quit"}
+ALIASES: Mapping[str, str] = {"exit": "quit", "list": "models"}
+QUIT_WORDS = frozenset({"q", "quit", "exit"})
+"""Words that leave the chat when typed alone on a line, as in mlx-harmony 0.4."""
 SETTINGS: tuple[str, ...] = SETTING_NAMES
 REASONING_EFFORTS: tuple[str, ...] = get_args(ReasoningEffort)
 
-_COMMAND_RE = re.compile(r"\\([A-Za-z][A-Za-z_-]*)(?:\s+(.*))?", re.DOTALL)
+_ASSIGNMENT_RE = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*=(.*)", re.DOTALL)
+_COMMAND_RE = re.compile(r"([\\/])([A-Za-z][A-Za-z_-]*)(?:\s+(.*))?", re.DOTALL)
 
 
 @dataclass(frozen=True)
@@ -138,12 +151,17 @@ class CommandResult:
 def parse_command(line: str) -> Command | None:
     """The command on `line`, or None when the line is a message for the model."""
     text = line.strip()
-    if text.startswith("\\\\"):
+    if text.lower() in QUIT_WORDS:
+        return Command("quit")
+    if text.startswith(("\\\\", "//")):
         return None
     match = _COMMAND_RE.fullmatch(text)
     if match is None:
         return None
-    return Command(match.group(1).lower(), (match.group(2) or "").strip())
+    name = match.group(2).lower()
+    if match.group(1) == "/" and name not in COMMANDS and name not in ALIASES:
+        return None
+    return Command(name, (match.group(3) or "").strip())
 
 
 def apply_command(state: SessionState, command: Command) -> CommandResult:
@@ -159,12 +177,13 @@ def apply_command(state: SessionState, command: Command) -> CommandResult:
 
 def complete_command(text: str) -> list[str]:
     """Candidates for the last word of `text` (the input before the cursor), for the CLI."""
-    if not text.startswith("\\"):
+    if not text.startswith(("\\", "/")):
         return []
+    prefix = text[0]
     head, space, rest = text.partition(" ")
     if not space:
         names = [*COMMANDS, *ALIASES]
-        return [f"\\{n}" for n in names if n.startswith(head[1:].lower())]
+        return [f"{prefix}{n}" for n in names if n.startswith(head[1:].lower())]
     name = ALIASES.get(head[1:].lower(), head[1:].lower())
     words = rest.split(" ")
     if len(words) != 1:
@@ -205,6 +224,7 @@ def _help(state: SessionState, argument: str) -> CommandResult:
     width = max(len(spec.usage) for spec in COMMANDS.values())
     lines = [f"{spec.usage.ljust(width)}  {spec.help}" for spec in COMMANDS.values()]
     lines.append("A line starting with two backslashes is sent to the model as typed.")
+    lines.append("/ works as the prefix too (/help); q, quit or exit alone leaves the chat.")
     return CommandResult(state, "\n".join(lines))
 
 
@@ -244,7 +264,11 @@ def _update(state: SessionState, name: str, raw: str) -> CommandResult:
 
 
 def _set(state: SessionState, argument: str) -> CommandResult:
-    name, _, raw = argument.partition(" ")
+    assignment = _ASSIGNMENT_RE.fullmatch(argument)  # \set temperature=0.7, as in 0.4
+    if assignment is not None:
+        name, raw = assignment.group(1), assignment.group(2)
+    else:
+        name, _, raw = argument.partition(" ")
     raw = raw.strip()
     if not name:
         return _fail(state, f"usage: {COMMANDS['set'].usage}; \\show lists the settings")
@@ -339,6 +363,10 @@ def _tokens(state: SessionState, argument: str) -> CommandResult:
     return CommandResult(state, action=CommandAction.TOKENS)
 
 
+def _models(state: SessionState, argument: str) -> CommandResult:
+    return CommandResult(state, action=CommandAction.MODELS)
+
+
 def _quit(state: SessionState, argument: str) -> CommandResult:
     return CommandResult(state, action=CommandAction.QUIT)
 
@@ -354,6 +382,7 @@ _HANDLERS = {
     "undo": _undo,
     "retry": _retry,
     "tokens": _tokens,
+    "models": _models,
     "quit": _quit,
 }
-_NO_ARGUMENT = frozenset({"clear", "undo", "retry", "tokens", "quit"})
+_NO_ARGUMENT = frozenset({"clear", "undo", "retry", "tokens", "models", "quit"})

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from datetime import datetime
 from pathlib import Path
@@ -41,6 +42,7 @@ if TYPE_CHECKING:
 __all__ = [
     "SETTING_NAMES",
     "ConfigError",
+    "ConfigWarning",
     "DialogueMessage",
     "LoopDetection",
     "PromptConfig",
@@ -59,6 +61,30 @@ SCHEMA_URL = "https://json-schema.org/draft/2020-12/schema"
 
 class ConfigError(ValueError):
     """A config or profiles file that cannot be used; the message names the file and the fix."""
+
+
+class ConfigWarning(UserWarning):
+    """A key that loads but does nothing here (the CLI shows it as a note at start-up)."""
+
+
+OBSOLETE_KEYS: Mapping[str, str] = {
+    "prewarm_cache": "prewarm_cache has no job here: the OS page cache keeps the weights warm "
+    "between runs; remove the key",
+}
+"""Keys of mlx-harmony 0.4 that load with a warning and are then dropped."""
+
+NOT_SUPPORTED_KEYS: Mapping[str, str] = {
+    "lazy": "lazy weight loading",
+    "log_timing_stats": "the per-turn timing line",
+    "truncate_thinking": "display truncation of the thinking",
+    "truncate_response": "display truncation of the reply",
+    "logs_dir": "a default debug-log folder (use --debug-file)",
+    "chats_dir": "a default chat folder (use --chat PATH)",
+    "perf_prompt_token_budget": "a prompt token budget in performance mode (use "
+    "perf_max_context_tokens)",
+}
+"""Keys of mlx-harmony 0.4 not implemented yet: they load when they ask for nothing (null,
+false, 0) and are refused, by name, when they ask for a behaviour."""
 
 
 def _lower(value: Any) -> Any:
@@ -269,6 +295,7 @@ class PromptConfig(BaseModel):
         if not isinstance(data, dict):
             return data
         data = {k: v for k, v in data.items() if k != "$schema"}
+        data = _drop_original_keys(data)
         flat = {k: data.pop(k) for k in list(data) if k in cls.SAMPLING_FIELDS}
         if flat:
             nested = data.get("sampling") or {}
@@ -444,6 +471,24 @@ class PromptConfig(BaseModel):
             return cls.model_validate(dict(data), context={"base_dir": base_dir})
         except ValidationError as error:
             raise ConfigError(format_validation_error(error, source=source)) from None
+
+
+def _drop_original_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """mlx-harmony 0.4's keys with no job here: obsolete ones warn, unimplemented ones load
+    only when they ask for nothing; both are then dropped."""
+    for key, reason in OBSOLETE_KEYS.items():
+        if key in data:
+            del data[key]
+            warnings.warn(reason, ConfigWarning, stacklevel=2)
+    asked = [k for k in NOT_SUPPORTED_KEYS if k in data and data[k] not in (None, False, 0)]
+    if asked:
+        raise PydanticCustomError(
+            "not_supported",
+            "{details} not supported yet (keys of mlx-harmony 0.4); remove them or set them to "
+            "null (see docs/coming-from-mlx-harmony-0.4.md)",
+            {"details": "; ".join(f"{k!r} ({NOT_SUPPORTED_KEYS[k]})" for k in asked)},
+        )
+    return {k: v for k, v in data.items() if k not in NOT_SUPPORTED_KEYS}
 
 
 def _setting_names() -> tuple[str, ...]:

@@ -15,6 +15,8 @@ token               format                                      example
 ``<|TIMEU|>``       UTC time ``%H:%M:%S`` and ``UTC``           ``13:05:09 UTC``
 ==================  ==========================================  ============================
 
+The tokens are matched in any case (``<|date|>`` is ``<|DATE|>``), as in mlx-harmony 0.4.
+
 A fixed-offset zone (a deterministic time given as ``...+01:00``) is named ``UTC+01:00``.
 
 ``{name}`` is replaced by ``placeholders[name]`` as ``str.format_map`` would, except that only
@@ -41,7 +43,7 @@ __all__ = [
 
 TIME_TOKENS = ("<|DATE|>", "<|DATETIME|>", "<|TIMEZ|>", "<|TIMEU|>")
 NAME_RE = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
-_TIME_RE = re.compile("|".join(re.escape(token) for token in TIME_TOKENS))
+_TIME_RE = re.compile("|".join(re.escape(token) for token in TIME_TOKENS), re.IGNORECASE)
 
 
 def time_token_values(now: datetime) -> dict[str, str]:
@@ -78,5 +80,5 @@ def expand_placeholders(
         text = NAME_RE.sub(lambda m: values.get(m.group(1), m.group(0)), text)
     if now is not None and "<|" in text:
         times = time_token_values(now)
-        text = _TIME_RE.sub(lambda m: times[m.group(0)], text)
+        text = _TIME_RE.sub(lambda m: times[m.group(0).upper()], text)
     return text

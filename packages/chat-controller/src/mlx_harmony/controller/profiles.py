@@ -11,6 +11,9 @@
 }
 ```
 
+The flat format of mlx-harmony 0.4 loads too: ``{"gpt-oss-20b": {"model": ...,
+"prompt_config": ...}}``, a file whose every key names a profile (it has no default).
+
 `prompt_config` is a path (relative to the profiles file) or an inline object. `model` is kept
 as written (a Hugging Face repo id or a name to look up in `models_dir`) unless it is a path:
 one starting with ``./``, ``../``, ``~`` or ``/`` is expanded and made absolute against the
@@ -77,6 +80,16 @@ class _ProfilesFile(BaseModel):
         return _check_keys(cls, data)
 
 
+def _is_flat(data: dict[str, Any]) -> bool:
+    """mlx-harmony 0.4's shape: no ``profiles`` key, every value an object with a ``model``."""
+    entries = [v for k, v in data.items() if k != "$schema"]
+    return (
+        "profiles" not in data
+        and bool(entries)
+        and all(isinstance(v, dict) and "model" in v for v in entries)
+    )
+
+
 @dataclass(frozen=True)
 class ResolvedProfile:
     """A profile ready to use: the model to load and the loaded prompt config."""
@@ -109,6 +122,8 @@ class Profiles:
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> Profiles:
         data = _read_json_object(path, what="profiles")
+        if _is_flat(data):
+            data = {"profiles": {k: v for k, v in data.items() if k != "$schema"}}
         try:
             parsed = _ProfilesFile.model_validate(data)
         except ValidationError as error:
