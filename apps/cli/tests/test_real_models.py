@@ -205,8 +205,8 @@ def test_chat_in_a_real_terminal(demo_model: Path, tmux: Tmux, tmp_path: Path) -
     tmux("send-keys", "-t", "chat", "C-d")
     tmux.wait_for(lambda s: "CHAT-EXITED-0" in s, 30, "the chat to exit")
 
-    log = load_chat(chat_file)  # a valid chat-log v2
-    assert log.schema_version == 2
+    log = load_chat(chat_file)  # a valid chat-log v3
+    assert log.schema_version == 3
     answer = next(m for m in log.messages if m.role == "assistant" and m.channel == "final")
     assert answer.content.strip()
     assert (answer.analysis or "").strip()

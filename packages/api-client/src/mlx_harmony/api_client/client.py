@@ -273,7 +273,9 @@ class Client:
 
     # -- transport -------------------------------------------------------------------------
 
-    def _send(self, method: str, path: str, body: Any = None) -> httpx.Response:
+    def _send(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None
+    ) -> httpx.Response:
         """Send, retrying failed connections; the response's body is not read yet."""
         request = self._http.build_request(method, path, json=body)
         for attempt in range(self.max_retries + 1):
@@ -300,7 +302,7 @@ class Client:
                 return response
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _json(self, method: str, path: str, body: Any = None) -> Any:
+    def _json(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
         response = self._send(method, path, body)
         try:
             response.read()
@@ -451,7 +453,9 @@ class AsyncClient:
     async def aclose(self) -> None:
         await self._http.aclose()
 
-    async def _send(self, method: str, path: str, body: Any = None) -> httpx.Response:
+    async def _send(
+        self, method: str, path: str, body: Mapping[str, Any] | None = None
+    ) -> httpx.Response:
         request = self._http.build_request(method, path, json=body)
         for attempt in range(self.max_retries + 1):
             try:
@@ -477,7 +481,7 @@ class AsyncClient:
                 return response
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _json(self, method: str, path: str, body: Any = None) -> Any:
+    async def _json(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
         response = await self._send(method, path, body)
         try:
             await response.aread()

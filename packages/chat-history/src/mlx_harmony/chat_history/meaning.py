@@ -24,11 +24,16 @@ from mlx_harmony.chat_history.migrations import (
     rename_legacy,
     validate_version,
 )
-from mlx_harmony.chat_history.models import HYPERPARAMETER_ROLES, ChatLog, resolve_hyperparameters
-from mlx_harmony.chat_history.original import OriginalLogV2
+from mlx_harmony.chat_history.models import (
+    HYPERPARAMETER_ROLES,
+    ChatLog,
+    ChatMessage,
+    resolve_hyperparameters,
+)
+from mlx_harmony.chat_history.original import OriginalLogV2, OriginalMessageV2
 from mlx_harmony.chat_history.timestamps import keep_disagreeing
-from mlx_harmony.chat_history.v1 import ConversationV1, v1_channel
-from mlx_harmony.chat_history.v2 import ChatLogV2, resolve_hyperparameters_v2
+from mlx_harmony.chat_history.v1 import ConversationV1, MessageV1, v1_channel
+from mlx_harmony.chat_history.v2 import ChatLogV2, MessageV2, resolve_hyperparameters_v2
 
 __all__ = ["MEANINGS", "meaning", "meaning_difference"]
 
@@ -60,7 +65,11 @@ def _header(fields: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _message(
-    m: Any, channel: str | None, hyperparameters: Any, parent: int | None, extra: dict[str, Any]
+    m: MessageV1 | MessageV2 | OriginalMessageV2 | ChatMessage,
+    channel: str | None,
+    hyperparameters: dict[str, Any] | None,
+    parent: int | None,
+    extra: dict[str, Any],
 ) -> dict[str, Any]:
     return {
         "role": m.role,
@@ -76,7 +85,9 @@ def _message(
     }
 
 
-def _split_legacy(role: str, effective: Any, extra: dict[str, Any]) -> Any:
+def _split_legacy(
+    role: str, effective: Mapping[str, Any], extra: dict[str, Any]
+) -> dict[str, Any] | None:
     """A v2/v3 message's hyperparameters as v1 had them: the effective values on assistant
     and tool messages, ``legacy_hyperparameters`` (kept aside by the migration) on others."""
     if role in HYPERPARAMETER_ROLES:
@@ -89,7 +100,10 @@ def _file(chats: list[dict[str, Any]], active: int, extra: Mapping[str, Any]) ->
 
 
 def _chat(
-    header: dict[str, Any], messages: list[dict[str, Any]], leaf: int | None, extra: Any
+    header: dict[str, Any],
+    messages: list[dict[str, Any]],
+    leaf: int | None,
+    extra: Mapping[str, Any],
 ) -> dict[str, Any]:
     return {"header": header, "messages": messages, "active_leaf": leaf, "extra": dict(extra)}
 
@@ -156,7 +170,7 @@ def _meaning_original_v2(log: OriginalLogV2, raw: dict[str, Any]) -> dict[str, A
         for i, m in enumerate(chat.messages):
             parent = position.get(m.parent_id) if m.parent_id is not None else None
             if m.role in HYPERPARAMETER_ROLES:
-                hyperparameters: Any = m.hyperparameters or {}
+                hyperparameters: dict[str, Any] | None = m.hyperparameters or {}
             else:
                 hyperparameters = m.hyperparameters
             channel = m.channel

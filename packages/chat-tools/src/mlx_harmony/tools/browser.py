@@ -26,9 +26,9 @@ import ipaddress
 import json
 import socket
 import textwrap
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, TypeVar, overload
 from urllib.parse import quote_plus, urlsplit
 
 import httpcore
@@ -424,7 +424,7 @@ class _CheckedBackend(httpcore.NetworkBackend):
         port: int,
         timeout: float | None = None,
         local_address: str | None = None,
-        socket_options: Any = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.NetworkStream:
         error: httpcore.ConnectError | None = None
         for address in self.addresses(host, port):
@@ -438,7 +438,10 @@ class _CheckedBackend(httpcore.NetworkBackend):
         raise error
 
     def connect_unix_socket(
-        self, path: str, timeout: float | None = None, socket_options: Any = None
+        self,
+        path: str,
+        timeout: float | None = None,
+        socket_options: Iterable[httpcore.SOCKET_OPTION] | None = None,
     ) -> httpcore.NetworkStream:
         raise httpcore.ConnectError("the browser does not open Unix sockets")
 
@@ -498,18 +501,37 @@ def _parse_arguments(arguments: str) -> dict[str, Any]:
     return value
 
 
+_T = TypeVar("_T")
+
+
+def _integral(value: object) -> object:
+    """An integral float or digit text as the int it names; anything else unchanged."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return value
+
+
+@overload
+def _arg(args: Mapping[str, Any], name: str, kind: type[_T], *, required: Literal[True]) -> _T: ...
+@overload
+def _arg(args: Mapping[str, Any], name: str, kind: type[_T], *, default: _T) -> _T: ...
 def _arg(
-    args: Mapping[str, Any], name: str, kind: type, *, default: Any = None, required: bool = False
-) -> Any:
+    args: Mapping[str, Any],
+    name: str,
+    kind: type[_T],
+    *,
+    default: _T | None = None,
+    required: bool = False,
+) -> _T | None:
+    """Argument `name` of JSON ``args`` as a `kind` (an integral float or digit text counts as
+    an int); `default` when absent or null, a `BrowserError` when `required` and absent."""
     if name not in args or args[name] is None:
         if required:
             raise BrowserError(f"`{name}` is required")
         return default
-    value = args[name]
-    if kind is int and isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if kind is int and isinstance(value, str) and value.strip().lstrip("-").isdigit():
-        value = int(value)
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        raise BrowserError(f"`{name}` must be a {kind.__name__}, got {value!r}")
-    return value
+    value = _integral(args[name]) if kind is int else args[name]
+    if isinstance(value, kind) and not (kind is int and isinstance(value, bool)):
+        return value
+    raise BrowserError(f"`{name}` must be a {kind.__name__}, got {value!r}")
