@@ -285,10 +285,12 @@ def _stream_tokens(generator: object, prompt: Sequence[int], n: int) -> list[int
     return [e.token for e in events if e.token is not None]
 
 
-def test_sharded_token_generator_over_one_rank(tiny: LoadedModel) -> None:
+def test_sharded_token_generator_over_one_rank(tiny_model_dir: Path) -> None:
     from mlx_harmony.generate import BatchTokenGenerator
     from mlx_harmony.generate.distributed import ShardedBatchTokenGenerator
 
+    # Loaded here, run on the engine threads: load_sharded leaves no lazy array behind.
+    tiny = load_sharded(tiny_model_dir, mx.distributed.init())
     prompts = _prompts()
     with BatchTokenGenerator(tiny, prefill_step_size=64) as plain:
         want = [_stream_tokens(plain, p, 10) for p in prompts]

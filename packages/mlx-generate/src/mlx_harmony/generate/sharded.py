@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, cast
 
 import mlx.core as mx
+import mlx.nn as nn
 
 from .loading import (
     HARMONY_MODEL_TYPES,
@@ -103,7 +104,7 @@ def load_sharded(
         shard(group)
     if model_type in HARMONY_MODEL_TYPES and mx.default_device() == mx.cpu:
         _cast_for_cpu(model)
-    mx.eval(model.parameters())
+    _materialize(model)
     try:
         tokenizer = load_tokenizer(
             folder, tokenizer_config, eos_token_ids=config.get("eos_token_id")
@@ -115,6 +116,19 @@ def load_sharded(
     return LoadedModel(
         model=model, tokenizer=tokenizer, config=config, model_type=model_type, path=folder
     )
+
+
+def _materialize(model: nn.Module) -> None:
+    """Evaluate the parameters and the private arrays too (gpt-oss's YaRN frequencies): an
+    array left lazy here belongs to this thread's stream, and an engine thread that evaluates
+    it later fails with "There is no Stream(cpu, 0) in current thread"."""
+    arrays: list[mx.array] = [
+        value
+        for module in model.modules()
+        for value in module.values()
+        if isinstance(value, mx.array)
+    ]
+    mx.eval(model.parameters(), arrays)
 
 
 def _safetensors_header(path: Path) -> bytes:
