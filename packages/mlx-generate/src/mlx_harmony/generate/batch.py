@@ -27,10 +27,10 @@ import secrets
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -260,7 +260,7 @@ class BatchGenerator:
         assert self._y is not None
         next_y, next_scores = self._forward(self._y)
         mx.async_eval(next_y, *(s for s in next_scores if s is not None))
-        tokens = self._y.tolist()
+        tokens = cast("list[int]", self._y.tolist())  # a 1-D array of token ids
         scores = self._scores
         stats = self.stats
         stats.steps += 1
@@ -372,6 +372,7 @@ class BatchGenerator:
                 self._prefilling = row
             target = len(row.prompt) - 1
             if row.done < target:
+                assert row.cache is not None  # `_start` gave the row its cache
                 n = min(self.prefill_step_size, target - row.done)
                 if self._rows:
                     n = min(n, budget)
@@ -652,7 +653,7 @@ class BatchTokenGenerator(ModelFacts):
         detokenize: bool = True,
         logprobs: bool = False,
         prompt_progress_callback: Callable[[int, int], None] | None = None,
-    ) -> Iterator[StreamEvent]:
+    ) -> Generator[StreamEvent, None, None]:
         """As `TokenGenerator.stream`; safe to call from several threads at once."""
         prompt = self._prompt_ids(prompt_tokens)
         if self._closed:
@@ -688,7 +689,7 @@ class BatchTokenGenerator(ModelFacts):
         logits_processors: Sequence[LogitsProcessor] | None,
         logprobs: bool,
         progress: Callable[[int, int], None] | None,
-    ) -> Iterator[StreamEvent]:
+    ) -> Generator[StreamEvent, None, None]:
         t_start = time.perf_counter()
         ended = threading.Event()
 

@@ -125,10 +125,11 @@ def make_cache(
     reused prefix is stored exactly as a fresh prefill would store it.
     """
     _check_options(model, max_kv_size, kv_bits, kv_group_size)
+    # nn.Module's __getattr__ is typed as maybe None; these are the model's own attributes.
     if hasattr(model, "make_cache"):
-        caches = list(model.make_cache())
+        caches = list(model.make_cache())  # pyright: ignore[reportOptionalCall]
     else:
-        caches = [KVCache() for _ in model.layers]
+        caches = [KVCache() for _ in model.layers]  # pyright: ignore[reportOptionalIterable]
     if max_kv_size is not None:
         return [
             RotatingKVCache(max_size=max_kv_size, keep=4) if type(c) is KVCache else c
@@ -402,7 +403,7 @@ class PromptCache:
         tokens), cut to the caches' own count. `single_tail` says the last write was one token
         (the prompt's last token or a generated one). A cache left inconsistent by an error is
         reset."""
-        offsets = {_offset(c) for c in self.caches} - {None}
+        offsets = {o for c in self.caches if (o := _offset(c)) is not None}
         if len(offsets) > 1:
             self.reset()
             return

@@ -23,11 +23,15 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models.cache import KVCache, RotatingKVCache
+
+if TYPE_CHECKING:
+    from mlx_lm.models.gpt_oss import AttentionBlock
+    from mlx_lm.models.gpt_oss import Model as GptOss
 
 __all__ = [
     "DEFAULT_MIN_BUCKET",
@@ -92,7 +96,7 @@ def _bucket_for(length: int, min_bucket: int) -> int:
 
 
 def _attention(
-    attn: nn.Module,
+    attn: AttentionBlock,
     x: mx.array,
     pos: mx.array,
     write: mx.array,
@@ -107,8 +111,9 @@ def _attention(
     q = attn.q_proj(x).reshape(batch, length, -1, dim).swapaxes(1, 2)
     k = attn.k_proj(x).reshape(batch, length, -1, dim).swapaxes(1, 2)
     v = attn.v_proj(x).reshape(batch, length, -1, dim).swapaxes(1, 2)
-    q = attn.rope(q, offset=pos)
-    k = attn.rope(k, offset=pos)
+    # The stub says an int offset; RoPE (mx.fast.rope) takes an array one too.
+    q = attn.rope(q, offset=pos)  # pyright: ignore[reportArgumentType]
+    k = attn.rope(k, offset=pos)  # pyright: ignore[reportArgumentType]
     keys = mx.slice_update(keys, k, write, axes=(2,))
     values = mx.slice_update(values, v, write, axes=(2,))
     out = mx.fast.scaled_dot_product_attention(
@@ -117,7 +122,7 @@ def _attention(
     return attn.o_proj(out.swapaxes(1, 2).reshape(batch, length, -1)), keys, values
 
 
-def _make_step(model: nn.Module, output: StepOutput) -> _StepFn:
+def _make_step(model: GptOss, output: StepOutput) -> _StepFn:
     """The whole decode step as a pure function of (token, position, ring slot, buffers)."""
     inner = model.model
     full = [kind == "full_attention" for kind in inner.layer_types]
@@ -160,7 +165,7 @@ def _make_step(model: nn.Module, output: StepOutput) -> _StepFn:
     return step
 
 
-def _compiled_step(model: nn.Module, output: StepOutput) -> _StepFn:
+def _compiled_step(model: GptOss, output: StepOutput) -> _StepFn:
     key = id(model)
     steps = _COMPILED.get(key)
     if steps is None:
@@ -196,13 +201,14 @@ class StaticDecoder:
         offsets = {c.offset for c in cache}
         if len(offsets) != 1 or any(c.keys is None for c in cache):
             raise ValueError("the caches must hold the same, non-empty prompt in every layer")
-        self._model = model
+        gpt_oss = cast("GptOss", model)  # the check above found a gpt_oss model
+        self._model = gpt_oss
         self._cache = cache
-        self._fn = _compiled_step(model, output)
+        self._fn = _compiled_step(gpt_oss, output)
         self._min_bucket = min_bucket
         self.offset = offsets.pop()
         self._full = [type(c) is KVCache for c in cache]
-        window = model.model.window_size
+        window = gpt_oss.model.window_size
         ring = next(c for c, f in zip(cache, self._full, strict=True) if not f)
         # The ring's next write slot, as mlx-lm's `_idx` would give it (keep is 0).
         self._slot = ring._idx % window if self.offset >= window else self.offset

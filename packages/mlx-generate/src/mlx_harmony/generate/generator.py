@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import mlx.core as mx
 from mlx.utils import tree_reduce
@@ -134,7 +134,8 @@ def _wire_memory(model: Any) -> int | None:
                 stacklevel=4,
             )
         return None
-    limit = mx.device_info().get("max_recommended_working_set_size")
+    # A byte count (device_info's values are typed as str or int).
+    limit = cast("int | None", mx.device_info().get("max_recommended_working_set_size"))
     if limit is None:
         return None
     size = _model_bytes(model)
@@ -163,8 +164,13 @@ def _harmony_stop_tokens() -> frozenset[int]:
 
 
 def _model_bytes(model: Any) -> int:
-    return tree_reduce(
-        lambda acc, x: acc + x.nbytes if isinstance(x, mx.array) else acc, model.parameters(), 0
+    return cast(
+        "int",
+        tree_reduce(
+            lambda acc, x: acc + x.nbytes if isinstance(x, mx.array) else acc,
+            model.parameters(),
+            0,
+        ),
     )
 
 
@@ -247,7 +253,21 @@ class ModelFacts:
         self._opened(tokens)
         return tokens
 
-    def stream(self, **kwargs: Any) -> Iterator[StreamEvent]:
+    def stream(
+        self,
+        *,
+        prompt_tokens: Sequence[int],
+        sampling: SamplingParams | None = None,
+        max_tokens: int = 512,
+        stop_tokens: Iterable[int] | None = None,
+        stop_strings: Sequence[str] = (),
+        cancel: Cancel = None,
+        logits_processors: Sequence[LogitsProcessor] | None = None,
+        loop_detection: LoopDetector | LoopDetectionMode | str | None = None,
+        detokenize: bool = True,
+        logprobs: bool = False,
+        prompt_progress_callback: Callable[[int, int], None] | None = None,
+    ) -> Generator[StreamEvent, None, None]:
         raise NotImplementedError
 
     def _opened(self, tokens: Generator[int, None, None]) -> None:
@@ -449,7 +469,7 @@ class TokenGenerator(ModelFacts):
         detokenize: bool = True,
         logprobs: bool = False,
         prompt_progress_callback: Callable[[int, int], None] | None = None,
-    ) -> Iterator[StreamEvent]:
+    ) -> Generator[StreamEvent, None, None]:
         """Stream tokens and text deltas; the last event has `stop_reason` and `stats`.
 
         `sampling=None` is greedy. `stop_tokens=None` uses `default_stop_tokens`. `cancel` is a

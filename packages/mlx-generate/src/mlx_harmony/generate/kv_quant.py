@@ -113,7 +113,17 @@ def sdpa_with_quantized_sinks(
             group_size=cache.group_size,
             bits=cache.bits,
         )
-    return _mlx_lm_sdpa(queries, keys, values, cache, scale, mask, sinks=sinks)
+    # mlx-lm annotates `mask` as an array or None, yet its models pass "causal" too (which
+    # mx.fast.scaled_dot_product_attention takes).
+    return _mlx_lm_sdpa(
+        queries,
+        keys,
+        values,
+        cache,
+        scale,
+        mask,  # pyright: ignore[reportArgumentType]
+        sinks=sinks,
+    )
 
 
 def _model_module(model_type: str) -> ModuleType:
@@ -137,4 +147,5 @@ def install_sinks_attention(model_type: str = "gpt_oss") -> None:
             f"mlx_lm.models.{model_type}.scaled_dot_product_attention is not mlx-lm's function; "
             "something else patched it, so quantized attention with sinks cannot be installed"
         )
-    module.scaled_dot_product_attention = sdpa_with_quantized_sinks
+    # The module global checked above; a ModuleType has no declared attributes.
+    module.scaled_dot_product_attention = sdpa_with_quantized_sinks  # pyright: ignore[reportAttributeAccessIssue]

@@ -94,7 +94,7 @@ class LoadedModel:
 def _remapped_model_type(config: dict[str, Any]) -> str:
     from mlx_lm.utils import MODEL_ARCHITECTURE_REMAPPING, MODEL_REMAPPING
 
-    model_type = config["model_type"]
+    model_type: str = config["model_type"]
     architectures = config.get("architectures") or ()
     if isinstance(architectures, str):
         architectures = (architectures,)

@@ -19,7 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -157,7 +157,7 @@ def generate_step(
 
     def _step(y: mx.array) -> tuple[mx.array, mx.array | None]:
         logits = model(y[None], cache=cache)[:, -1, :]
-        if processors:
+        if history is not None:  # there are processors
             tokens = history.update_and_fetch(y)
             for processor in processors:
                 logits = processor(tokens, logits)
@@ -179,6 +179,7 @@ def generate_step(
         if output == "logprobs":
             scores = out
         else:
+            assert history is not None  # "logits" is the output when there are processors
             logits = out
             tokens = history.update_and_fetch(y)
             for processor in processors:
@@ -203,7 +204,7 @@ def generate_step(
             if quantize:
                 _quantize()
             mx.eval([c.state for c in cache])
-            if processors:
+            if history is not None:  # there are processors
                 history.update_and_fetch(chunk)
             processed += n
             if prompt_progress_callback is not None:
@@ -233,12 +234,13 @@ def generate_step(
                     mx.eval(y)
                     if prompt_progress_callback is not None:
                         prompt_progress_callback(total, total)
-                yield y.item(), scores
+                yield cast("int", y.item()), scores  # a token id
                 if last:
                     return
                 if n % 256 == 0:
                     mx.clear_cache()
-                y, scores = next_y, next_scores
+                # Set above: only the `last` step, which returned, skips them.
+                y, scores = next_y, next_scores  # pyright: ignore[reportPossiblyUnboundVariable]
                 n += 1
         finally:
             if decoder is not None:
@@ -284,7 +286,7 @@ def _as_cancel_check(cancel: Cancel) -> Callable[[], bool] | None:
         return None
     is_set = getattr(cancel, "is_set", None)
     if callable(is_set):
-        return is_set
+        return cast("Callable[[], bool]", is_set)
     if callable(cancel):
         return cancel
     raise TypeError(
@@ -302,7 +304,7 @@ def _prompt_ids(prompt: str | Sequence[int] | mx.array, tokenizer: Any) -> list[
             tokenizer.encode(prompt, add_special_tokens=bos is None or not prompt.startswith(bos))
         )
     if isinstance(prompt, mx.array):
-        return [int(t) for t in prompt.reshape(-1).tolist()]
+        return [int(t) for t in cast("list[int]", prompt.reshape(-1).tolist())]
     return [int(t) for t in prompt]
 
 
@@ -351,7 +353,7 @@ def stream_generate(
     if stop_tokens is None:
         if tokenizer is None:
             raise ValueError("stop_tokens=None means the tokenizer's EOS ids; pass a tokenizer")
-        stop_tokens = tokenizer.eos_token_ids
+        stop_tokens = cast("Iterable[int]", tokenizer.eos_token_ids)
     out = TokenEvents(
         tokenizer,
         stop_tokens=stop_tokens,
