@@ -146,6 +146,10 @@ def test_a_queued_request_whose_client_left_is_never_run(
             waiting.start()
             assert wait_for(lambda: server.worker.queued == 2)
             waiting.join(10)
+        # the server saw the client leave (its request logged as cancelled) before the worker
+        # is free to take the job
+        log = server.log_file
+        assert wait_for(lambda: log is not None and "cancelled" in log.read_text())
         server.generator.release()
         first.until_done()
     assert wait_for(lambda: server.worker.queued == 0)

@@ -66,7 +66,9 @@ def test_a_rotating_cache_gets_the_one_at_a_time_generator_with_the_same_options
 
 
 @pytest.mark.usefixtures("fakes")
-@pytest.mark.parametrize(("written", "expected"), [({}, True), ({"reseed_each_turn": False}, False)])
+@pytest.mark.parametrize(
+    ("written", "expected"), [({}, True), ({"reseed_each_turn": False}, False)]
+)
 def test_a_seeded_request_repeats_itself_unless_the_config_chains_seeds(
     tmp_path: Path, written: dict[str, bool], expected: bool
 ) -> None:

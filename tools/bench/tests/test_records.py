@@ -13,6 +13,7 @@ from pydantic import ValidationError
 from mlx_harmony.bench import RunInfo, TurnRecord, read_records, write_records
 from mlx_harmony.bench.targets import count_channel_tokens, final_text
 from mlx_harmony.bench.testing import make_record
+from mlx_harmony.harmony_format import get_encoding
 
 FIELDS = [
     "prompt_id",
@@ -125,33 +126,44 @@ def test_run_info_round_trips_and_keeps_extra_keys() -> None:
     assert again.model_extra == {"startup_s": 3.0}
 
 
-# Harmony ids of o200k_harmony, and a decoder for the channel names of these tests.
-IDS = {
-    "<|start|>": 200006,
-    "<|channel|>": 200005,
-    "<|message|>": 200008,
-    "<|end|>": 200007,
-    "<|return|>": 200002,
-    "<|call|>": 200012,
-}
-WORDS = {1: "analysis", 2: "final", 3: "commentary", 4: " to=functions.get_time", 9: "x"}
+def _harmony(text: str) -> list[int]:
+    return list(get_encoding().encode(text, allowed_special="all"))
 
 
-def decode(tokens: list[int]) -> str:
-    return "".join(WORDS.get(t, "?") for t in tokens)
-
-
-def test_channel_tokens_count_only_the_analysis_content() -> None:
-    chan, msg, end, start, ret = 200005, 200008, 200007, 200006, 200002
-    # <|channel|>analysis<|message|> x x x <|end|>
-    # <|start|>assistant<|channel|>final<|message|> x x <|return|>
-    tokens = [chan, 1, msg, 9, 9, 9, end, start, 9, chan, 2, msg, 9, 9, ret]
-    assert count_channel_tokens(tokens, IDS, decode) == 3
-    assert count_channel_tokens(tokens, IDS, decode, channel="final") == 2
+def test_channel_tokens_count_only_the_channel_content() -> None:
+    thought, answer = _harmony("Bees build comb from wax."), _harmony(" Wax, from glands.")
+    tokens = _harmony(
+        "<|channel|>analysis<|message|>Bees build comb from wax.<|end|>"
+        "<|start|>assistant<|channel|>final<|message|> Wax, from glands.<|return|>"
+    )
+    assert count_channel_tokens(tokens) == len(thought)
+    assert count_channel_tokens(tokens, channel="final") == len(answer)
     # a commentary tool call: "commentary to=functions.get_time" is the commentary channel
-    call = [chan, 3, 4, msg, 9, 9, 200012]
-    assert count_channel_tokens(call, IDS, decode, channel="commentary") == 2
-    assert count_channel_tokens([9, 9, 9], IDS, decode) == 0, "no header: no channel"
+    call = _harmony('<|channel|>commentary to=functions.get_time<|message|>{"tz": "UTC"}<|call|>')
+    assert count_channel_tokens(call, channel="commentary") == len(_harmony('{"tz": "UTC"}'))
+    assert count_channel_tokens(_harmony("no header at all")) == 0, "no header: no channel"
+
+
+def test_channel_tokens_take_the_generator_texts() -> None:
+    tokens = _harmony("<|channel|>analysis<|message|>Bees build comb.<|end|>")
+    encoding = get_encoding()
+    texts = [encoding.decode([t]) for t in tokens]
+    content = len(_harmony("Bees build comb."))
+    assert count_channel_tokens(tokens, texts) == count_channel_tokens(tokens) == content
+    with pytest.raises(ValueError, match="2 texts for"):
+        count_channel_tokens(tokens, texts[:2])
+
+
+def test_a_character_split_over_tokens_counts_every_token() -> None:
+    tokens = _harmony("<|channel|>analysis<|message|>🐝<|end|>")
+    bee = _harmony("🐝")
+    assert len(bee) > 1, "the bee emoji is more than one token"
+    # the generator's text: nothing until the character is whole, then all of it
+    head, tail = _harmony("<|channel|>analysis<|message|>"), _harmony("<|end|>")
+    assert tokens == head + bee + tail
+    texts = [get_encoding().decode([t]) for t in head]
+    texts += [""] * (len(bee) - 1) + ["\U0001f41d"] + ["<|end|>"]
+    assert count_channel_tokens(tokens, texts) == len(bee)
 
 
 def test_final_text_takes_the_final_channel_of_a_raw_completion() -> None:

@@ -5,9 +5,6 @@ that owns the model, and stores the services on ``app.state``. ``mlx-harmony-ser
 runs it with uvicorn.
 """
 
-from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
-from importlib.metadata import version as _version
-
 from .app import create_app
 from .chat import ChatPlan, ChatService, plan_chat
 from .cli import main
@@ -16,12 +13,8 @@ from .responses import ResponsesService
 from .serving import Serving
 from .settings import ServerSettings
 from .tool_names import ToolNameMap
+from .version import __version__
 from .worker import ModelWorker, TurnPlan, WorkerStats
-
-try:
-    __version__ = _version("mlx-harmony-server")
-except _PackageNotFoundError:  # a source tree on PYTHONPATH (the GPU runs), not installed
-    __version__ = "0+unknown"
 
 __all__ = [
     "DEMO_MODEL_ID",

@@ -17,6 +17,7 @@ from .models import ModelRegistry, load_generator
 from .responses import ResponsesService, ResponseStore, responses_router
 from .routes import health_router, models_router
 from .settings import ServerSettings
+from .version import __version__
 from .worker import ModelLoader, ModelWorker
 
 __all__ = ["create_app"]
@@ -37,7 +38,6 @@ def create_app(
     names are checked here (`ConfigError`); the model itself loads in the lifespan with
     ``preload``, else on the first request, on the worker thread that will run it.
     """
-    from . import __version__
 
     settings = settings if settings is not None else ServerSettings()
     registry = registry if registry is not None else settings.registry()

@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import threading
 from collections import deque
-from typing import Any
+from typing import Generic, TypeVar
 
 __all__ = ["EventChannel"]
+
+T = TypeVar("T")
 
 
 class _End:
@@ -24,12 +26,12 @@ class _End:
         self.error = error
 
 
-class EventChannel:
+class EventChannel(Generic[T]):
     """Items from a worker thread to an asyncio consumer; see the module docstring."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._items: deque[Any] = deque()
+        self._items: deque[T | _End] = deque()
         self._lock = threading.Lock()
         self._wake_pending = False
         self._waiter: asyncio.Future[None] | None = None
@@ -38,7 +40,7 @@ class EventChannel:
 
     # -- worker side -----------------------------------------------------------------------
 
-    def put(self, item: Any) -> None:
+    def put(self, item: T) -> None:
         self._items.append(item)
         self._wake()
 
@@ -71,7 +73,7 @@ class EventChannel:
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
 
-    async def get_batch(self) -> list[Any]:
+    async def get_batch(self) -> list[T]:
         """The items that arrived, at least one (waits for it); ``[]`` once the channel is
         closed, or when `interrupt` woke it. Raises the error the worker closed it with (after
         the items that came before it)."""
@@ -84,7 +86,7 @@ class EventChannel:
                 await self._waiter
             finally:
                 self._waiter = None
-        batch: list[Any] = []
+        batch: list[T] = []
         while items:
             item = items[0]
             if isinstance(item, _End):
@@ -95,5 +97,6 @@ class EventChannel:
                 if item.error is not None:
                     raise item.error
                 return []
-            batch.append(items.popleft())
+            batch.append(item)
+            items.popleft()
         return batch

@@ -100,7 +100,7 @@ class ConversationBuilder:
 
     def user(self, text: str) -> None:
         if self._started:
-            self._turns.append(Turn(self._user, tuple(self._replies)))
+            self._turns.append(_turn(self._user, self._replies))
         self._user, self._replies, self._started = Message.user(text), [], True
 
     def assistant(
@@ -123,11 +123,18 @@ class ConversationBuilder:
         """Whether an earlier assistant reply made the call `call_id`."""
         return call_id in self._calls
 
-    def tool_result(self, call_id: str, text: str, *, unknown: Callable[[], APIError]) -> None:
-        """The result of the call `call_id`; `unknown()` is raised when no earlier reply made
-        that call."""
+    def tool_result(
+        self, call_id: str, text: str, *, where: str, field: str, missing: str, code: str
+    ) -> None:
+        """The result of the call `call_id`, sent as `field` of the input at `where`; a 400
+        (`code`) that says what is `missing` when no earlier reply made that call."""
         if call_id not in self._calls:
-            raise unknown()
+            raise APIError(
+                400,
+                f"{where} answers {field} {call_id!r}, which {missing}",
+                param=f"{where}.{field}",
+                code=code,
+            )
         self._started = True
         self._replies.append(Message.tool_result(f"functions.{self._calls[call_id]}", text))
 
@@ -143,5 +150,12 @@ class ConversationBuilder:
         return Conversation(
             "\n\n".join(self._instructions) or None,
             tuple(self._turns),
-            Turn(self._user, tuple(self._replies)),
+            _turn(self._user, self._replies),
         )
+
+
+def _turn(user: Message | None, replies: Sequence[Message]) -> Turn:
+    """A turn; `user` is None for replies sent before the first user message, which the
+    controller renders as they are (its adapters skip a missing user message, although
+    `Turn.user` is annotated as always present)."""
+    return Turn(user, tuple(replies))  # pyright: ignore[reportArgumentType]

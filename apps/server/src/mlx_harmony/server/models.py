@@ -17,6 +17,7 @@ from typing import Any, Literal
 from mlx_harmony.controller import ConfigError, Profiles, PromptConfig
 
 from .errors import APIError
+from .protocol import ModelCard
 
 __all__ = [
     "DEMO_MODEL_ID",
@@ -149,7 +150,7 @@ class ModelRegistry:
             names += [n for n in self.profiles.names if n not in names]
         return names
 
-    def cards(self) -> list[dict[str, Any]]:
+    def cards(self) -> list[ModelCard]:
         """``GET /v1/models`` entries."""
         cards = [self._card(self.default.id, "model")]
         seen = {self.default.id}
@@ -164,14 +165,10 @@ class ModelRegistry:
                     cards.append(self._card(name, "profile"))
         return cards
 
-    def _card(self, name: str, kind: Kind) -> dict[str, Any]:
-        return {
-            "id": name,
-            "object": "model",
-            "created": self.created,
-            "owned_by": "mlx-harmony",
-            "kind": kind,
-        }
+    def _card(self, name: str, kind: Kind) -> ModelCard:
+        return ModelCard(
+            id=name, object="model", created=self.created, owned_by="mlx-harmony", kind=kind
+        )
 
     def resolve(self, name: str | None) -> ModelEntry:
         """The entry a request's ``model`` names (empty: the default); 404 for others."""

@@ -25,10 +25,11 @@ from mlx_harmony.harmony_format import (
     render_message,
 )
 
+from .conversation import Conversation
 from .errors import APIError
 from .models import ModelEntry
 from .tool_names import ToolNameMap
-from .worker import Finished
+from .worker import Finished, TurnPlan
 
 __all__ = [
     "SERVER_RETRY_POLICY",
@@ -42,6 +43,7 @@ __all__ = [
     "developer_instructions",
     "format_instruction",
     "openai_calls",
+    "plan_turn",
     "retry_policy",
     "was_cut",
 ]
@@ -85,6 +87,30 @@ class FunctionSpec:
 def retry_policy(*, explicit_limit: bool) -> RetryPolicy:
     """`STRICT_RETRY_POLICY` when the client (or the server) set a token limit."""
     return STRICT_RETRY_POLICY if explicit_limit else SERVER_RETRY_POLICY
+
+
+def plan_turn(
+    entry: ModelEntry,
+    conversation: Conversation,
+    config: PromptConfig,
+    function_tools: tuple[FunctionTool, ...],
+    *,
+    explicit_limit: bool,
+    top_logprobs: int | None = None,
+    conversation_param: str = "messages",
+) -> TurnPlan:
+    """The worker's plan for a checked request's conversation (`retry_policy` says why the
+    token limit matters)."""
+    return TurnPlan(
+        entry=entry,
+        turn=conversation.turn,
+        history=conversation.history,
+        config=config,
+        function_tools=function_tools,
+        top_logprobs=top_logprobs,
+        policy=retry_policy(explicit_limit=explicit_limit),
+        conversation_param=conversation_param,
+    )
 
 
 def build_config(

@@ -6,7 +6,27 @@ from typing import Literal
 
 from pydantic import BaseModel, Field
 
-__all__ = ["ErrorDetail", "ErrorResponse", "Health", "ModelCard", "ModelList"]
+__all__ = [
+    "CachedTokens",
+    "ErrorDetail",
+    "ErrorResponse",
+    "Health",
+    "ModelCard",
+    "ModelList",
+    "ReasoningTokens",
+]
+
+
+class CachedTokens(BaseModel):
+    """The prompt's share of a usage: both APIs' ``*_tokens_details`` of the prompt."""
+
+    cached_tokens: int = Field(description="Prompt tokens served from the prompt cache.")
+
+
+class ReasoningTokens(BaseModel):
+    """The completion's share of a usage: both APIs' ``*_tokens_details`` of the output."""
+
+    reasoning_tokens: int = Field(description="Tokens of the analysis channel.")
 
 
 class ErrorDetail(BaseModel):

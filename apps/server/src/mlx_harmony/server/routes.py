@@ -6,15 +6,20 @@ Each API adds its own router (`chat.router`, `responses.router`) made by `v1_rou
 from __future__ import annotations
 
 import secrets
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel
 
 from .errors import APIError
+from .models import ModelRegistry
 from .protocol import ErrorResponse, Health, ModelCard, ModelList
 from .worker import LoadedState
 
-__all__ = ["health_router", "models_router", "require_api_key", "v1_router"]
+__all__ = ["health_router", "models_router", "require_api_key", "streamed_post", "v1_router"]
+
+RouteT = TypeVar("RouteT", bound=Callable[..., Any])
 
 _ERRORS: dict[str, str] = {
     "400": "Malformed JSON, a value out of range, or a prompt longer than the context",
@@ -61,32 +66,41 @@ def v1_router(errors: dict[str, str] | None = None, *, tags: list[str] | None = 
     )
 
 
+def streamed_post(
+    router: APIRouter, path: str, answer: type[BaseModel]
+) -> Callable[[RouteT], RouteT]:
+    """A ``POST`` route of a turn: `answer` as JSON, or server-sent events with ``stream``."""
+    return router.post(
+        path, response_model=answer, responses={200: {"content": {"text/event-stream": {}}}}
+    )
+
+
 health_router = APIRouter(tags=["health"])
 models_router = v1_router()
 
 
 @health_router.get("/v1/health", response_model=Health)
 @health_router.get("/health", response_model=Health, include_in_schema=False)
-async def health(request: Request) -> dict[str, Any]:
+async def health(request: Request) -> Health:
     """Whether the model is loaded, and which; needs no API key."""
     worker = request.app.state.worker
     registry = request.app.state.registry
     state = worker.state
     entry = state.entry if state is not None else registry.default
-    return {
-        "status": "ok",
-        "model": entry.id,
-        "model_loaded": state is not None,
-        "model_path": _model_path(state),
-        "prompt_config_path": entry.prompt_config_path,
-        "loaded_at_unix": state.loaded_at if state is not None else None,
-        "queued_requests": worker.queued,
-        "running_requests": worker.running,
-        "waiting_requests": worker.waiting,
-        "max_concurrency": worker.max_concurrency,
-        "prompt_cache": _prompt_cache(state),
-        "load_error": worker.load_error,
-    }
+    return Health(
+        status="ok",
+        model=entry.id,
+        model_loaded=state is not None,
+        model_path=_model_path(state),
+        prompt_config_path=entry.prompt_config_path,
+        loaded_at_unix=state.loaded_at if state is not None else None,
+        queued_requests=worker.queued,
+        running_requests=worker.running,
+        waiting_requests=worker.waiting,
+        max_concurrency=worker.max_concurrency,
+        prompt_cache=_prompt_cache(state),
+        load_error=worker.load_error,
+    )
 
 
 def _prompt_cache(state: LoadedState | None) -> dict[str, int] | None:
@@ -111,16 +125,21 @@ def _model_path(state: LoadedState | None) -> str | None:
 
 
 @models_router.get("/models", response_model=ModelList)
-async def list_models(request: Request) -> dict[str, Any]:
+async def list_models(request: Request) -> ModelList:
     """The default model, the model folders under models_dir, then the profiles."""
-    return {"object": "list", "data": request.app.state.registry.cards()}
+    return ModelList(object="list", data=_registry(request).cards())
 
 
 @models_router.get("/models/{model_id:path}", response_model=ModelCard)
-async def get_model(model_id: str, request: Request) -> dict[str, Any]:
-    for card in request.app.state.registry.cards():
-        if card["id"] == model_id:
+async def get_model(model_id: str, request: Request) -> ModelCard:
+    for card in _registry(request).cards():
+        if card.id == model_id:
             return card
     raise APIError(
         404, f"model {model_id!r} is not served here", param="model", code="model_not_found"
     )
+
+
+def _registry(request: Request) -> ModelRegistry:
+    registry: ModelRegistry = request.app.state.registry
+    return registry

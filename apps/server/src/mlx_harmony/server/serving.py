@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, Never, Protocol, TypeVar
 
 from fastapi import Request
 from fastapi.responses import Response, StreamingResponse
@@ -21,7 +21,15 @@ from starlette.types import Scope, Send
 
 from .channel import EventChannel
 from .errors import APIError
-from .worker import CountJob, Finished, ModelWorker, TurnJob, TurnPlan, WorkerEvent
+from .worker import (
+    CountJob,
+    Finished,
+    ModelWorker,
+    PromptCount,
+    TurnJob,
+    TurnPlan,
+    WorkerEvent,
+)
 
 __all__ = [
     "ClientWatch",
@@ -116,7 +124,7 @@ class ClientWatch:
     """Watches for the client going away while its job waits or runs."""
 
     job: TurnJob | CountJob
-    channel: EventChannel
+    channel: EventChannel[WorkerEvent] | EventChannel[PromptCount]
     task: asyncio.Task[None] | None = None
     gone: bool = False
 
@@ -142,7 +150,7 @@ def submit_turn(
     worker: ModelWorker, plan: TurnPlan, receive: Receive | None
 ) -> tuple[TurnJob, ClientWatch]:
     """Queue `plan` on the worker and watch for its client leaving."""
-    channel = EventChannel(asyncio.get_running_loop())
+    channel: EventChannel[WorkerEvent] = EventChannel(asyncio.get_running_loop())
     job = TurnJob(plan, channel)
     worker.submit(job)
     watch = ClientWatch(job, channel)
@@ -244,7 +252,9 @@ class EventStreamResponse(StreamingResponse):
                 await close()
 
 
-async def answer(service: Serving[Any, P], plan: P, request: Request, outcome: Outcome) -> Response:
+async def answer(
+    service: Serving[Never, P], plan: P, request: Request, outcome: Outcome
+) -> Response:
     """Run a planned turn of `service`: server-sent events when the plan streams, else the
     whole answer; 499 when the client left before it started.
 

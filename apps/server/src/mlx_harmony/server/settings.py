@@ -90,7 +90,7 @@ class ServerSettings:
                 config_path = os.fspath(path) if path is not None else None
             default = ModelEntry(self.profile, resolved.model, config, config_path, "profile")
         else:
-            config = config if config is not None else PromptConfig()
+            config = config if config is not None else PromptConfig.model_validate({})
             if self.model:
                 default = self._model_entry(self.model, config, config_path)
             else:

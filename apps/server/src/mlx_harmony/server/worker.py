@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Generic, NamedTuple, TypedDict, TypeVar, cast
 
 from mlx_harmony.controller import (
     AnswerDelta,
@@ -45,7 +45,7 @@ from mlx_harmony.controller import (
     context_length_of,
     stream_chat_turn,
 )
-from mlx_harmony.harmony_format import FIRST_SPECIAL, MESSAGE, FunctionTool
+from mlx_harmony.harmony_format import FIRST_SPECIAL, FunctionTool, StreamParser
 
 from .admission import FairQueue, QueueFullError, current_client
 from .channel import EventChannel
@@ -56,8 +56,11 @@ __all__ = [
     "CountJob",
     "Finished",
     "LoadedState",
+    "LogprobEntry",
     "ModelWorker",
+    "PromptCount",
     "TokenLogprobs",
+    "TopLogprob",
     "TurnJob",
     "TurnPlan",
     "WorkerEvent",
@@ -65,6 +68,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("mlx_harmony.server")
+
+ItemT = TypeVar("ItemT")
 
 ModelLoader = Callable[[ModelEntry], Any]
 """Loads a model entry: returns a `TokenGenerator` (or a test double with its API)."""
@@ -86,11 +91,28 @@ class TurnPlan:
     """The request field that holds the conversation, which a too-long prompt error names."""
 
 
+class TopLogprob(TypedDict):
+    """One of a token's most likely alternatives (OpenAI's ``top_logprobs`` entry)."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
+
+
+class LogprobEntry(TypedDict):
+    """A generated token's logprob and its alternatives (OpenAI's ``logprobs.content``)."""
+
+    token: str
+    logprob: float
+    bytes: list[int]
+    top_logprobs: list[TopLogprob]
+
+
 @dataclass(frozen=True, slots=True)
 class TokenLogprobs:
     """The logprobs of the content tokens of the `AnswerDelta` that follows."""
 
-    entries: tuple[dict[str, Any], ...]
+    entries: tuple[LogprobEntry, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +125,16 @@ class Finished:
 
 
 WorkerEvent = TurnEvent | TokenLogprobs | Finished
+
+
+class PromptCount(NamedTuple):
+    """What `CountJob` answers: the prompt's tokens and the context budget."""
+
+    tokens: int
+    window: int | None
+    margin: int
+
+
 """What a `TurnJob` puts into its channel: the turn's events, logprobs, then `Finished`."""
 
 
@@ -145,10 +177,10 @@ class _Job:
         raise NotImplementedError
 
 
-class TurnJob(_Job):
-    """Run one turn, streaming its events into `channel`."""
+class _PlanJob(_Job, Generic[ItemT]):
+    """A job of a request's `TurnPlan` that answers into the request's `channel`."""
 
-    def __init__(self, plan: TurnPlan, channel: EventChannel) -> None:
+    def __init__(self, plan: TurnPlan, channel: EventChannel[ItemT]) -> None:
         self.plan = plan
         self.entry = plan.entry
         self.channel = channel
@@ -157,6 +189,10 @@ class TurnJob(_Job):
 
     def fail(self, error: BaseException) -> None:
         self.channel.close(error)
+
+
+class TurnJob(_PlanJob["WorkerEvent"]):
+    """Run one turn, streaming its events into `channel`."""
 
     def run(self, state: LoadedState, worker: ModelWorker) -> None:
         plan = self.plan
@@ -220,18 +256,8 @@ class TurnJob(_Job):
         self.channel.close()
 
 
-class CountJob(_Job):
+class CountJob(_PlanJob[PromptCount]):
     """Count a conversation's prompt tokens (``POST /v1/tokenize``)."""
-
-    def __init__(self, plan: TurnPlan, channel: EventChannel) -> None:
-        self.plan = plan
-        self.entry = plan.entry
-        self.channel = channel
-        self.cancel = threading.Event()
-        self.submitted = time.perf_counter()
-
-    def fail(self, error: BaseException) -> None:
-        self.channel.close(error)
 
     def run(self, state: LoadedState, worker: ModelWorker) -> None:
         plan = self.plan
@@ -245,7 +271,7 @@ class CountJob(_Job):
         except BaseException as error:
             self.channel.close(error)
             return
-        self.channel.put((len(tokens), budget.window, budget.margin))
+        self.channel.put(PromptCount(len(tokens), budget.window, budget.margin))
         self.channel.close()
 
 
@@ -299,7 +325,9 @@ class _TokenTap:
     tokens) and, when logprobs were asked for, computes each token's entry.
 
     The turn feeds each token to its parser right after this yields it, so the tokens seen
-    since the last delta are those that produced the next one.
+    since the last delta are those that produced the next one. Which of them are content (not
+    ``<|start|>assistant<|channel|>final<|message|>``) says harmony-format's `StreamParser`,
+    fed the generator's text, which the tap runs only when logprobs were asked for.
     """
 
     def __init__(self, generator: Any, *, top: int | None, harmony: bool) -> None:
@@ -307,9 +335,9 @@ class _TokenTap:
         self.top = top
         self.harmony = harmony
         self.pending = 0
-        self._tokens: list[int] = []
-        self._entries: list[dict[str, Any]] = []
-        self._stops: frozenset[int] = frozenset()
+        self._content: list[LogprobEntry] = []
+        self._waiting: list[LogprobEntry] = []
+        self._parser = StreamParser() if harmony and top is not None else None
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.generator, name)
@@ -321,57 +349,62 @@ class _TokenTap:
                     self.pending += 1
                 yield event
             return
-        self._stops = frozenset(kwargs.get("stop_tokens") or ())
+        stops = frozenset(kwargs.get("stop_tokens") or ())
         for event in self.generator.stream(**kwargs, logprobs=True):
             token = event.token
             if token is not None:
                 self.pending += 1
-                self._tokens.append(token)
-                self._entries.append(self._entry(token, event.logprobs))
+                if token not in stops:
+                    self._sort(token, event.text, self._entry(token, event.logprobs))
             yield event
+
+    def _sort(self, token: int, text: str | None, entry: LogprobEntry) -> None:
+        """File a token's entry as content, or as waiting for the parser to say: an ordinary
+        token that gave no text yet is either a header word (dropped at the next special
+        token) or content the parser holds back (a partial character), kept with the next
+        delta."""
+        parser = self._parser
+        if parser is None:
+            self._content.append(entry)
+        elif parser.feed(token, text):
+            self._content.extend(self._waiting)
+            self._waiting.clear()
+            self._content.append(entry)
+        elif token >= FIRST_SPECIAL:
+            self._waiting.clear()
+        else:
+            self._waiting.append(entry)
 
     def take_count(self) -> int:
         count, self.pending = self.pending, 0
-        self._tokens.clear()
-        self._entries.clear()
+        self._content.clear()
         return count
 
-    def take_content(self) -> tuple[dict[str, Any], ...]:
-        """The entries of the content tokens since the last delta: header and special tokens
-        (``<|start|>assistant<|channel|>final<|message|>``) left out."""
-        tokens, entries = self._tokens, self._entries
-        start = 0
-        if self.harmony:
-            for i in range(len(tokens) - 1, -1, -1):
-                if tokens[i] == MESSAGE:
-                    start = i + 1
-                    break
-        out = tuple(
-            e
-            for t, e in zip(tokens[start:], entries[start:], strict=True)
-            if not (self.harmony and t >= FIRST_SPECIAL) and t not in self._stops
-        )
+    def take_content(self) -> tuple[LogprobEntry, ...]:
+        """The entries of the content tokens since the last delta."""
+        out = tuple(self._content)
         self.pending = 0
-        tokens.clear()
-        entries.clear()
+        self._content.clear()
         return out
 
-    def _entry(self, token: int, logprobs: Any) -> dict[str, Any]:
+    def _entry(self, token: int, logprobs: Any) -> LogprobEntry:
         text, raw = self._token_text(token)
         if logprobs is None:
             return {"token": text, "logprob": 0.0, "bytes": raw, "top_logprobs": []}
         import mlx.core as mx
 
         scores = logprobs.reshape(-1)
-        top: list[dict[str, Any]] = []
+        top: list[TopLogprob] = []
         k = self.top or 0
         if k:
             k = min(k, scores.size)
             ids = mx.argpartition(-scores, kth=k - 1)[:k]
             values = scores[ids]
             order = mx.argsort(-values)
-            ids, values = ids[order].tolist(), values[order].tolist()
-            for i, v in zip(ids, values, strict=True):
+            # a 1-D array's tolist() is a list (mlx types it as list or scalar)
+            picked = cast(list[int], ids[order].tolist())
+            picked_scores = cast(list[float], values[order].tolist())
+            for i, v in zip(picked, picked_scores, strict=True):
                 t, b = self._token_text(int(i))
                 top.append({"token": t, "logprob": _finite(v), "bytes": b})
         return {

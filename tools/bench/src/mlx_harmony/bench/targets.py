@@ -28,6 +28,17 @@ from typing import Any, Protocol
 
 import httpx
 
+from mlx_harmony.harmony_format import (
+    CALL,
+    CHANNEL,
+    END,
+    FIRST_SPECIAL,
+    MESSAGE,
+    RETURN,
+    START,
+    StreamParser,
+)
+
 from .prompts import Prompt
 from .records import TARGETS, TurnRecord
 from .servers import ServerProcess, free_port, mlx_lm_server_command, our_server_command
@@ -53,7 +64,14 @@ WARMUP_PROMPT = Prompt(
 )
 
 # Harmony's special tokens (o200k_harmony), found by name in the tokenizer.
-_HARMONY_NAMES = ("<|start|>", "<|channel|>", "<|message|>", "<|end|>", "<|return|>", "<|call|>")
+_HARMONY_IDS = {
+    "<|start|>": START,
+    "<|channel|>": CHANNEL,
+    "<|message|>": MESSAGE,
+    "<|end|>": END,
+    "<|return|>": RETURN,
+    "<|call|>": CALL,
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -178,52 +196,46 @@ def _harmony_ids(tokenizer: Any) -> dict[str, int] | None:
         return None
     ids: dict[str, int] = {}
     unk = getattr(tokenizer, "unk_token_id", None)
-    for name in _HARMONY_NAMES:
+    for name, expected in _HARMONY_IDS.items():
         try:
             value = convert(name)
         except Exception:
             return None
-        if not isinstance(value, int) or value < 0 or value == unk:
-            return None
+        if not isinstance(value, int) or value < 0 or value == unk or value != expected:
+            return None  # not the Harmony vocabulary `StreamParser` reads
         ids[name] = value
     return ids
 
 
 def count_channel_tokens(
     tokens: Sequence[int],
-    ids: dict[str, int],
-    decode: Callable[[list[int]], str],
+    texts: Sequence[str] | None = None,
     *,
     channel: str = "analysis",
 ) -> int:
-    """How many generated tokens are message content on `channel` (Harmony).
+    """How many tokens of one generation are message content on `channel` (Harmony), as
+    harmony-format's `StreamParser` reads them (``texts``: each token's text as the generator
+    decoded it, when it kept them).
 
-    A generation starts in an assistant header (the prompt ends with ``<|start|>assistant``);
-    ``<|channel|>NAME ...<|message|>`` opens content, ``<|end|>``, ``<|return|>`` or
-    ``<|call|>`` closes it, ``<|start|>`` begins the next header."""
-    start, chan, message = ids["<|start|>"], ids["<|channel|>"], ids["<|message|>"]
-    closers = {ids["<|end|>"], ids["<|return|>"], ids["<|call|>"]}
-    count = 0
-    in_content = False
-    current: str | None = None
-    name: list[int] | None = None
-    for token in tokens:
-        if token == start:
-            in_content, current, name = False, None, None
-        elif token == chan:
-            in_content, name = False, []
-        elif token == message:
-            if name is not None:
-                words = decode(name).split()
-                current = words[0] if words else ""
-            name, in_content = None, True
-        elif token in closers:
-            in_content, current, name = False, None, None
-        elif in_content:
-            if current == channel:
-                count += 1
-        elif name is not None:
-            name.append(token)
+    A token counts when the parser gives text on `channel` for it; an ordinary token that gave
+    no text yet (content the parser holds back, such as part of a character) counts with the
+    next one that does, while a header word (``analysis`` in ``<|channel|>analysis``) is
+    dropped at the special token that follows it."""
+    if texts is not None and len(texts) != len(tokens):
+        raise ValueError(f"got {len(texts)} texts for {len(tokens)} tokens")
+    parser = StreamParser()
+    count = waiting = 0
+    for i, token in enumerate(tokens):
+        deltas = parser.feed(token, None if texts is None else texts[i])
+        special = token >= FIRST_SPECIAL
+        if deltas:
+            if any(d.channel == channel for d in deltas):
+                count += waiting + (0 if special else 1)
+            waiting = 0
+        elif special:
+            waiting = 0
+        else:
+            waiting += 1
     return count
 
 
@@ -417,9 +429,10 @@ class LocalTarget:
         ttft = first - t0 if first is not None else None
         reasoning = None
         if self.harmony is not None:
-            reasoning = count_channel_tokens(
-                self.tap.tokens, self.harmony, self.generator.tokenizer.decode
-            )
+            tokens, reasoning, at = self.tap.tokens, 0, 0
+            for _first, _last, n in spans:  # one parser per generation of the turn
+                reasoning += count_channel_tokens(tokens[at : at + n])
+                at += n
         return _updated(
             base,
             prompt_tokens=prompt_tokens,
@@ -514,7 +527,7 @@ class MlxLmTarget:
             ttft = first - t0 if first is not None else None
             reasoning = None
             if self.harmony is not None:
-                reasoning = count_channel_tokens(generated, self.harmony, self.tokenizer.decode)
+                reasoning = count_channel_tokens(generated, pieces)
             record = _updated(
                 base,
                 prompt_tokens=len(tokens),

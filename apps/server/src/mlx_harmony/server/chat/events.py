@@ -8,6 +8,8 @@ import secrets
 import time
 from collections.abc import Sequence
 
+from pydantic import TypeAdapter
+
 from mlx_harmony.controller import AnswerDelta, CommentaryDelta, ThinkingDelta
 
 from ..errors import APIError
@@ -39,6 +41,7 @@ from .translation import (
 __all__ = ["ChatOutput", "encode_chunk"]
 
 _DONE = b"data: [DONE]\n\n"
+_DELTA: TypeAdapter[ChunkDelta] = TypeAdapter(ChunkDelta)
 
 
 def encode_chunk(chunk: ChatCompletionChunk) -> bytes:
@@ -59,6 +62,7 @@ class ChatOutput:
         self._pending_logprobs: list[TokenLogprob] | None = None
         self._chunks: list[bytes] = []
         self._answer: ChatCompletion | None = None
+        self._frame_bytes = self._frame() if stream else (b"", b"")
 
     def _chunk(
         self,
@@ -67,13 +71,9 @@ class ChatOutput:
         logprobs: ChoiceLogprobs | None = None,
         finish: FinishName | None = None,
     ) -> bytes:
-        # model_construct: the values are the server's own, already checked; no validation
-        # per token.
-        choice = ChunkChoice.model_construct(
-            index=0, delta=delta, logprobs=logprobs, finish_reason=finish
-        )
+        choice = ChunkChoice(index=0, delta=delta, logprobs=logprobs, finish_reason=finish)
         return encode_chunk(
-            ChatCompletionChunk.model_construct(
+            ChatCompletionChunk(
                 id=self.id,
                 object="chat.completion.chunk",
                 created=self.created,
@@ -82,8 +82,23 @@ class ChatOutput:
             )
         )
 
+    def _frame(self) -> tuple[bytes, bytes]:
+        """The bytes around the delta of a chunk with no logprobs and no finish reason: the
+        `ChatCompletionChunk` serialised once per answer, so that a token only serialises
+        its `ChunkDelta` (a whole chunk model per token cost ~4x as much)."""
+        head, mark, tail = self._chunk(ChunkDelta()).partition(b'"delta":{}')
+        if not mark:
+            raise RuntimeError("the chunk's JSON has no empty delta to fill")
+        return head + b'"delta":', tail
+
+    def _delta_chunk(self, delta: ChunkDelta) -> bytes:
+        """A chunk of `delta` alone: the frame around the delta's JSON (fields not set are
+        left out, as `encode_chunk` leaves them out of a whole chunk)."""
+        head, tail = self._frame_bytes
+        return head + _DELTA.dump_json(delta, exclude_unset=True) + tail
+
     def start(self) -> bytes:
-        return self._chunk(ChunkDelta(role="assistant", content=""))
+        return self._delta_chunk(ChunkDelta(role="assistant", content=""))
 
     def feed(self, batch: Sequence[WorkerEvent]) -> Finished | None:
         finished = None
@@ -96,10 +111,8 @@ class ChatOutput:
                 if not stream:
                     self._reasoning.append(item.text)
                 elif self.plan.include_reasoning:
-                    delta = ChunkDelta.model_construct(
-                        reasoning=item.text, reasoning_content=item.text
-                    )
-                    self._chunks.append(self._chunk(delta))
+                    delta = ChunkDelta(reasoning=item.text, reasoning_content=item.text)
+                    self._chunks.append(self._delta_chunk(delta))
             elif isinstance(item, TokenLogprobs):
                 entries = [TokenLogprob.model_validate(e) for e in item.entries]
                 if stream:
@@ -111,13 +124,13 @@ class ChatOutput:
         return finished
 
     def _content(self, text: str) -> None:
-        delta = ChunkDelta.model_construct(content=text)
+        delta = ChunkDelta(content=text)
         if self.plan.logprobs:
             logprobs = ChoiceLogprobs(content=self._pending_logprobs or [])
             self._pending_logprobs = None
             self._chunks.append(self._chunk(delta, logprobs=logprobs))
         else:
-            self._chunks.append(self._chunk(delta))
+            self._chunks.append(self._delta_chunk(delta))
 
     def take(self) -> bytes:
         data = b"".join(self._chunks)

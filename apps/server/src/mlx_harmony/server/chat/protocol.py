@@ -15,6 +15,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..protocol import CachedTokens, ReasoningTokens
+
 __all__ = [
     "AssistantMessage",
     "ChatCompletion",
@@ -234,12 +236,12 @@ class Choice(BaseModel):
     finish_reason: Literal["stop", "length", "tool_calls"]
 
 
-class PromptTokensDetails(BaseModel):
-    cached_tokens: int = Field(description="Prompt tokens served from the prompt cache.")
+class PromptTokensDetails(CachedTokens):
+    """``usage.prompt_tokens_details``."""
 
 
-class CompletionTokensDetails(BaseModel):
-    reasoning_tokens: int = Field(description="Tokens of the analysis channel.")
+class CompletionTokensDetails(ReasoningTokens):
+    """``usage.completion_tokens_details``."""
 
 
 class Usage(BaseModel):

@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import Request
 from fastapi.responses import Response
 
-from ..routes import v1_router
+from ..routes import streamed_post, v1_router
 from ..serving import serve
 from .protocol import ChatCompletion, ChatCompletionRequest, TokenCountResponse
 from .serving import ChatService
@@ -16,19 +16,18 @@ __all__ = ["chat_router"]
 chat_router = v1_router()
 
 
-@chat_router.post(
-    "/chat/completions",
-    response_model=ChatCompletion,
-    responses={200: {"content": {"text/event-stream": {}}}},
-)
+@streamed_post(chat_router, "/chat/completions", ChatCompletion)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     """An OpenAI chat completion; ``stream: true`` sends chunks as the tokens come."""
-    service: ChatService = request.app.state.chat
-    return await serve(service, body, request)
+    return await serve(_chat(request), body, request)
 
 
 @chat_router.post("/tokenize", response_model=TokenCountResponse)
 async def tokenize(body: ChatCompletionRequest, request: Request) -> TokenCountResponse:
     """How many prompt tokens a chat request's conversation uses, and the context budget."""
+    return await _chat(request).count_tokens(body)
+
+
+def _chat(request: Request) -> ChatService:
     service: ChatService = request.app.state.chat
-    return await service.count_tokens(body)
+    return service

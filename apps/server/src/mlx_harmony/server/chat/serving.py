@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from dataclasses import KW_ONLY, dataclass
 
 from ..channel import EventChannel
 from ..models import ModelRegistry
-from ..worker import CountJob, ModelWorker
+from ..worker import CountJob, ModelWorker, PromptCount
 from .events import ChatOutput
 from .protocol import ChatCompletionRequest, TokenCountResponse
 from .translation import ChatPlan, plan_chat
@@ -14,19 +15,14 @@ from .translation import ChatPlan, plan_chat
 __all__ = ["ChatService"]
 
 
+@dataclass
 class ChatService:
     """Checks chat requests against the registry's models and renders their turns."""
 
-    def __init__(
-        self,
-        registry: ModelRegistry,
-        worker: ModelWorker,
-        *,
-        max_tokens_cap: int | None = None,
-    ) -> None:
-        self.registry = registry
-        self.worker = worker
-        self.max_tokens_cap = max_tokens_cap
+    registry: ModelRegistry
+    worker: ModelWorker
+    _: KW_ONLY
+    max_tokens_cap: int | None = None
 
     def plan(self, body: ChatCompletionRequest) -> ChatPlan:
         entry = self.registry.resolve(body.model)
@@ -38,9 +34,9 @@ class ChatService:
     async def count_tokens(self, body: ChatCompletionRequest) -> TokenCountResponse:
         """The prompt size of `body`'s conversation, counted on the worker."""
         plan = self.plan(body)
-        channel = EventChannel(asyncio.get_running_loop())
+        channel: EventChannel[PromptCount] = EventChannel(asyncio.get_running_loop())
         self.worker.submit(CountJob(plan.turn_plan, channel))
-        items: list[tuple[int, int | None, int]] = []
+        items: list[PromptCount] = []
         while not channel.closed:
             items.extend(await channel.get_batch())
         prompt, window, margin = items[0]

@@ -27,7 +27,7 @@ from ..planning import (
     developer_instructions,
     format_instruction,
     openai_calls,
-    retry_policy,
+    plan_turn,
 )
 from ..tool_names import ToolNameMap
 from ..worker import TurnPlan
@@ -132,14 +132,11 @@ def to_conversation(messages: Sequence[ChatMessage], names: ToolNameMap) -> Conv
             builder.tool_result(
                 m.tool_call_id,
                 content_text(m.content, param=param),
-                unknown=lambda i=i, m=m: APIError(
-                    400,
-                    f"messages[{i}] answers tool_call_id {m.tool_call_id!r}, which no earlier "
-                    "assistant message's tool_calls has; send the assistant message with that "
-                    "call before its result",
-                    param=f"messages[{i}].tool_call_id",
-                    code="unknown_tool_call_id",
-                ),
+                where=f"messages[{i}]",
+                field="tool_call_id",
+                missing="no earlier assistant message's tool_calls has; send the assistant "
+                "message with that call before its result",
+                code="unknown_tool_call_id",
             )
         elif isinstance(m, FunctionMessage):
             builder.function_result(m.name, m.content or "")
@@ -210,14 +207,13 @@ def plan_chat(
         or body.max_completion_tokens is not None
         or max_tokens_cap is not None
     )
-    plan = TurnPlan(
-        entry=entry,
-        turn=conversation.turn,
-        history=conversation.history,
-        config=config,
-        function_tools=function_tools,
+    plan = plan_turn(
+        entry,
+        conversation,
+        config,
+        function_tools,
+        explicit_limit=explicit,
         top_logprobs=(body.top_logprobs or 0) if body.logprobs else None,
-        policy=retry_policy(explicit_limit=explicit),
     )
     return ChatPlan(
         turn_plan=plan,

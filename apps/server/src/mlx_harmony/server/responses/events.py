@@ -156,7 +156,7 @@ class ResponseOutput:
             return
         item_id, index, seq = self.items[-1].id, len(self.items) - 1, self.sequence
         if channel == "reasoning":
-            event: ResponseEvent = ReasoningTextDeltaEvent.model_construct(
+            event: ResponseEvent = ReasoningTextDeltaEvent(
                 item_id=item_id,
                 output_index=index,
                 content_index=0,
@@ -164,7 +164,7 @@ class ResponseOutput:
                 sequence_number=seq,
             )
         else:
-            event = OutputTextDeltaEvent.model_construct(
+            event = OutputTextDeltaEvent(
                 item_id=item_id,
                 output_index=index,
                 content_index=0,

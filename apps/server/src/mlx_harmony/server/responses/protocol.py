@@ -17,6 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
+from ..protocol import CachedTokens, ReasoningTokens
+
 __all__ = [
     "ContentPartEvent",
     "FunctionCallArgumentsDeltaEvent",
@@ -277,12 +279,12 @@ class ResponseCreateRequest(_Model):
 # -- output (documentation) -------------------------------------------------------------------
 
 
-class InputTokensDetails(BaseModel):
-    cached_tokens: int = Field(description="Input tokens served from the prompt cache.")
+class InputTokensDetails(CachedTokens):
+    """``usage.input_tokens_details``."""
 
 
-class OutputTokensDetails(BaseModel):
-    reasoning_tokens: int = Field(description="Tokens of the analysis channel.")
+class OutputTokensDetails(ReasoningTokens):
+    """``usage.output_tokens_details``."""
 
 
 class ResponseUsage(BaseModel):

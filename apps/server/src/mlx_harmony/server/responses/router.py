@@ -7,7 +7,7 @@ from __future__ import annotations
 from fastapi import Request
 from fastapi.responses import Response
 
-from ..routes import v1_router
+from ..routes import streamed_post, v1_router
 from ..serving import serve
 from .protocol import ResponseCreateRequest, ResponseDeleted, ResponseObject
 from .serving import ResponsesService
@@ -25,26 +25,25 @@ responses_router = v1_router(
 )
 
 
-@responses_router.post(
-    "/responses",
-    response_model=ResponseObject,
-    responses={200: {"content": {"text/event-stream": {}}}},
-)
+@streamed_post(responses_router, "/responses", ResponseObject)
 async def create_response(body: ResponseCreateRequest, request: Request) -> Response:
     """An OpenAI response; ``stream: true`` sends the Responses events as the tokens come."""
-    service: ResponsesService = request.app.state.responses
-    return await serve(service, body, request)
+    return await serve(_responses(request), body, request)
 
 
 @responses_router.get("/responses/{response_id}", response_model=ResponseObject)
 async def get_response(response_id: str, request: Request) -> Response:
     """A stored response (``store`` was not false, and it is among the last ones kept)."""
-    service: ResponsesService = request.app.state.responses
-    return Response(service.get(response_id).model_dump_json(), media_type="application/json")
+    answer = _responses(request).get(response_id)
+    return Response(answer.model_dump_json(), media_type="application/json")
 
 
 @responses_router.delete("/responses/{response_id}", response_model=ResponseDeleted)
 async def delete_response(response_id: str, request: Request) -> ResponseDeleted:
     """Forget a stored response; later ``previous_response_id`` uses of it get a 404."""
+    return _responses(request).delete(response_id)
+
+
+def _responses(request: Request) -> ResponsesService:
     service: ResponsesService = request.app.state.responses
-    return service.delete(response_id)
+    return service

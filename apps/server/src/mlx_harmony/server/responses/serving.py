@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import KW_ONLY, dataclass
+
 from ..models import ModelRegistry
 from ..worker import ModelWorker
 from .events import ResponseOutput
@@ -13,21 +15,15 @@ from .translation import ResponsePlan, not_stored, plan_response
 __all__ = ["ResponsesService"]
 
 
+@dataclass
 class ResponsesService:
     """Checks Responses requests, renders their turns and keeps the finished responses."""
 
-    def __init__(
-        self,
-        registry: ModelRegistry,
-        worker: ModelWorker,
-        store: ResponseStore,
-        *,
-        max_tokens_cap: int | None = None,
-    ) -> None:
-        self.registry = registry
-        self.worker = worker
-        self.store = store
-        self.max_tokens_cap = max_tokens_cap
+    registry: ModelRegistry
+    worker: ModelWorker
+    store: ResponseStore
+    _: KW_ONLY
+    max_tokens_cap: int | None = None
 
     def plan(self, body: ResponseCreateRequest) -> ResponsePlan:
         return plan_response(body, self.registry, self.store, max_tokens_cap=self.max_tokens_cap)

@@ -33,7 +33,7 @@ from ..planning import (
     declare_tools,
     developer_instructions,
     format_instruction,
-    retry_policy,
+    plan_turn,
 )
 from ..tool_names import ToolNameMap
 from ..worker import TurnPlan
@@ -147,14 +147,12 @@ def to_conversation(
             builder.tool_result(
                 call_id,
                 _text(item.output, param=f"{where}.output"),
-                unknown=lambda where=where, call_id=call_id: APIError(
-                    400,
-                    f"{where} answers call_id {call_id!r}, which no earlier function_call item "
-                    "has; send the function_call item (from the response's output) before its "
-                    "output, or continue that response with previous_response_id",
-                    param=f"{where}.call_id",
-                    code="unknown_call_id",
-                ),
+                where=where,
+                field="call_id",
+                missing="no earlier function_call item has; send the function_call item (from "
+                "the response's output) before its output, or continue that response with "
+                "previous_response_id",
+                code="unknown_call_id",
             )
         else:
             kind = item.type if isinstance(item, OtherItem) else type(item).__name__
@@ -340,13 +338,12 @@ def plan_response(
         params=_PARAMS,
     )
     explicit = body.max_output_tokens is not None or max_tokens_cap is not None
-    turn_plan = TurnPlan(
-        entry=entry,
-        turn=conversation.turn,
-        history=conversation.history,
-        config=config,
-        function_tools=function_tools,
-        policy=retry_policy(explicit_limit=explicit),
+    turn_plan = plan_turn(
+        entry,
+        conversation,
+        config,
+        function_tools,
+        explicit_limit=explicit,
         conversation_param="input",
     )
     settings = ResponseSettings(
