@@ -1,10 +1,10 @@
 """What structured outputs cost: decode tokens/s with and without a JSON-schema constraint at
-batch 1 on the demo model (side by side, alternating), and the time to first token a constraint
-adds (first use and cached). `--engines` also times llguidance against xgrammar on the
-o200k_harmony vocabulary (grammar compile, mask per token); xgrammar is optional
-(``pip install xgrammar``).
+batch 1 (`TokenGenerator`) and at 8 streams (`BatchTokenGenerator`) on the demo model (side by
+side, alternating), and the time to first token a constraint adds (first use and cached).
+`--engines` also times llguidance against xgrammar on the o200k_harmony vocabulary (grammar
+compile, mask per token); xgrammar is optional (``pip install xgrammar``).
 
-    uv run python tools/bench_constrain.py [--model PATH] [--rounds 3] [--engines]
+    uv run python tools/bench_constrain.py [--model PATH] [--rounds 3] [--streams 8] [--engines]
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import threading
 import time
 from typing import Any
 
@@ -46,24 +47,23 @@ DOC = {
 }
 
 
-def _decode(
-    generator: Any, prompt: list[int], processors: list[Any], seed: int, max_tokens: int
-) -> Any:
-    """One sampled run; a free run ignores stop tokens so that it decodes as many tokens as the
-    constrained one (same seed, same length: the speeds compare like for like)."""
+def _decode(generator: Any, prompt: list[int], spec: Any, seed: int, max_tokens: int) -> Any:
+    """One sampled run (`spec` None: free); a free run ignores stop tokens so that it decodes
+    as many tokens as the constrained one (same seed, same length: like for like). The final
+    event's stats."""
     from mlx_harmony.sampling import SamplingParams
 
-    list(
+    events = list(
         generator.stream(
             prompt_tokens=prompt,
             sampling=SamplingParams(temperature=1.0, seed=seed),
             max_tokens=max_tokens,
-            stop_tokens=None if processors else (),
-            logits_processors=processors,
+            stop_tokens=None if spec is not None else (),
+            constraint=spec,
             detokenize=False,
         )
     )
-    return generator.last_stats
+    return events[-1].stats
 
 
 def bench_decode(generator: Any, rounds: int) -> None:
@@ -80,9 +80,7 @@ def bench_decode(generator: Any, rounds: int) -> None:
     start = time.perf_counter()
     prepare_tokenizer(generator.tokenizer)
     view_s = time.perf_counter() - start
-    first = _decode(
-        generator, prompt, [compile_constraint(spec, generator.tokenizer).new()], 0, 400
-    )
+    first = _decode(generator, prompt, spec, 0, 400)
     length = first.completion_tokens
     print(f"the constrained completion (seed 0) has {length} tokens, {first.stop_reason}")
     free, constrained, ratios = [], [], []
@@ -90,10 +88,9 @@ def bench_decode(generator: Any, rounds: int) -> None:
         order = ["free", "constrained"] if r % 2 == 0 else ["constrained", "free"]
         speeds = {}
         for variant in order:
-            processors = [compile_constraint(spec, generator.tokenizer).new()]
-            if variant == "free":
-                processors = []
-            stats = _decode(generator, prompt, processors, seed=0, max_tokens=length)
+            stats = _decode(
+                generator, prompt, spec if variant == "constrained" else None, 0, length
+            )
             speeds[variant] = stats.decode_tokens_per_s
             print(
                 f"round {r} {variant:11s} {stats.completion_tokens:4d} tokens "
@@ -124,6 +121,53 @@ def bench_decode(generator: Any, rounds: int) -> None:
         f"added time to first token: tokenizer view once per model {view_s:.2f} s; "
         f"first use of a schema {statistics.median(firsts) * 1e3:.2f} ms; "
         f"cached {statistics.median(cached) * 1e3:.3f} ms"
+    )
+
+
+def bench_streams(generator: Any, streams: int, rounds: int) -> None:
+    """`streams` requests at once in one `BatchTokenGenerator`, all free or all constrained
+    (seeds 0..streams-1, each free stream as long as its constrained twin): aggregate decode
+    tokens/s over the wall time of the round."""
+    from mlx_harmony.generate.constrain import ConstraintSpec
+    from mlx_harmony.harmony_format import Message, render_prompt
+
+    prompt = render_prompt([Message.user("Describe a person as JSON.")])
+    spec = ConstraintSpec("json_schema", schema=SCHEMA)
+
+    def run(constrained: bool, lengths: list[int]) -> tuple[float, list[Any]]:
+        results: list[Any] = [None] * streams
+
+        def one(i: int) -> None:
+            results[i] = _decode(generator, prompt, spec if constrained else None, i, lengths[i])
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
+        t = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wall = time.perf_counter() - t
+        return sum(r.completion_tokens for r in results) / wall, results
+
+    _, firsts = run(True, [400] * streams)
+    lengths = [r.completion_tokens for r in firsts]
+    stops = [str(r.stop_reason) for r in firsts]
+    print(f"{streams} streams: constrained completions of {lengths} tokens ({stops})")
+    free, constrained, ratios = [], [], []
+    for r in range(rounds):
+        order = [False, True] if r % 2 == 0 else [True, False]
+        speeds = {}
+        for variant in order:
+            speeds[variant], _ = run(variant, lengths)
+            name = "constrained" if variant else "free"
+            print(f"round {r} {name:11s} {streams} streams {speeds[variant]:7.1f} tok/s in all")
+        free.append(speeds[False])
+        constrained.append(speeds[True])
+        ratios.append(speeds[True] / speeds[False])
+    print(
+        f"decode tok/s, {streams} streams (all together): free {statistics.median(free):.1f}, "
+        f"constrained {statistics.median(constrained):.1f}, constrained/free "
+        f"{statistics.median(ratios):.3f}"
     )
 
 
@@ -202,8 +246,11 @@ def main() -> None:
     parser.add_argument("--model", help="an MLX model folder (default: the demo model)")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--engines", action="store_true", help="also compare the engines")
+    parser.add_argument(
+        "--streams", type=int, default=8, help="streams at once in the batch run (0: skip it)"
+    )
     args = parser.parse_args()
-    from mlx_harmony.generate import TokenGenerator
+    from mlx_harmony.generate import BatchTokenGenerator, TokenGenerator
 
     if args.model:
         path = args.model
@@ -215,6 +262,12 @@ def main() -> None:
     if args.engines:
         bench_engines(generator.tokenizer, args.rounds)
     bench_decode(generator, args.rounds)
+    if args.streams:
+        generator.close()
+        with BatchTokenGenerator(
+            generator.loaded, loop_detection="off", max_batch_size=args.streams
+        ) as batch:
+            bench_streams(batch, args.streams, args.rounds)
 
 
 if __name__ == "__main__":

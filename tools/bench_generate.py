@@ -3,6 +3,7 @@
     python tools/bench_generate.py --shape tiny
     python tools/bench_generate.py --shape gpt-oss-20b --dtype bfloat16 [--bits 4 [--mode mxfp4]]
     python tools/bench_generate.py --model PATH
+    python tools/bench_generate.py --contexts 1024,4096,8192,32768 --max-tokens 64
 
 Same model object, same prompt, greedy, no stop tokens, runs alternating (the order rotates each
 round). Decode tokens/s is measured the same way for every variant: tokens after the first over
@@ -24,6 +25,17 @@ buffers grow in the middle of the run; the first token after the change pays for
 
 It also measures what cheap loop detection costs per token, as a share of a decode step.
 
+`--contexts` measures instead the decode step time at long contexts: for each length, the
+prompt but its last token is prefilled once into mlx-lm's caches; then `eager`, `compiled`,
+`compiled_bucket` (the compiled step attending over its whole bucket, as before attention spans
+were introduced: `SPANS_PER_BUCKET = 1`) and `mlx_lm` each continue a copy of those caches from
+the prompt's last token for `--max-tokens` tokens (one warm-up run each, then `--runs`
+alternating rounds), and their greedy tokens are compared.
+
+`--batch-sizes` measures what a decode step of the batch engine (`BatchGenerator`, eager)
+costs at each batch size, once every request has joined, against the single-stream eager and
+compiled steps on the same prompt: milliseconds per step and per token, median of `--runs`.
+
 Imports only mlx, mlx-lm and this repo's packages, so it runs on a GPU machine with
 ``PYTHONPATH=packages/mlx-generate/src:packages/mlx-sampling/src:...`` and no uv.
 """
@@ -31,6 +43,7 @@ Imports only mlx, mlx-lm and this repo's packages, so it runs on a GPU machine w
 from __future__ import annotations
 
 import argparse
+import copy
 import itertools
 import json
 import random
@@ -63,6 +76,7 @@ def _build(args: argparse.Namespace) -> tuple[Any, str]:
         dtype=dtype,
         quantize_bits=args.bits if affine else None,
         group_size=args.group_size,
+        **({"head_dim": args.head_dim} if args.head_dim else {}),
     )
     if args.bits and not affine:
         import mlx.nn as nn
@@ -244,6 +258,145 @@ def _run_mlx_lm(loaded: Any, prompt: list[int], max_tokens: int) -> tuple[float,
     return _decode_rate(times), times[0] - start, len(times)
 
 
+def _prefill(model: Any, prompt: list[int], step: int = 2048) -> list[Any]:
+    """mlx-lm's caches after every token of `prompt` but the last."""
+    cache = model.make_cache()
+    for start in range(0, len(prompt) - 1, step):
+        chunk = prompt[start : min(start + step, len(prompt) - 1)]
+        model(mx.array(chunk)[None], cache=cache)
+        mx.eval([c.state for c in cache])
+        mx.clear_cache()
+    return cache
+
+
+def _continue(
+    model: Any, saved: list[Any], last: int, max_tokens: int, variant: str
+) -> tuple[float, list[int]]:
+    """Decode tokens/s and greedy tokens of `variant`, continuing a copy of the saved caches
+    (new array objects over the same data: an update copies the data it shares)."""
+    from mlx_lm.generate import generate_step as mlx_lm_step
+
+    from mlx_harmony.generate import compiled as compiled_module
+    from mlx_harmony.generate.loop import generate_step
+
+    cache = [copy.copy(c) for c in saved]
+    for c in cache:
+        c.keys, c.values = mx.array(c.keys), mx.array(c.values)
+    prompt = mx.array([last])
+    if variant == "mlx_lm":
+        steps = mlx_lm_step(prompt, model, prompt_cache=cache, max_tokens=max_tokens)
+    else:
+        compiled = variant != "eager"
+        steps = generate_step(prompt, model, cache=cache, max_tokens=max_tokens, compiled=compiled)
+    spans = compiled_module.SPANS_PER_BUCKET
+    if variant == "compiled_bucket":  # one span per bucket: attend over the whole bucket
+        compiled_module.SPANS_PER_BUCKET = 1
+    times = []
+    tokens = []
+    try:
+        for token, _ in steps:
+            times.append(time.perf_counter())
+            tokens.append(int(token))
+    finally:
+        compiled_module.SPANS_PER_BUCKET = spans
+    return _decode_rate(times), tokens
+
+
+def _context_sweep(loaded: Any, args: argparse.Namespace, contexts: list[int]) -> dict:
+    """Decode step time against context length: eager, compiled and mlx-lm side by side."""
+    names = ("eager", "compiled", "compiled_bucket", "mlx_lm")
+    rows = []
+    print(f"{args.max_tokens} new tokens, {args.runs} runs; median decode step in ms")
+    header = f"{'context':>8} " + " ".join(f"{n:>15}" for n in names)
+    header += f" {'compiled speed-up':>18} {'tokens equal':>13}"
+    print(header)
+    print("-" * len(header))
+    rng = random.Random(1)
+    for context in contexts:
+        prompt = [rng.randrange(199_998) for _ in range(context)]
+        saved = _prefill(loaded.model, prompt)
+        first = {n: _continue(loaded.model, saved, prompt[-1], args.max_tokens, n) for n in names}
+        rates: dict[str, list[float]] = {n: [] for n in names}
+        for run in range(args.runs):
+            order = names[run % len(names) :] + names[: run % len(names)]
+            for name in order:
+                rate, _ = _continue(loaded.model, saved, prompt[-1], args.max_tokens, name)
+                rates[name].append(rate)
+        step_ms = {n: 1e3 / statistics.median(r) for n, r in rates.items()}
+        paired = statistics.median(
+            a / b for a, b in zip(rates["compiled"], rates["eager"], strict=True)
+        )
+        want = first["mlx_lm"][1]
+        equal = all(first[n][1] == want for n in names)
+        rows.append(
+            {
+                "context": context,
+                "median_step_ms": step_ms,
+                "decode_tokens_per_s": rates,
+                "paired_ratio_compiled_vs_eager": paired,
+                "greedy_tokens_identical": equal,
+            }
+        )
+        print(
+            f"{context:>8} "
+            + " ".join(f"{step_ms[n]:>15.2f}" for n in names)
+            + f" {paired:>17.2f}x {'yes' if equal else 'NO':>13}",
+            flush=True,
+        )
+        del saved
+        mx.clear_cache()
+    return {"contexts": rows}
+
+
+def _batch_step_ms(loaded: Any, prompt: list[int], batch: int, steps: int) -> float:
+    """Milliseconds per decode step of the batch engine with `batch` requests running."""
+    from mlx_harmony.generate import BatchGenerator, BatchRequest
+
+    engine = BatchGenerator(loaded.model, max_batch_size=batch, prefill_step_size=len(prompt))
+    for _ in range(batch):
+        engine.insert(BatchRequest(prompt=prompt, max_tokens=steps + 8))
+    while engine.waiting:
+        engine.step()
+    for _ in range(2):  # the last rows' prompt tokens, then one step of every row
+        engine.step()
+    start = time.perf_counter()
+    for _ in range(steps):
+        outputs = engine.step()
+        if len(outputs) != batch:
+            raise RuntimeError(f"a step gave {len(outputs)} tokens for {batch} rows")
+    return 1e3 * (time.perf_counter() - start) / steps
+
+
+def _batch_sweep(loaded: Any, args: argparse.Namespace, sizes: list[int]) -> dict:
+    """The eager batched step at each batch size against the single-stream steps."""
+    rng = random.Random(1)
+    prompt = [rng.randrange(199_998) for _ in range(args.prompt_tokens)]
+    single = {
+        "eager": lambda: _run_loop(loaded, prompt, args.max_tokens, compiled=False)[0],
+        "compiled": lambda: _run_loop(loaded, prompt, args.max_tokens, compiled=True)[0],
+    }
+    batched = {
+        f"batch {b}": (lambda b=b: _batch_step_ms(loaded, prompt, b, args.max_tokens))
+        for b in sizes
+    }
+    for run in (*single.values(), *batched.values()):  # warm-up: kernels, compiled graphs
+        run()
+    times: dict[str, list[float]] = {name: [] for name in (*single, *batched)}
+    for _ in range(args.runs):
+        for name, run in single.items():
+            times[name].append(1e3 / run())
+        for name, run in batched.items():
+            times[name].append(run())
+    step_ms = {name: statistics.median(t) for name, t in times.items()}
+    print(f"prompt {args.prompt_tokens} tokens, {args.max_tokens} steps, {args.runs} runs")
+    print(f"{'step':>16} {'ms/step':>9} {'ms/token':>9} {'vs compiled':>12}")
+    for name, ms in step_ms.items():
+        rows = int(name.split()[1]) if name.startswith("batch") else 1
+        per_token = ms / rows
+        print(f"{name:>16} {ms:>9.2f} {per_token:>9.2f} {step_ms['compiled'] / per_token:>11.2f}x")
+    return {"batch_step_ms": step_ms, "runs_ms": times}
+
+
 def _loop_detection_cost_s(check_every: int) -> float:
     """Seconds per generated token that cheap loop detection spends, on a realistic tail."""
     from mlx_harmony.generate import make_loop_detector
@@ -277,6 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     source.add_argument("--shape", default="tiny", help="random gpt-oss shape: tiny, gpt-oss-20b")
     parser.add_argument("--dtype", default=None, help="bfloat16, float16, float32 (random model)")
     parser.add_argument("--bits", type=int, default=None, help="quantize the random model")
+    parser.add_argument("--head-dim", type=int, default=None, help="override the random shape's")
     parser.add_argument("--group-size", type=int, default=32)
     parser.add_argument(
         "--mode", default="affine", help="quantization mode with --bits: affine, mxfp4, ..."
@@ -297,6 +451,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--prompt-tokens", type=int, default=128)
     parser.add_argument("--max-tokens", type=int, default=256)
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--contexts",
+        default=None,
+        help="comma-separated context lengths: measure the decode step time at each instead",
+    )
+    parser.add_argument(
+        "--batch-sizes",
+        default=None,
+        help="comma-separated batch sizes: measure the batch engine's decode step instead",
+    )
     parser.add_argument("--json", default=None, help="write the results here")
     args = parser.parse_args(argv)
     chosen = [v.strip() for v in args.variants.split(",") if v.strip()]
@@ -310,6 +474,32 @@ def main(argv: list[str] | None = None) -> int:
 
     loaded, label = _build(args)
     loaded.tokenizer.eos_token_ids = set()  # mlx-lm must not stop early either
+    if args.batch_sizes:
+        try:
+            sizes = [int(b) for b in args.batch_sizes.split(",") if b.strip()]
+        except ValueError:
+            parser.error(f"--batch-sizes takes comma-separated integers, got {args.batch_sizes!r}")
+        if not sizes or min(sizes) < 1:
+            parser.error(f"--batch-sizes needs sizes of at least 1, got {args.batch_sizes!r}")
+        print(f"model: {label} on {mx.default_device()} (mlx {mx.__version__})")
+        sweep = {"model": label, "device": str(mx.default_device()), "mlx": mx.__version__}
+        sweep.update(_batch_sweep(loaded, args, sizes))
+        if args.json:
+            Path(args.json).write_text(json.dumps(sweep, indent=2))
+        return 0
+    if args.contexts:
+        try:
+            contexts = [int(c) for c in args.contexts.split(",") if c.strip()]
+        except ValueError:
+            parser.error(f"--contexts takes comma-separated integers, got {args.contexts!r}")
+        if not contexts or min(contexts) < 2:
+            parser.error(f"--contexts needs lengths of at least 2 tokens, got {args.contexts!r}")
+        print(f"model: {label} on {mx.default_device()} (mlx {mx.__version__})")
+        sweep = {"model": label, "device": str(mx.default_device()), "mlx": mx.__version__}
+        sweep.update(_context_sweep(loaded, args, contexts))
+        if args.json:
+            Path(args.json).write_text(json.dumps(sweep, indent=2))
+        return 0
     # Cheap loop detection runs its checks every 16 tokens, with a repeat count that never fires:
     # greedy random models loop, and every run must reach max_tokens.
     detector = make_loop_detector("cheap", min_repeats=10**6)

@@ -149,11 +149,14 @@ class RecordingGenerator(ScriptedGenerator):
     """Stands in for TokenGenerator: records how it was built."""
 
     built: ClassVar[list[tuple[Any, Any]]] = []
+    lazy_flags: ClassVar[list[bool]] = []
 
-    def __init__(self, model: Any, options: Any) -> None:
+    def __init__(self, model: Any, options: Any, *, lazy: bool = False) -> None:
         super().__init__([Script.harmony("Hi.")])
         self.options = options
+        self.lazy = lazy
         RecordingGenerator.built.append((model, options))
+        RecordingGenerator.lazy_flags.append(lazy)
 
     def close(self) -> None:
         self.closed = True
@@ -190,6 +193,23 @@ def test_generation_flags_reach_the_token_generator(
     for close in closers:
         close()
     assert backend.generator.closed
+
+
+def test_lazy_in_the_prompt_config_reaches_the_model_load(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, write_json: Any
+) -> None:
+    import mlx_harmony.generate
+
+    monkeypatch.setattr(mlx_harmony.generate, "TokenGenerator", RecordingGenerator)
+    for lazy in (False, True):
+        RecordingGenerator.lazy_flags.clear()
+        config = write_json("cfg.json", {"lazy": lazy})
+        launch = launch_for(["--model", str(tmp_path), "--prompt-config", str(config)])
+        closers: list[Any] = []
+        make_backend(launch, locate_model(launch), on_close=closers.append)
+        assert RecordingGenerator.lazy_flags == [lazy]
+        for close in closers:
+            close()
 
 
 def test_performance_mode_builds_the_generator_with_the_perf_values(

@@ -136,7 +136,7 @@ def test_every_request_gets_one_log_line_with_its_tokens(server: Any, wait_for: 
     )
     assert re.search(pattern, lines[0]), lines[0]
     assert " GET /v1/nothing 404 " in lines[1]
-    assert " POST /v1/chat/completions 422 " in lines[2]
+    assert " POST /v1/chat/completions 400 " in lines[2]
     assert "error=invalid_type" in lines[2]
 
 

@@ -16,7 +16,6 @@ from mlx_harmony.api_client import (
     NotFoundError,
     RequestTooLargeError,
     ServiceUnavailableError,
-    UnprocessableEntityError,
 )
 
 USER = [{"role": "user", "content": "Hi"}]
@@ -57,15 +56,15 @@ def test_malformed_json_is_a_400(server: Any) -> None:
         ({}, "messages"),
     ],
 )
-def test_wrong_types_are_422s_that_name_the_field(server: Any, body: Any, param: str) -> None:
-    error = assert_openai_error(post(server.url, body), 422)
+def test_wrong_types_are_400s_that_name_the_field(server: Any, body: Any, param: str) -> None:
+    error = assert_openai_error(post(server.url, body), 400)
     assert error["param"] == param
     assert error["type"] == "invalid_request_error"
 
 
-def test_an_unknown_role_is_a_422_that_lists_the_roles(server: Any) -> None:
+def test_an_unknown_role_is_a_400_that_lists_the_roles(server: Any) -> None:
     error = assert_openai_error(
-        post(server.url, {"messages": [{"role": "wizard", "content": "x"}]}), 422
+        post(server.url, {"messages": [{"role": "wizard", "content": "x"}]}), 400
     )
     assert "'wizard'" in error["message"]
     assert "assistant" in error["message"]
@@ -176,15 +175,15 @@ def test_a_full_queue_is_a_503_with_retry_after(
     assert server.app.state.worker.stats.rejected == 1
 
 
-def test_n_above_one_is_refused(server: Any) -> None:
-    error = assert_openai_error(post(server.url, {"messages": USER, "n": 3}), 400)
+def test_n_above_the_servers_cap_is_refused(server: Any) -> None:
+    error = assert_openai_error(post(server.url, {"messages": USER, "n": 99}), 400)
     assert error["param"] == "n"
 
 
-def test_schema_errors_from_our_client_are_unprocessable(server: Any) -> None:
-    with Client(server.url) as client, pytest.raises(UnprocessableEntityError) as raised:
+def test_schema_errors_from_our_client_are_bad_requests(server: Any) -> None:
+    with Client(server.url) as client, pytest.raises(BadRequestError) as raised:
         client.chat([{"role": "user"}])
-    assert raised.value.status_code == 422
+    assert raised.value.status_code == 400
     assert raised.value.param == "messages[0].content"
 
 

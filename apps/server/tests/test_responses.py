@@ -399,18 +399,19 @@ def test_an_unknown_previous_response_id_is_a_404_naming_it(server: Any) -> None
 
 
 @pytest.mark.parametrize("kind", ["web_search", "file_search", "code_interpreter", "mcp"])
-def test_a_hosted_tool_is_a_400_naming_its_type(server: Any, kind: str) -> None:
-    with pytest.raises(openai.BadRequestError) as caught:
-        oai(server.url).responses.create(
-            model=MODEL,
-            input="Hi",
-            tools=[TIME_TOOL, {"type": kind}],  # type: ignore[list-item]
-        )
-    body = _error(caught)
-    assert repr(kind) in body["message"]
-    assert "function tools only" in body["message"]
-    assert body["param"] == "tools[1].type"
-    assert body["code"] == "unsupported_tool"
+def test_a_hosted_tool_is_left_out_with_a_warning_header(server: Any, kind: str) -> None:
+    raw = oai(server.url).responses.with_raw_response.create(
+        model=MODEL,
+        input="Hi",
+        tools=[TIME_TOOL, {"type": kind}],  # type: ignore[list-item]
+    )
+    assert raw.http_response.status_code == 200
+    (warning,) = raw.headers.get_list("x-mlx-harmony-warning")
+    assert f"tools[1] is a hosted {kind!r} tool" in warning
+    assert "left out of the prompt" in warning
+    assert raw.parse().status == "completed"
+    assert "get_current_time" in prompt_of(server)
+    assert kind not in prompt_of(server)
 
 
 @pytest.mark.parametrize(
@@ -419,7 +420,7 @@ def test_a_hosted_tool_is_a_400_naming_its_type(server: Any, kind: str) -> None:
         ([{"type": "item_reference", "id": "msg_1"}], 400, "input[0].type", "'item_reference'"),
         (
             [{"role": "user", "content": "Hi"}, {"type": "function_call_output", "output": "x"}],
-            422,
+            400,
             "input[1].call_id",
             "Field required",
         ),
@@ -447,7 +448,7 @@ def test_a_hosted_tool_is_a_400_naming_its_type(server: Any, kind: str) -> None:
             "'input_image'",
         ),
         ([{"role": "assistant", "content": "Hello"}], 400, "input", "no user message"),
-        ([{"role": "robot", "content": "Hello"}], 422, "input[0].role", "user"),
+        ([{"role": "robot", "content": "Hello"}], 400, "input[0].role", "user"),
         ([], 400, "input", "input is empty"),
     ],
 )

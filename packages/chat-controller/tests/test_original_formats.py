@@ -150,25 +150,31 @@ def test_every_original_key_loads() -> None:
     assert config.conversation_start_date == datetime.now().astimezone().strftime("%Y-%m-%d")
 
 
-@pytest.mark.parametrize(
-    ("key", "value"),
-    [
-        ("lazy", True),
-        ("log_timing_stats", True),
-        ("truncate_thinking", 200),
-        ("truncate_response", 400),
-        ("logs_dir", "logs"),
-        ("chats_dir", "chats"),
-        ("perf_prompt_token_budget", 2048),
-    ],
-)
-def test_original_keys_not_implemented_are_refused_by_name(key: str, value: object) -> None:
-    with pytest.raises(ConfigError) as info:
-        PromptConfig.from_dict({key: value}, source="cfg.json")
-    message = str(info.value)
-    assert message.startswith("cfg.json: ")
-    assert repr(key) in message
-    assert "not supported yet" in message
+def test_the_original_keys_load_with_their_values(tmp_path: Path) -> None:
+    config = PromptConfig.from_dict(
+        {
+            "lazy": True,
+            "log_timing_stats": True,
+            "truncate_thinking": 200,
+            "truncate_response": False,
+            "logs_dir": "logs",
+            "chats_dir": "~/chats",
+            "perf_prompt_token_budget": 2048,
+        },
+        base_dir=tmp_path,
+    )
+    assert config.lazy
+    assert config.log_timing_stats
+    assert (config.truncate_thinking, config.truncate_response) == (200, None)
+    assert config.logs_dir == tmp_path / "logs"
+    assert config.chats_dir == Path("~/chats").expanduser()
+    assert config.prompt_token_budget() is None  # only in performance mode
+    assert config.updated(performance_mode=True).prompt_token_budget() == 2048
+
+
+def test_original_keys_with_bad_values_are_refused_by_name() -> None:
+    with pytest.raises(ConfigError, match="truncate_thinking"):
+        PromptConfig.from_dict({"truncate_thinking": -1})
 
 
 def test_lower_case_time_tokens_expand_like_upper_case() -> None:

@@ -234,3 +234,34 @@ def test_demo_model_greedy_tokens_match_mlx_lm(
     got = _tokens(loaded.model, list(prompt), n, compiled=True)
     assert steps[0] == n - 1
     assert_same_tokens(loaded, got, _mlx_lm_tokens(loaded.model, list(prompt), n))
+
+
+def test_attention_spans_round_the_position_up() -> None:
+    # Within the first 16 * min_bucket positions the grain is min_bucket; past it, 1/16 bucket.
+    assert compiled_module._span_for(1, 1024, 1024) == 1024
+    assert compiled_module._span_for(2049, 4096, 1024) == 3072
+    assert compiled_module._span_for(32769, 65536, 1024) == 32768 + 4096
+    assert compiled_module._span_for(65536, 65536, 1024) == 65536
+    assert compiled_module._span_for(17, 32, 4) == 20
+
+
+def test_greedy_tokens_match_mlx_lm_across_attention_spans(
+    tiny: LoadedModel, monkeypatch: pytest.MonkeyPatch, assert_same_tokens: Callable[..., None]
+) -> None:
+    seen: list[tuple[int, int, int]] = []
+    original = StaticDecoder._use_span
+
+    def spy(self: StaticDecoder) -> None:
+        original(self)
+        seen.append((self.offset, self.span, self.bucket))
+
+    monkeypatch.setattr(StaticDecoder, "_use_span", spy)
+    prompt = _prompt(10, seed=6)
+    n = 250  # buckets 16 -> 32 -> ... -> 256, spans of 2 (min_bucket) then bucket / 16
+    got = _tokens(tiny.model, prompt, n, compiled=True, min_bucket=2)
+    assert_same_tokens(tiny, got, _mlx_lm_tokens(tiny.model, prompt, n))
+    assert len(seen) > 20  # the step changed span many times, mostly within a bucket
+    for offset, span, bucket in seen:
+        assert offset < span <= bucket
+        assert span - offset <= max(bucket // compiled_module.SPANS_PER_BUCKET, 2)
+    assert any(span < bucket for _, span, bucket in seen)

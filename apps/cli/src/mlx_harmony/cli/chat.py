@@ -134,7 +134,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else 1
     except CliError as error:
         print(f"mlx-harmony-chat: error: {error}", file=sys.stderr)
-        return 1
+        return error.exit_status
     except KeyboardInterrupt:
         return 130
     if not sys.stdin.isatty():

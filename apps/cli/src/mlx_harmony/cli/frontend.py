@@ -3,7 +3,9 @@
 `ChatFrontend.handle(line)` takes one line the user typed. A chat command (``\\set``,
 ``\\undo``, ...) is applied with the pure functions of `mlx_harmony.controller.commands` and
 the actions they ask for are carried out here: ``\\save`` and ``\\load`` read and write the
-chat log (chat-history v2), ``\\retry`` runs the last turn again, ``\\tokens`` asks the backend,
+chat log (chat-history v3; a save merges what another session wrote to the same file, and
+says so), ``\\retry`` runs the last turn again (the old reply stays on its own branch),
+``\\branches`` and ``\\branch N`` list and switch the branches, ``\\tokens`` asks the backend,
 ``\\models`` lists the model folders under ``models_dir`` and the profiles,
 ``\\clear`` starts a new log, ``\\quit`` ends `run`. Any other line is a message: the backend
 answers it and its events come out as they happen. The front end keeps the session (config
@@ -17,12 +19,14 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 
 from mlx_harmony.chat_history import (
     ChatLog,
     ChatLogError,
     Finding,
+    SaveResult,
     load_chat,
     new_chat,
     save_chat,
@@ -48,7 +52,7 @@ from mlx_harmony.controller import (
 )
 from mlx_harmony.harmony_format import FunctionTool, Message
 
-__all__ = ["ChatFrontend", "describe_models"]
+__all__ = ["ChatFrontend", "describe_branches", "describe_models"]
 
 Cancel = threading.Event | Callable[[], bool] | None
 
@@ -74,6 +78,41 @@ def describe_models(models_dir: Path | None, profile_names: Sequence[str]) -> st
     else:
         lines.append("No profiles file in use (--profiles-file PATH).")
     return "\n".join(lines)
+
+
+def describe_branches(log: ChatLog) -> str:
+    """What ``\\branches`` shows: each branch of the active chat, numbered for ``\\branch N``,
+    with its length and the start of its last message; ``*`` marks the one in use."""
+    branches = log.active.branches()
+    if not branches:
+        return "The conversation is empty: no branches yet."
+    lines = []
+    for number, branch in enumerate(branches, start=1):
+        mark = "*" if branch.active else " "
+        count = f"{branch.length} message{'s' if branch.length != 1 else ''}"
+        text = " ".join(branch.leaf.content.split())
+        text = text if len(text) <= 60 else text[:59] + "…"
+        lines.append(f"{mark} {number}. {count}, ends with {branch.leaf.role}: {text}")
+    if len(branches) > 1:
+        lines.append("\\branch N continues on branch N.")
+    return "\n".join(lines)
+
+
+def _merged_note(result: SaveResult, path: Path) -> str | None:
+    """A polite line when a save took in what another session had written to the file."""
+    if not result.merged_messages and not result.merged_chats:
+        return None
+    parts = []
+    if result.merged_messages:
+        n = result.merged_messages
+        parts.append(f"{n} message{'s' if n != 1 else ''}")
+    if result.merged_chats:
+        n = result.merged_chats
+        parts.append(f"{n} chat{'s' if n != 1 else ''}")
+    return (
+        f"Note: another session had saved {' and '.join(parts)} to {path}; they are kept in "
+        "the file alongside this conversation (\\branches lists its branches)."
+    )
 
 
 class ChatFrontend:
@@ -131,9 +170,25 @@ class ChatFrontend:
     def _new_log(self, config: PromptConfig) -> ChatLog:
         return new_chat(hyperparameters=hyperparameters_of(config), **self._header)  # type: ignore[arg-type]
 
-    def _save(self, path: Path) -> None:
+    def _save(self, path: Path) -> str | None:
+        """Save the log to `path`; a note when the save merged another session's work."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        save_chat(self.log, path)
+        return _merged_note(save_chat(self.log, path), path)
+
+    def _chat_file(self, name: str | None) -> Path | None:
+        """Where ``\\save`` / ``\\load`` go: a bare name in the config's ``chats_dir``; no
+        name: the chat file, else a new dated file in ``chats_dir``."""
+        chats_dir = self.config.chats_dir
+        if name:
+            given = Path(name).expanduser()
+            if chats_dir is not None and not given.is_absolute() and given.parent == Path("."):
+                return chats_dir / given
+            return given
+        if self.chat_path is not None:
+            return self.chat_path
+        if chats_dir is not None:
+            return chats_dir / datetime.now().strftime("chat-%Y%m%d-%H%M%S.json")
+        return None
 
     # -- the loop -----------------------------------------------------------------------------
 
@@ -175,17 +230,25 @@ class ChatFrontend:
             yield CommandOutput(
                 describe_models(self.config.models_dir, self.profile_names), command=name
             )
+        elif action is CommandAction.BRANCHES:
+            yield CommandOutput(describe_branches(self.log), command=name)
+        elif action is CommandAction.BRANCH:
+            assert result.branch is not None
+            yield from self._do_branch(result.branch)
         elif action is CommandAction.RETRY:
             yield from self._do_retry(result.state, result.message, cancel)
         else:
             if name == "clear":
                 self.log = self._new_log(result.state.config)
                 self.backend.reset()
-            elif name == "undo":
+            note = None
+            if name == "undo":
                 drop_last_turn(self.log)
-                self._autosave()
+                note = self._autosave()
             self.state = result.state
             yield CommandOutput(result.message, command=name)
+            if note:
+                yield CommandOutput(note, command=name)
 
     def send(self, text: str, *, cancel: Cancel = None) -> Iterator[FrontendEvent]:
         """Send `text` to the model as the next user message."""
@@ -203,14 +266,41 @@ class ChatFrontend:
                     result = event.result
                     self.state = SessionState(self.config, (*history, result.turn))
                     record_turn(self.log, result)
-                    self._autosave()
+                    note = self._autosave()
+                    yield event
+                    if note:
+                        yield CommandOutput(note)
+                    continue
                 yield event
         except ContextOverflowError as error:
             yield CommandOutput(str(error), error=True)
 
-    def _autosave(self) -> None:
+    def _autosave(self) -> str | None:
         if self.autosave and self.chat_path is not None:
-            self._save(self.chat_path)
+            return self._save(self.chat_path)
+        return None
+
+    def _do_branch(self, number: int) -> Iterator[FrontendEvent]:
+        branches = self.log.active.branches()
+        if number > len(branches):
+            count = len(branches)
+            yield CommandOutput(
+                f"There {'is' if count == 1 else 'are'} {count} branch"
+                f"{'' if count == 1 else 'es'}; \\branches lists them.",
+                error=True,
+                command="branch",
+            )
+            return
+        branch = branches[number - 1]
+        self.log.active.switch_branch(branch.leaf.id)
+        self.state = SessionState(self.config, turns_from_log(self.log))
+        note = self._autosave()
+        turns = len(self.state.turns)
+        yield CommandOutput(
+            f"On branch {number}: {turns} turn{'s' if turns != 1 else ''}.", command="branch"
+        )
+        if note:
+            yield CommandOutput(note, command="branch")
 
     def _do_retry(
         self, state: SessionState, message: str, cancel: Cancel
@@ -228,23 +318,25 @@ class ChatFrontend:
             self.state, chat.messages[:], chat.active_leaf_id = before
 
     def _do_save(self, path: str | None) -> CommandOutput:
-        target = Path(path) if path else self.chat_path
+        target = self._chat_file(path)
         if target is None:
             return CommandOutput(
-                "No chat file yet: give one with \\save PATH.", error=True, command="save"
+                "No chat file yet: give one with \\save PATH (or set chats_dir in the prompt "
+                "config).",
+                error=True,
+                command="save",
             )
         try:
-            self._save(target)
-        except OSError as error:
+            note = self._save(target)
+        except (OSError, ChatLogError) as error:
             return CommandOutput(f"Cannot save to {target}: {error}", error=True, command="save")
         self.chat_path = target
         count = len(self.log.messages)
-        return CommandOutput(
-            f"Saved {count} message{'s' if count != 1 else ''} to {target}.", command="save"
-        )
+        text = f"Saved {count} message{'s' if count != 1 else ''} to {target}."
+        return CommandOutput(text + (f"\n{note}" if note else ""), command="save")
 
     def _do_load(self, path: str) -> CommandOutput:
-        target = Path(path)
+        target = self._chat_file(path) or Path(path)
         findings: list[Finding] = []
         try:
             log = load_chat(target, on_warning=findings.append)

@@ -36,7 +36,7 @@ from .render import one_line
 __all__ = ["main", "result_json", "run_generate"]
 
 
-def result_json(result: TurnResult, *, model: str) -> dict[str, Any]:
+def result_json(result: TurnResult, *, model: str | None) -> dict[str, Any]:
     """What ``--json`` prints."""
     return {
         "model": model,
@@ -56,6 +56,14 @@ def result_json(result: TurnResult, *, model: str) -> dict[str, Any]:
     }
 
 
+def _stream(given: TextIO | None, default: TextIO | None, name: str) -> TextIO:
+    """`given`, else the process's stream (None when Python runs without one)."""
+    stream = given if given is not None else default
+    if stream is None:
+        raise CliError(f"there is no {name}: run the command with its {name} open")
+    return stream
+
+
 def run_generate(
     argv: Sequence[str] | None = None,
     *,
@@ -65,9 +73,9 @@ def run_generate(
     backend_factory: BackendFactory | None = None,
 ) -> int:
     """`main` with its streams and backend given (tests); returns the exit status."""
-    stdin = stdin if stdin is not None else sys.stdin
-    stdout = stdout if stdout is not None else sys.stdout
-    stderr = stderr if stderr is not None else sys.stderr
+    stdin = _stream(stdin, sys.stdin, "stdin")
+    stdout = _stream(stdout, sys.stdout, "stdout")
+    stderr = _stream(stderr, sys.stderr, "stderr")
     args = parse_args(build_generate_parser(), argv)
     prompt = args.prompt
     if prompt is None:
@@ -154,6 +162,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exit_.code if isinstance(exit_.code, int) else 1
     except CliError as error:
         print(f"mlx-harmony-generate: error: {error}", file=sys.stderr)
-        return 1
+        return error.exit_status
     except KeyboardInterrupt:
         return 130

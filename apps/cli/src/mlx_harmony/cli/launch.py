@@ -43,6 +43,7 @@ __all__ = [
     "Launch",
     "ModelLocation",
     "demo_model_path",
+    "in_chats_dir",
     "locate_model",
     "make_backend",
     "mlx_harmony_home",
@@ -68,7 +69,12 @@ BackendFactory = Callable[..., ChatBackend]
 
 
 class CliError(Exception):
-    """A problem the user can fix; printed as one line, exit status 1."""
+    """A problem the user can fix; printed as one line, exit status 1 (2 for bad input that
+    argparse could not see, such as a JSON schema the grammar engine refuses)."""
+
+    def __init__(self, message: str, *, exit_status: int = 1) -> None:
+        super().__init__(message)
+        self.exit_status = exit_status
 
 
 @dataclass
@@ -129,34 +135,55 @@ def _load_chat(path: Path, notes: list[str]) -> ChatLog:
     return log
 
 
+def in_chats_dir(path: str | os.PathLike[str], chats_dir: Path | None) -> Path:
+    """A bare file name (no folder part, not absolute) is taken from the prompt config's
+    ``chats_dir`` when it sets one; any other path is used as given."""
+    given = Path(path).expanduser()
+    if chats_dir is None or given.is_absolute() or given.parent != Path("."):
+        return given
+    return chats_dir / given
+
+
+def _chat_files(
+    args: argparse.Namespace, chats_dir: Path | None, notes: list[str]
+) -> tuple[ChatLog | None, Path | None, bool]:
+    """The chat to resume, the file to save to and whether to save after every turn."""
+    log: ChatLog | None = None
+    chat_path: Path | None = None
+    autosave = False
+    if args.chat:
+        chat_path, autosave = in_chats_dir(args.chat, chats_dir), True
+        if chat_path.exists():
+            log = _load_chat(chat_path, notes)
+    if args.load_conversation:
+        chat_path = in_chats_dir(args.load_conversation, chats_dir)
+        if not chat_path.exists():
+            raise CliError(
+                f"--load-conversation {chat_path}: no such file (use --chat PATH to start "
+                "a chat file that does not exist yet)"
+            )
+        log = _load_chat(chat_path, notes)
+    if args.save_conversation:
+        target = in_chats_dir(args.save_conversation, chats_dir)
+        if target.exists() and (chat_path is None or target.resolve() != chat_path.resolve()):
+            raise CliError(
+                f"--save-conversation {target}: the file exists and would be overwritten; "
+                "continue it with --chat PATH, or pick a new name"
+            )
+        chat_path, autosave = target, True
+    return log, chat_path, autosave
+
+
 def prepare(args: argparse.Namespace, *, chat_files: bool = True) -> Launch:
-    """Read the sources the flags name and merge the settings (see `merge_settings`)."""
+    """Read the sources the flags name and merge the settings (see `merge_settings`).
+
+    The prompt config named by ``--prompt-config`` or the profile is read first, so that its
+    ``chats_dir`` places bare chat file names; a resumed chat's own prompt config is the
+    fallback when neither names one."""
     notes: list[str] = []
     log: ChatLog | None = None
     chat_path: Path | None = None
     autosave = False
-    if chat_files:
-        if args.chat:
-            chat_path, autosave = Path(args.chat), True
-            if chat_path.exists():
-                log = _load_chat(chat_path, notes)
-        if args.load_conversation:
-            chat_path = Path(args.load_conversation)
-            if not chat_path.exists():
-                raise CliError(
-                    f"--load-conversation {chat_path}: no such file (use --chat PATH to start "
-                    "a chat file that does not exist yet)"
-                )
-            log = _load_chat(chat_path, notes)
-        if args.save_conversation:
-            target = Path(args.save_conversation)
-            if target.exists() and (chat_path is None or target.resolve() != chat_path.resolve()):
-                raise CliError(
-                    f"--save-conversation {target}: the file exists and would be overwritten; "
-                    "continue it with --chat PATH, or pick a new name"
-                )
-            chat_path, autosave = target, True
-
     profile_names: tuple[str, ...] = ()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConfigWarning)
@@ -178,7 +205,10 @@ def prepare(args: argparse.Namespace, *, chat_files: bool = True) -> Launch:
                 config_path = (
                     os.fspath(profile.prompt_config_path) if profile.prompt_config_path else None
                 )
-            elif log is not None and log.header.prompt_config_path:
+            if chat_files:
+                chats_dir = config.chats_dir if config is not None else None
+                log, chat_path, autosave = _chat_files(args, chats_dir, notes)
+            if config is None and log is not None and log.header.prompt_config_path:
                 saved = Path(log.header.prompt_config_path)
                 if saved.is_file():
                     config, config_path = PromptConfig.from_file(saved), os.fspath(saved)
@@ -287,8 +317,16 @@ def make_tools(launch: Launch) -> ToolRegistry | None:
     )
 
 
-def debug_options(args: argparse.Namespace) -> DebugOptions | None:
-    options = DebugOptions(raw=args.debug, tokens=args.debug_tokens, folder=args.debug_file)
+def debug_options(
+    args: argparse.Namespace, config: PromptConfig | None = None
+) -> DebugOptions | None:
+    """The debug output the flags ask for; with ``--debug`` or ``--debug-tokens`` and no
+    ``--debug-file``, the files go to the prompt config's ``logs_dir`` when it sets one."""
+    folder = args.debug_file
+    wanted = args.debug or args.debug_tokens is not None
+    if folder is None and wanted and config is not None and config.logs_dir is not None:
+        folder = config.logs_dir
+    options = DebugOptions(raw=args.debug, tokens=args.debug_tokens, folder=folder)
     return options if options.enabled else None
 
 
@@ -307,11 +345,18 @@ def make_backend(
     if tools is not None:
         on_close(tools.close)
     try:
-        generator = TokenGenerator(path, launch.config.generator_options())
+        generator = TokenGenerator(path, launch.config.generator_options(), lazy=launch.config.lazy)
     except ModelLoadError as error:
         raise CliError(str(error)) from None
     on_close(generator.close)
-    return LocalBackend(generator, tools=tools, debug=debug_options(launch.args))
+    constraint = getattr(launch.args, "constraint", None)  # --json-schema / --grammar
+    if constraint is not None:
+        from .constrained import constrain_generator
+
+        generator = constrain_generator(generator, constraint)
+    return LocalBackend(
+        generator, tools=tools, debug=debug_options(launch.args, launch.config.effective())
+    )
 
 
 def _server_backend(

@@ -13,6 +13,7 @@ import json
 import types
 import typing
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, get_args, get_origin
 
 from pydantic import ValidationError
@@ -223,6 +224,21 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
         help="Write every prompt, response and retry decision under DIR, one folder each.",
     )
 
+    structured = parser.add_argument_group(
+        "structured output", "Constrain every reply (the reasoning stays free; local models only)."
+    )
+    shape = structured.add_mutually_exclusive_group()
+    shape.add_argument(
+        "--json-schema",
+        metavar="FILE",
+        help="A JSON schema file: the answer is JSON that matches it.",
+    )
+    shape.add_argument(
+        "--grammar",
+        metavar="FILE",
+        help="A Lark grammar file (llguidance's dialect) the whole reply must match.",
+    )
+
 
 def build_chat_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -319,10 +335,44 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         )
 
 
+def _constraint(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Read --json-schema / --grammar into ``args.constraint`` (a `ConstraintSpec` or None);
+    a file that cannot be read or parsed is a usage error. The engine checks the schema or
+    grammar itself once the model's tokenizer is loaded (`launch.make_backend`)."""
+    schema_file, grammar_file = args.json_schema, args.grammar
+    args.constraint = None
+    if schema_file is None and grammar_file is None:
+        return
+    flag = "--json-schema" if schema_file is not None else "--grammar"
+    if args.server:
+        parser.error(f"{flag} applies to a local model; the server takes response_format")
+    path = Path(schema_file if schema_file is not None else grammar_file)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        parser.error(f"{flag}: cannot read {path}: {error}")
+    from mlx_harmony.generate.constrain import ConstraintError, ConstraintSpec
+
+    try:
+        if schema_file is not None:
+            try:
+                schema = json.loads(text)
+            except json.JSONDecodeError as error:
+                parser.error(f"--json-schema: {path} is not JSON: {error}")
+            if not isinstance(schema, dict):
+                parser.error(f"--json-schema: {path} must hold a JSON object (a schema)")
+            args.constraint = ConstraintSpec("json_schema", schema=schema)
+        else:
+            args.constraint = ConstraintSpec("grammar", grammar=text)
+    except ConstraintError as error:
+        parser.error(f"{flag}: {error}")
+
+
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
     """Parse and check `argv` (usage errors exit with status 2, as argparse does)."""
     args = parser.parse_args(argv)
     _check(parser, args)
+    _constraint(parser, args)
     return args
 
 

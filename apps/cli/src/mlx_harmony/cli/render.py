@@ -6,6 +6,9 @@ the answer. The answer is markdown, re-rendered while it streams (a `rich.live.L
 the tail that fits the screen) and printed in full when it ends, code blocks highlighted;
 ``--no-markdown`` streams it as plain text. Retries, tool calls and their results, dropped
 context and cancellation are one short line each; a cut answer ends with ``[truncated]``.
+The prompt config's ``truncate_thinking`` / ``truncate_response`` cut what is shown (never what
+is kept) after that many characters, marked ``[truncated]``; ``log_timing_stats`` adds a
+timing line after each turn (`Renderer.use_config` reads them).
 
 `Renderer.show(event)` is the only entry point the session uses, so tests render into a
 `rich.console.Console` writing to a string.
@@ -29,6 +32,7 @@ from mlx_harmony.controller import (
     ContextTrimmed,
     FinishReason,
     GenerationInfo,
+    PromptConfig,
     Quit,
     RetryEvent,
     StatsEvent,
@@ -36,6 +40,7 @@ from mlx_harmony.controller import (
     ToolCallEvent,
     ToolResultEvent,
     TurnDone,
+    timing_line,
 )
 
 if TYPE_CHECKING:
@@ -107,6 +112,23 @@ class Renderer:
         self._live: Live | None = None
         self._hidden_shown = False
         self._at_line_start = True
+        self.thinking_limit: int | None = None
+        self.answer_limit: int | None = None
+        self.show_timing = False
+        self._thinking_shown = 0
+        self._thinking_cut = False
+        self._answer_cut = False
+
+    def use_config(self, config: PromptConfig) -> None:
+        """Take the display settings of the prompt config (its effective values)."""
+        self.thinking_limit = config.truncate_thinking or None
+        self.answer_limit = config.truncate_response or None
+        self.show_timing = config.log_timing_stats
+
+    def _reset_limits(self) -> None:
+        self._thinking_shown = 0
+        self._thinking_cut = False
+        self._answer_cut = False
 
     # -- public -----------------------------------------------------------------------------
 
@@ -123,6 +145,7 @@ class Renderer:
         elif isinstance(event, RetryEvent):
             self.close()
             self._hidden_shown = False
+            self._reset_limits()
             self.note(f"↻ attempt {event.attempt}: {event.detail}", style="yellow")
         elif isinstance(event, ToolCallEvent):
             self.close()
@@ -207,11 +230,20 @@ class Renderer:
                 self.close()
                 self.note(HIDDEN_THINKING)
             return
+        if self._thinking_cut:
+            return
         if self._open("thinking"):
             text = text.lstrip("\n")
             self.note(THINKING_HEADING)
             self._write(GUTTER, "dim")
+        limit = self.thinking_limit
+        if limit is not None and self._thinking_shown + len(text) > limit:
+            text = text[: max(limit - self._thinking_shown, 0)]
+            self._thinking_cut = True
+        self._thinking_shown += len(text)
         self._write(text.replace("\n", "\n" + GUTTER), "dim italic")
+        if self._thinking_cut:
+            self._write(f" {TRUNCATED_MARKER}", "bold yellow")
 
     def _commentary(self, text: str) -> None:
         if self._open("commentary"):
@@ -220,6 +252,12 @@ class Renderer:
         self._write(text, "italic")
 
     def _answer_delta(self, text: str) -> None:
+        if self._answer_cut:
+            return
+        limit = self.answer_limit
+        if limit is not None and len(self._answer) + len(text) > limit:
+            text = text[: max(limit - len(self._answer), 0)]
+            self._answer_cut = True
         if self._open("answer"):
             text = text.lstrip()
             self._end_line()
@@ -256,10 +294,19 @@ class Renderer:
     def _done(self, event: TurnDone) -> None:
         result = event.result
         if self._block == "answer" and result.final.strip():
-            self._answer = result.final  # the parsed answer (a stop string already cut off)
+            final = result.final  # the parsed answer (a stop string already cut off)
+            if self.answer_limit is not None and len(final) > self.answer_limit:
+                final, self._answer_cut = final[: self.answer_limit], True
+            self._answer = final
         had_answer = self._block == "answer" or bool(result.final.strip())
         self.close()
         self._hidden_shown = False
+        cut = self._answer_cut
+        self._reset_limits()
+        if self.show_timing:
+            self.note(timing_line(result.timing()))
+        if cut and not result.truncated:
+            self.note(TRUNCATED_MARKER, style="bold yellow")
         if result.finish_reason is FinishReason.CANCELLED:
             self.note(
                 "⏹ cancelled: the partial reply is kept (\\undo drops it, \\retry redoes it)",

@@ -351,6 +351,7 @@ class ChatSession:
         """Handle one input line and render its events; True when the session should end."""
         self._interrupts = 0
         quit_ = False
+        self.renderer.use_config(self.config.effective())
         with self._interrupts_cancel():
             if not self.ready:
                 with self.console.status("Loading the model…", spinner="dots"):

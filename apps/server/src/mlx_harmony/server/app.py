@@ -9,11 +9,20 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.middleware.cors import CORSMiddleware
 
 from .chat import ChatService, chat_router
 from .errors import install_error_handlers
-from .middleware import BodyLimitMiddleware, RequestLogMiddleware, make_request_logger
+from .metrics import MetricsMiddleware, ServerMetrics, metrics_router
+from .middleware import (
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    HostCheckMiddleware,
+    RequestLogMiddleware,
+    make_request_logger,
+)
 from .models import ModelRegistry, load_generator
+from .reasoning_seal import load_reasoning_seal
 from .responses import ResponsesService, ResponseStore, responses_router
 from .routes import health_router, models_router
 from .settings import ServerSettings
@@ -41,6 +50,7 @@ def create_app(
 
     settings = settings if settings is not None else ServerSettings()
     registry = registry if registry is not None else settings.registry()
+    seal = load_reasoning_seal(settings.reasoning_key_file)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -54,17 +64,21 @@ def create_app(
             ),
             max_queue=settings.max_queue,
             max_concurrency=settings.max_concurrency,
+            max_queue_per_client=settings.max_queue_per_client,
         )
         worker.start()
         app.state.settings = settings
         app.state.registry = registry
         app.state.worker = worker
-        app.state.chat = ChatService(registry, worker, max_tokens_cap=settings.max_tokens_cap)
+        app.state.chat = ChatService(
+            registry, worker, max_tokens_cap=settings.max_tokens_cap, max_n=settings.max_n
+        )
         app.state.responses = ResponsesService(
             registry,
             worker,
             ResponseStore(settings.response_store_size),
             max_tokens_cap=settings.max_tokens_cap,
+            seal=seal,
         )
         try:
             if settings.preload:
@@ -84,6 +98,36 @@ def create_app(
     app.include_router(models_router)
     app.include_router(chat_router)
     app.include_router(responses_router)
+    app.include_router(metrics_router)
+    app.state.metrics = metrics = ServerMetrics(
+        queued=lambda: app.state.worker.waiting if hasattr(app.state, "worker") else 0,
+        # submitted and not finished, less those waiting: also a turn run on the worker's
+        # own thread (no batching), which `ModelWorker.running` does not count
+        running=lambda: (
+            app.state.worker.queued - app.state.worker.waiting
+            if hasattr(app.state, "worker")
+            else 0
+        ),
+    )
+    # the last added runs first: log, then Host, then API key, then the body limit
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(RequestLogMiddleware, logger=make_request_logger(settings.log_file))
+    if settings.keys:
+        app.add_middleware(ApiKeyMiddleware, api_keys=settings.keys)
+    hosts = settings.hosts
+    if hosts is not None:
+        app.add_middleware(HostCheckMiddleware, allowed=hosts)
+    app.add_middleware(
+        RequestLogMiddleware, logger=make_request_logger(settings.log_file), api_keys=settings.keys
+    )
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if settings.allowed_origins:
+        # outermost: a browser's preflight carries no API key, and errors need CORS headers too
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(settings.allowed_origins),
+            allow_methods=["GET", "POST", "DELETE", "OPTIONS"],
+            allow_headers=["*"],
+            expose_headers=["x-request-id", "retry-after"],
+            max_age=600,
+        )
     return app

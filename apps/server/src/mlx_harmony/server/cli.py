@@ -8,7 +8,7 @@ import sys
 
 from .settings import DEFAULT_MAX_BODY_BYTES, ServerSettings
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "uvicorn_options"]
 
 
 def _env_flag(name: str) -> bool:
@@ -33,6 +33,41 @@ def _count(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected a number >= 0, got {value}")
     return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0, got {text!r}")
+    return value
+
+
+def _hosts(text: str) -> tuple[str, ...]:
+    names = tuple(name.strip().lower() for name in text.split(",") if name.strip())
+    if not names:
+        raise argparse.ArgumentTypeError("expected host names separated by commas, or '*'")
+    return names
+
+
+def _origins(text: str) -> tuple[str, ...]:
+    origins = tuple(origin.strip().rstrip("/") for origin in text.split(",") if origin.strip())
+    if not origins:
+        raise argparse.ArgumentTypeError(
+            "expected origins separated by commas (https://app.example.com), or '*'"
+        )
+    return origins
+
+
+def _api_keys(flags: list[str] | None) -> tuple[str, ...]:
+    """The keys of --api-key, else of MLX_HARMONY_API_KEY (comma-separated)."""
+    if flags:
+        return tuple(flags)
+    return tuple(
+        k.strip() for k in os.environ.get("MLX_HARMONY_API_KEY", "").split(",") if k.strip()
+    )
 
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20}
@@ -90,8 +125,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--api-key",
-        default=os.environ.get("MLX_HARMONY_API_KEY") or None,
-        help="require 'Authorization: Bearer KEY' on /v1 routes (or MLX_HARMONY_API_KEY)",
+        action="append",
+        dest="api_keys",
+        help="require 'Authorization: Bearer KEY' on every route but health (or "
+        "MLX_HARMONY_API_KEY, comma-separated); repeat for several keys, each with its own "
+        "queue share and stored responses",
+    )
+    parser.add_argument(
+        "--allowed-hosts",
+        type=_hosts,
+        help="comma-separated Host names the server answers ('*': any); default: the loopback "
+        "names when bound to loopback, else any",
     )
     parser.add_argument(
         "--max-tokens-cap", type=_positive, help="most tokens one reply may generate"
@@ -108,6 +152,32 @@ def build_parser() -> argparse.ArgumentParser:
         type=_positive,
         default=64,
         help="requests that may wait beyond the running ones; more get a 503 (default 64)",
+    )
+    parser.add_argument(
+        "--max-queue-per-client",
+        type=_positive,
+        default=None,
+        help="requests one client (API key, else address) may have waiting, below --max-queue "
+        "so a burst leaves room for others (default: half of --max-queue)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=_positive,
+        default=1000,
+        help="open connections at most; beyond it the longest-idle one is closed, or the "
+        "newcomer gets a 503 (default 1000)",
+    )
+    parser.add_argument(
+        "--header-timeout",
+        type=_seconds,
+        default=10.0,
+        help="seconds a client has to send a request's headers (default 10)",
+    )
+    parser.add_argument(
+        "--body-timeout",
+        type=_seconds,
+        default=30.0,
+        help="seconds a request body may go without sending a byte (default 30)",
     )
     parser.add_argument(
         "--max-concurrency",
@@ -134,6 +204,25 @@ def build_parser() -> argparse.ArgumentParser:
         default=256,
         help="responses kept in memory for previous_response_id (default 256)",
     )
+    parser.add_argument(
+        "--reasoning-key-file",
+        default=None,
+        help="a Fernet key file that seals reasoning for include: reasoning.encrypted_content "
+        "(default: $MLX_HARMONY_REASONING_KEY, else a key made at start)",
+    )
+    parser.add_argument(
+        "--allowed-origins",
+        type=_origins,
+        default=(),
+        help="browser origins allowed by CORS, separated by commas, or '*' (default: none, "
+        "CORS off)",
+    )
+    parser.add_argument(
+        "--max-n",
+        type=_positive,
+        default=8,
+        help="the most choices one chat request may ask for with n (default 8)",
+    )
     parser.add_argument("--log-level", default="info", help="uvicorn's log level")
     return parser
 
@@ -142,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from mlx_harmony.controller import ConfigError
 
+    keys = _api_keys(args.api_keys)
     try:
         settings = ServerSettings(
             model=args.model,
@@ -152,7 +242,13 @@ def main(argv: list[str] | None = None) -> int:
             host=args.host,
             port=args.port,
             preload=args.preload,
-            api_key=args.api_key,
+            api_key=keys[0] if keys else None,
+            api_keys=keys[1:],
+            allowed_hosts=args.allowed_hosts,
+            max_queue_per_client=args.max_queue_per_client,
+            max_connections=args.max_connections,
+            header_timeout_s=args.header_timeout,
+            body_timeout_s=args.body_timeout,
             max_tokens_cap=args.max_tokens_cap,
             log_file=args.log_file,
             max_body_bytes=args.max_body_bytes,
@@ -161,6 +257,9 @@ def main(argv: list[str] | None = None) -> int:
             prompt_cache_size=args.prompt_cache_size,
             prompt_cache_bytes=args.prompt_cache_bytes,
             response_store_size=args.response_store_size,
+            reasoning_key_file=args.reasoning_key_file,
+            allowed_origins=args.allowed_origins,
+            max_n=args.max_n,
         )
         from .app import create_app
 
@@ -186,11 +285,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"mlx-harmony-server: demo model in {folder}", file=sys.stderr)
     where = f"http://{settings.host}:{settings.port}/v1"
     print(f"mlx-harmony-server: OpenAI API at {where}", file=sys.stderr)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=args.log_level,
-        access_log=False,
-    )
+    uvicorn.run(app, **uvicorn_options(settings, log_level=args.log_level))
     return 0
+
+
+def uvicorn_options(settings: ServerSettings, *, log_level: str = "info") -> dict[str, object]:
+    """``uvicorn.run``'s arguments for `settings`: the address, and an h11 protocol with header
+    and body read timeouts and a connection cap (within the open-files limit, raised to the
+    hard limit here)."""
+    from .limits import ConnectionLimits, limited_h11, raise_open_files_limit
+
+    files = raise_open_files_limit()
+    connections = settings.max_connections
+    if files > 0 and connections > files - 64:
+        connections = max(1, files - 64)
+        print(
+            f"mlx-harmony-server: --max-connections {settings.max_connections} is over the "
+            f"open-files limit ({files}); using {connections}",
+            file=sys.stderr,
+        )
+    limits = ConnectionLimits(
+        header_timeout_s=settings.header_timeout_s,
+        body_timeout_s=settings.body_timeout_s,
+        max_connections=connections,
+    )
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": log_level,
+        "access_log": False,
+        "http": limited_h11(limits),
+        "timeout_keep_alive": 5,
+        "backlog": 4096,
+    }

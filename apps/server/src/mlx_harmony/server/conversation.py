@@ -67,11 +67,13 @@ class Conversation:
 
 @dataclass(frozen=True, slots=True)
 class AssistantCall:
-    """A function call an assistant made: its id, the client's name, the arguments."""
+    """A function call an assistant made: its id, the client's name, the arguments, and the
+    client's tool namespace (None: a plain function)."""
 
     call_id: str
     name: str
     arguments: str
+    namespace: str | None = None
 
 
 class ConversationBuilder:
@@ -87,7 +89,7 @@ class ConversationBuilder:
         self._turns: list[Turn] = []
         self._user: Message | None = None
         self._replies: list[Message] = []
-        self._calls: dict[str, str] = {}  # call id -> Harmony function name
+        self._calls: dict[str, str] = {}  # call id -> Harmony recipient
         self._started = False
 
     @property
@@ -113,9 +115,9 @@ class ConversationBuilder:
             if text:
                 self._replies.append(Message.assistant(text, channel="commentary"))
             for call in calls:
-                name = self.names.to_harmony(call.name)
-                self._calls[call.call_id] = name
-                self._replies.append(Message.tool_call(f"functions.{name}", call.arguments or "{}"))
+                recipient = self.names.recipient(call.name, call.namespace)
+                self._calls[call.call_id] = recipient
+                self._replies.append(Message.tool_call(recipient, call.arguments or "{}"))
         elif text:
             self._replies.append(Message.assistant(text))
 
@@ -136,7 +138,7 @@ class ConversationBuilder:
                 code=code,
             )
         self._started = True
-        self._replies.append(Message.tool_result(f"functions.{self._calls[call_id]}", text))
+        self._replies.append(Message.tool_result(self._calls[call_id], text))
 
     def function_result(self, name: str, text: str) -> None:
         """A result named by the function (the legacy ``function`` role)."""

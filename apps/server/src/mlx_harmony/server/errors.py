@@ -67,6 +67,18 @@ class APIError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
+def constraint_error(error: ValueError, param: str | None) -> APIError:
+    """The 400 for a schema or grammar the constraint engine cannot handle, or one that takes
+    too long to compile: the engine's message names the keyword or rule."""
+    timeout = type(error).__name__ == "ConstraintTimeoutError"
+    return APIError(
+        400,
+        f"{param}: {error}" if param else str(error),
+        param=param,
+        code="schema_compile_timeout" if timeout else "invalid_schema",
+    )
+
+
 def error_body(
     message: str, *, type: str, param: str | None = None, code: str | None = None
 ) -> dict[str, Any]:
@@ -103,7 +115,7 @@ def _param(loc: tuple[Any, ...]) -> str | None:
 def _validation_error(exc: RequestValidationError) -> APIError:
     errors = list(exc.errors())
     if not errors:
-        return APIError(422, "the request body does not match the schema", code="invalid_body")
+        return APIError(400, "the request body does not match the schema", code="invalid_body")
     first = errors[0]
     kind = str(first.get("type", ""))
     if kind == "json_invalid":
@@ -132,7 +144,8 @@ def _validation_error(exc: RequestValidationError) -> APIError:
         code = "invalid_type" if kind not in ("missing",) else "missing_field"
     more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
     where = f"{param}: " if param else ""
-    return APIError(422, f"{where}{message}{more}", param=param, code=code)
+    # OpenAI answers every invalid request with a 400 (SDKs raise BadRequestError for it).
+    return APIError(400, f"{where}{message}{more}", param=param, code=code)
 
 
 def install_error_handlers(app: FastAPI) -> None:

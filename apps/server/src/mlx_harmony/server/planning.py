@@ -1,6 +1,7 @@
 """What both APIs do to turn a checked request into the worker's `TurnPlan`, and to read a
 finished turn back: the prompt config with the request's sampling fields, the function tools
-with safe names, the instructions for ``tool_choice`` and JSON answers, the token counts.
+with safe names, the instructions for ``tool_choice`` and JSON answers, the grammar constraint
+that makes those answers real (`plan_constraint`), the token counts.
 
 Each API's translation module calls these with its own field names, so an error names the
 field the client sent (``max_output_tokens`` for a response, ``max_tokens`` for a chat
@@ -17,6 +18,8 @@ from typing import Literal
 from pydantic import ValidationError
 
 from mlx_harmony.controller import FinishReason, PromptConfig, RetryPolicy, TurnResult
+from mlx_harmony.generate.constrain import ConstraintSpec
+from mlx_harmony.generate.constrain import FunctionSpec as ConstrainedFunction
 from mlx_harmony.harmony_format import (
     DeveloperConfig,
     FunctionTool,
@@ -43,6 +46,7 @@ __all__ = [
     "developer_instructions",
     "format_instruction",
     "openai_calls",
+    "plan_constraint",
     "plan_turn",
     "retry_policy",
     "was_cut",
@@ -82,6 +86,8 @@ class FunctionSpec:
     """The field that holds the name (``tools[0].function.name``, ``tools[0].name``)."""
     param: str
     """The tool itself (``tools[0]``)."""
+    strict: bool = False
+    """``strict: true``: a call's arguments must match `parameters` (a grammar constraint)."""
 
 
 def retry_policy(*, explicit_limit: bool) -> RetryPolicy:
@@ -98,9 +104,13 @@ def plan_turn(
     explicit_limit: bool,
     top_logprobs: int | None = None,
     conversation_param: str = "messages",
+    constraint: tuple[ConstraintSpec, str] | None = None,
 ) -> TurnPlan:
     """The worker's plan for a checked request's conversation (`retry_policy` says why the
-    token limit matters)."""
+    token limit matters). A `constraint` (the spec and the field it came from, from
+    `plan_constraint`) turns retries off: a retry that starts the final answer for the model
+    would not match the grammar, which already guarantees the answer's shape."""
+    policy = retry_policy(explicit_limit=explicit_limit or constraint is not None)
     return TurnPlan(
         entry=entry,
         turn=conversation.turn,
@@ -108,9 +118,70 @@ def plan_turn(
         config=config,
         function_tools=function_tools,
         top_logprobs=top_logprobs,
-        policy=retry_policy(explicit_limit=explicit_limit),
+        policy=policy,
         conversation_param=conversation_param,
+        constraint=constraint[0] if constraint is not None else None,
+        constraint_param=constraint[1] if constraint is not None else None,
     )
+
+
+def plan_constraint(
+    specs: Sequence[FunctionSpec],
+    names: ToolNameMap,
+    choice: ToolChoice,
+    *,
+    format_kind: object,
+    schema: object,
+    format_param: str,
+    schema_param: str,
+) -> tuple[ConstraintSpec, str] | None:
+    """The grammar constraint a request asks for, and the field a compile error names.
+
+    ``tool_choice: "required"`` forces a call to one of the tools, a named function a call to
+    that one, with arguments matching its parameters; strict tools under ``"auto"`` let the
+    model answer or call, a call's arguments constrained. Otherwise a ``json_schema`` or
+    ``json_object`` format constrains the final answer. A strict tool under ``"auto"`` together
+    with a JSON format is refused: one turn cannot be held to both."""
+    json_format = format_kind in ("json_schema", "json_object")
+    if choice != "none" and specs:
+        forced: Sequence[FunctionSpec] = ()
+        if choice == "required":
+            forced = specs
+        elif isinstance(choice, FunctionChoice):
+            forced = [s for s in specs if s.name == choice.name]
+        functions = forced or [s for s in specs if s.strict]
+        if functions:
+            if not forced and json_format:
+                raise APIError(
+                    400,
+                    f"{format_param.removesuffix('.type')} with strict tools and tool_choice "
+                    "'auto' cannot both be enforced; drop 'strict' from the tools, or ask for "
+                    "the tool call with tool_choice 'required'",
+                    param=format_param,
+                    code="unsupported_value",
+                )
+            declared = specs if not forced else functions
+            tools = tuple(
+                ConstrainedFunction(
+                    names.to_harmony(s.name),
+                    dict(s.parameters) if s.parameters is not None else {"type": "object"},
+                    strict=s.strict,
+                )
+                for s in declared
+            )
+            return ConstraintSpec("tool_call", functions=tools, required=bool(forced)), "tools"
+    if format_kind == "json_object":
+        return ConstraintSpec("json_object"), format_param
+    if format_kind == "json_schema":
+        if not isinstance(schema, Mapping):
+            raise APIError(
+                400,
+                f"{schema_param} must be a JSON schema (an object)",
+                param=schema_param,
+                code="invalid_value",
+            )
+        return ConstraintSpec("json_schema", schema=dict(schema)), schema_param
+    return None
 
 
 def build_config(

@@ -1,11 +1,12 @@
-"""The routes every API shares: the API key check, ``/v1`` routers, health and models.
+"""The routes every API shares: the body's text check, ``/v1`` routers, health and models.
+
+The API key is checked for every route but health by `middleware.ApiKeyMiddleware`.
 
 Each API adds its own router (`chat.router`, `responses.router`) made by `v1_router`.
 """
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -17,7 +18,14 @@ from .models import ModelRegistry
 from .protocol import ErrorResponse, Health, ModelCard, ModelList
 from .worker import LoadedState
 
-__all__ = ["health_router", "models_router", "require_api_key", "streamed_post", "v1_router"]
+__all__ = [
+    "find_invalid_text",
+    "health_router",
+    "models_router",
+    "reject_invalid_text",
+    "streamed_post",
+    "v1_router",
+]
 
 RouteT = TypeVar("RouteT", bound=Callable[..., Any])
 
@@ -31,28 +39,57 @@ _ERRORS: dict[str, str] = {
 }
 
 
-def require_api_key(request: Request) -> None:
-    """``Authorization: Bearer <key>`` on every /v1 route when the server has a key."""
-    key: str | None = request.app.state.settings.api_key
-    if not key:
+def find_invalid_text(value: Any, path: str = "") -> str | None:
+    """The path (``messages[0].content``) of the first string in decoded JSON that is not valid
+    Unicode (a lone surrogate such as ``"\\ud800"``), keys included; None when all are valid."""
+    stack: list[tuple[str, Any]] = [(path, value)]
+    while stack:
+        where, item = stack.pop()
+        if isinstance(item, str):
+            if not _encodable(item):
+                return where or "body"
+        elif isinstance(item, dict):
+            for key, child in reversed(item.items()):
+                name = f"{where}.{key}" if where else str(key)
+                if not _encodable(key):
+                    return where or "body"
+                stack.append((name, child))
+        elif isinstance(item, list):
+            stack.extend((f"{where}[{i}]", child) for i, child in reversed(list(enumerate(item))))
+    return None
+
+
+def _encodable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+async def reject_invalid_text(request: Request) -> None:
+    """400 naming the field when a JSON body holds text that is not valid Unicode, before any
+    model or tokenizer sees it (they need real UTF-8)."""
+    if request.method not in ("POST", "PUT", "PATCH"):
         return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not secrets.compare_digest(
-        token.strip().encode(), key.encode()
-    ):
+    try:
+        body = await request.json()  # cached: the route reads the same parse
+    except ValueError:
+        return  # malformed JSON: the route's own error says so
+    field = find_invalid_text(body)
+    if field is not None:
         raise APIError(
-            401,
-            "missing or wrong API key: send the header 'Authorization: Bearer <key>' with the "
-            "key the server was started with (--api-key or MLX_HARMONY_API_KEY)",
-            code="invalid_api_key",
-            headers={"WWW-Authenticate": "Bearer"},
+            400,
+            f"{field} is not valid Unicode (it holds a lone surrogate such as \\ud800); send "
+            "text that encodes as UTF-8",
+            param=field,
+            code="invalid_unicode",
         )
 
 
 def v1_router(errors: dict[str, str] | None = None, *, tags: list[str] | None = None) -> APIRouter:
-    """A router under ``/v1`` behind the API key; `errors` replace the documented error
-    descriptions by status."""
+    """A router under ``/v1`` whose bodies must be valid Unicode; `errors` replace the
+    documented error descriptions by status."""
     described = {**_ERRORS, **(errors or {})}
     responses: dict[int | str, dict[str, Any]] = {
         int(status): {"model": ErrorResponse, "description": text}
@@ -60,7 +97,7 @@ def v1_router(errors: dict[str, str] | None = None, *, tags: list[str] | None = 
     }
     return APIRouter(
         prefix="/v1",
-        dependencies=[Depends(require_api_key)],
+        dependencies=[Depends(reject_invalid_text)],
         responses=responses,
         tags=list(tags or []),
     )

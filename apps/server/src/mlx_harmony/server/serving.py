@@ -19,6 +19,8 @@ from fastapi.responses import Response, StreamingResponse
 from starlette.types import Receive as ASGIReceive
 from starlette.types import Scope, Send
 
+from mlx_harmony.controller import GenerationInfo
+
 from .channel import EventChannel
 from .errors import APIError
 from .worker import (
@@ -32,6 +34,7 @@ from .worker import (
 )
 
 __all__ = [
+    "KEEPALIVE",
     "ClientWatch",
     "EventStreamResponse",
     "Outcome",
@@ -59,6 +62,8 @@ class Outcome:
     completion_tokens: int = 0
     finish_reason: str | None = None
     cancelled: bool = False
+    generations: tuple[GenerationInfo, ...] = ()
+    """The finished turn's generations (timings, prompt-cache reuse), for the metrics."""
 
 
 class PlannedTurn(Protocol):
@@ -177,14 +182,33 @@ async def run_to_end(job: TurnJob, watch: ClientWatch, output: TurnOutput) -> Fi
     return finished
 
 
-async def first_events(job: TurnJob, watch: ClientWatch) -> list[WorkerEvent]:
-    """The job's first events, before a streamed answer starts (so an error found before
-    generating is still an HTTP status); [] when the client left first. Either way out, the
-    job is cancelled."""
+KEEPALIVE = b": keep-alive\n\n"
+"""An SSE comment: clients ignore it, but it resets their read timeouts."""
+
+
+async def _get_batch(job: TurnJob, timeout: float | None) -> list[WorkerEvent] | None:
+    """The channel's next batch; None when `timeout` seconds passed first (`get_batch` takes
+    nothing from the channel until it returns, so giving up on it loses nothing)."""
+    if timeout is None:
+        return await job.channel.get_batch()
     try:
-        first: list[WorkerEvent] = []
+        return await asyncio.wait_for(job.channel.get_batch(), timeout)
+    except TimeoutError:
+        return None
+
+
+async def first_events(
+    job: TurnJob, watch: ClientWatch, *, timeout: float | None = None
+) -> list[WorkerEvent] | None:
+    """The job's first events, before a streamed answer starts (so an error found before
+    generating is still an HTTP status); [] when the client left first (the job is cancelled
+    then, and when this raises); None when `timeout` seconds passed first (the job goes on)."""
+    try:
+        first: list[WorkerEvent] | None = []
         while not first:
-            first = await job.channel.get_batch()
+            first = await _get_batch(job, timeout)
+            if first is None:
+                return None
             if not first and (watch.gone or job.channel.closed):
                 break
     except BaseException:
@@ -203,9 +227,12 @@ async def stream_events(
     first: list[WorkerEvent],
     output: TurnOutput,
     outcome: Outcome,
+    *,
+    keepalive_s: float | None = None,
 ) -> AsyncIterator[bytes]:
-    """The SSE body of a turn: `output`'s events as the worker's batches arrive. A turn that
-    fails ends with `output`'s failure events; a client that leaves cancels the turn."""
+    """The SSE body of a turn: `output`'s events as the worker's batches arrive (a
+    `KEEPALIVE` comment after `keepalive_s` silent seconds). A turn that fails ends with
+    `output`'s failure events; a client that leaves cancels the turn."""
     finished: Finished | None = None
     batch = first
     try:
@@ -213,13 +240,18 @@ async def stream_events(
         while True:
             finished = output.feed(batch)
             if finished is not None:
+                outcome.generations = tuple(finished.result.generations)
                 yield output.take() + output.finish(finished, outcome)
                 return
             ready = output.take()
             if ready:
                 yield ready
             try:
-                batch = await job.channel.get_batch()
+                waited = await _get_batch(job, keepalive_s)
+                while waited is None:
+                    yield KEEPALIVE
+                    waited = await _get_batch(job, keepalive_s)
+                batch = waited
             except Exception as error:
                 if not isinstance(error, APIError):
                     error = APIError(500, f"the turn failed: {type(error).__name__}: {error}")
@@ -264,20 +296,66 @@ async def answer(
     job, watch = submit_turn(service.worker, plan.turn_plan, request.receive)
     output = service.output(plan, stream=plan.stream)
     if plan.stream:
-        first = await first_events(job, watch)
-        if not first:
+        keepalive_s = _keepalive_s(request)
+        first = await first_events(job, watch, timeout=keepalive_s)
+        if first is None:
+            body = _waiting_stream(job, watch, output, outcome, keepalive_s)
+        elif not first:
             outcome.cancelled = True
             return Response(status_code=499)
+        else:
+            body = stream_events(job, watch, first, output, outcome, keepalive_s=keepalive_s)
         return EventStreamResponse(
-            stream_events(job, watch, first, output, outcome),
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            body, headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
         )
     finished = await run_to_end(job, watch, output)
     if finished is None:
         outcome.cancelled = True
         return Response(status_code=499)
+    outcome.generations = tuple(finished.result.generations)
     output.finish(finished, outcome)
     return Response(output.answer(), media_type="application/json")
+
+
+def _keepalive_s(request: Request) -> float | None:
+    settings = getattr(request.app.state, "settings", None)
+    return getattr(settings, "keepalive_s", None)
+
+
+async def _waiting_stream(
+    job: TurnJob,
+    watch: ClientWatch,
+    output: TurnOutput,
+    outcome: Outcome,
+    keepalive_s: float | None,
+) -> AsyncIterator[bytes]:
+    """The SSE body of a turn that had not started after `keepalive_s` (queued behind others,
+    or a long prompt prefilling): `KEEPALIVE` comments until it does, then `stream_events`.
+    An error found before generating is then the stream's failure events (the status is sent)."""
+    streaming = False
+    try:
+        first: list[WorkerEvent] | None = None
+        while first is None:
+            yield KEEPALIVE
+            try:
+                first = await first_events(job, watch, timeout=keepalive_s)
+            except Exception as error:
+                if not isinstance(error, APIError):
+                    error = APIError(500, f"the turn failed: {type(error).__name__}: {error}")
+                yield output.fail(error)
+                return
+        if not first:
+            outcome.cancelled = True
+            return
+        streaming = True
+        async for part in stream_events(
+            job, watch, first, output, outcome, keepalive_s=keepalive_s
+        ):
+            yield part
+    finally:
+        if not streaming:
+            watch.stop()
+            job.cancel.set()
 
 
 async def serve(service: Serving[B_contra, P], body: B_contra, request: Request) -> Response:

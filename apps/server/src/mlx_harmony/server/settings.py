@@ -34,7 +34,12 @@ class ServerSettings:
     preload: bool = False
     """Load the model at start-up instead of on the first request."""
     api_key: str | None = None
-    """When set, every /v1 route but the health check needs ``Authorization: Bearer <key>``."""
+    """When set, every route but the health check needs ``Authorization: Bearer <key>``."""
+    api_keys: tuple[str, ...] = ()
+    """More keys besides `api_key`; each key has its own queue line and stored responses."""
+    allowed_hosts: tuple[str, ...] | None = None
+    """``Host`` names answered (``"*"``: any); None: the loopback names when bound to
+    loopback, else any."""
     max_tokens_cap: int | None = None
     """The most tokens one reply may generate, whatever the request asks."""
     log_file: str | None = None
@@ -42,22 +47,61 @@ class ServerSettings:
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     max_queue: int = 64
     """Requests waiting for the model (beyond the running ones); more get a 503."""
+    max_queue_per_client: int | None = None
+    """Requests one client (API key, else address) may have waiting; None: half of max_queue."""
     max_concurrency: int = 8
     """Requests that decode together in one batch; 1 runs them one at a time."""
+    header_timeout_s: float = 10.0
+    """Seconds a client has to send a request's headers (also between keep-alive requests)."""
+    body_timeout_s: float = 30.0
+    """Seconds a request body may go without sending a byte."""
+    max_connections: int = 1000
+    """Open connections at most; a newcomer beyond it closes the longest-idle one (or gets a
+    503 when none is idle)."""
     prompt_cache_size: int = 16
     """Prompt-prefix caches kept across requests and conversations (LRU)."""
     prompt_cache_bytes: int | None = None
     """The most bytes those caches may hold; None: bounded by the count only."""
     response_store_size: int = 256
     """Responses kept in memory for ``previous_response_id`` (least recently used out)."""
+    reasoning_key_file: str | None = None
+    """The key that seals reasoning (``encrypted_content``); default: ``MLX_HARMONY_REASONING_KEY``,
+    else a key made at start."""
+    allowed_origins: tuple[str, ...] = ()
+    """Browser origins CORS allows (``"*"``: any); empty: no CORS headers at all."""
+    max_n: int = 8
+    """The most choices (``n``) one chat request may ask for."""
+    keepalive_s: float = 5.0
+    """Seconds a stream may stay silent (waiting in the queue, prefilling) before the server
+    sends an SSE comment, so that clients with read timeouts keep waiting."""
 
     def __post_init__(self) -> None:
+        if self.max_n < 1:
+            raise ValueError(f"max_n must be >= 1, got {self.max_n}")
+        if not self.keepalive_s > 0:
+            raise ValueError(f"keepalive_s must be > 0, got {self.keepalive_s}")
         if self.max_tokens_cap is not None and self.max_tokens_cap < 1:
             raise ValueError(f"max_tokens_cap must be >= 1, got {self.max_tokens_cap}")
         if self.max_body_bytes < 1024:
             raise ValueError(f"max_body_bytes must be >= 1024, got {self.max_body_bytes}")
         if self.max_queue < 1:
             raise ValueError(f"max_queue must be >= 1, got {self.max_queue}")
+        if self.max_queue_per_client is not None and not (
+            1 <= self.max_queue_per_client <= self.max_queue
+        ):
+            raise ValueError(
+                f"max_queue_per_client must be in [1, max_queue={self.max_queue}], got "
+                f"{self.max_queue_per_client}"
+            )
+        if self.max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {self.max_connections}")
+        if not (self.header_timeout_s > 0 and self.body_timeout_s > 0):
+            raise ValueError(
+                f"header_timeout_s and body_timeout_s must be > 0, got {self.header_timeout_s} "
+                f"and {self.body_timeout_s}"
+            )
+        if any(not key for key in self.api_keys):
+            raise ValueError("an API key must not be empty")
         if self.max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
         if self.prompt_cache_size < 0:
@@ -68,6 +112,20 @@ class ServerSettings:
             raise ValueError(f"response_store_size must be >= 1, got {self.response_store_size}")
         if self.model and self.profile:
             raise ValueError("give either a model or a profile, not both")
+
+    @property
+    def keys(self) -> tuple[str, ...]:
+        """Every API key (`api_key` first); empty: no key needed."""
+        return ((self.api_key,) if self.api_key else ()) + self.api_keys
+
+    @property
+    def hosts(self) -> tuple[str, ...] | None:
+        """The ``Host`` names answered, or None for any."""
+        from .middleware import default_allowed_hosts
+
+        if self.allowed_hosts is None:
+            return default_allowed_hosts(self.host)
+        return None if "*" in self.allowed_hosts else self.allowed_hosts
 
     @property
     def serves_demo(self) -> bool:

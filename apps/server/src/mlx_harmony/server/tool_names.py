@@ -5,6 +5,10 @@ the model calls ``functions.<name>``, so a name must be an identifier. OpenAI al
 (``get-weather``, ``weather.lookup``, names with spaces or accents). Such names are mapped to
 safe identifiers for the prompt and mapped back in the response, so the client only ever sees
 its own names.
+
+Tools in a namespace (the Responses API's ``{"type": "namespace", ...}`` tools) are called as
+``<namespace>.<name>``: the namespace gets a safe name of its own (never ``functions`` or a
+built-in tool's), and its tools a `ToolNameMap` of their own.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ __all__ = ["ToolNameMap", "is_harmony_name"]
 
 _IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 _UNSAFE = re.compile(r"[^A-Za-z0-9_]+")
+_RESERVED = frozenset({"functions", "browser", "python", "container"})
 
 
 def is_harmony_name(name: str) -> bool:
@@ -38,6 +43,10 @@ class ToolNameMap:
     def __init__(self, names: Iterable[str] = ()) -> None:
         self._to_harmony: dict[str, str] = {}
         self._to_openai: dict[str, str] = {}
+        self._spaces: dict[
+            str, tuple[str, ToolNameMap]
+        ] = {}  # client namespace -> (Harmony's, names)
+        self._space_names: dict[str, str] = {}  # Harmony namespace -> client namespace
         # Valid names first, so that a made-up name never takes a name the client uses.
         for name in sorted(names, key=lambda n: not is_harmony_name(n)):
             self.add(name)
@@ -69,3 +78,34 @@ class ToolNameMap:
     def renamed(self) -> dict[str, str]:
         """The names that changed: OpenAI name -> Harmony name."""
         return {k: v for k, v in self._to_harmony.items() if k != v}
+
+    def add_namespace(self, namespace: str) -> str:
+        """The Harmony name of the tool namespace `namespace`, made up on first sight."""
+        known = self._spaces.get(namespace)
+        if known is not None:
+            return known[0]
+        base = namespace if is_harmony_name(namespace) else _safe(namespace)
+        safe, n = base, 2
+        while safe in self._space_names or safe in _RESERVED:
+            safe, n = f"{base}_{n}", n + 1
+        self._spaces[namespace] = (safe, ToolNameMap())
+        self._space_names[safe] = namespace
+        return safe
+
+    def recipient(self, name: str, namespace: str | None = None) -> str:
+        """The Harmony recipient of a call to the client's `name` (in `namespace`)."""
+        if namespace is None:
+            return f"functions.{self.to_harmony(name)}"
+        space = self.add_namespace(namespace)
+        return f"{space}.{self._spaces[namespace][1].to_harmony(name)}"
+
+    def from_recipient(self, recipient: str) -> tuple[str | None, str]:
+        """(the client's namespace or None, the client's name) of a Harmony recipient; a
+        recipient in no known namespace comes back whole, with no namespace."""
+        space, dot, name = recipient.partition(".")
+        if dot and space == "functions":
+            return None, self.to_openai(name)
+        namespace = self._space_names.get(space) if dot else None
+        if namespace is None:
+            return None, recipient
+        return namespace, self._spaces[namespace][1].to_openai(name)

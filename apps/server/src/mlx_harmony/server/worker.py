@@ -45,16 +45,18 @@ from mlx_harmony.controller import (
     context_length_of,
     stream_chat_turn,
 )
+from mlx_harmony.generate.constrain import ConstraintError, ConstraintSpec
 from mlx_harmony.harmony_format import FIRST_SPECIAL, FunctionTool, StreamParser
 
 from .admission import FairQueue, QueueFullError, current_client
 from .channel import EventChannel
-from .errors import APIError
+from .errors import APIError, constraint_error
 from .models import ModelEntry
 
 __all__ = [
     "CountJob",
     "Finished",
+    "Job",
     "LoadedState",
     "LogprobEntry",
     "ModelWorker",
@@ -89,6 +91,10 @@ class TurnPlan:
     policy: RetryPolicy = field(default_factory=RetryPolicy)
     conversation_param: str = "messages"
     """The request field that holds the conversation, which a too-long prompt error names."""
+    constraint: ConstraintSpec | None = None
+    """The grammar the reply must match (JSON format, forced or strict tool calls)."""
+    constraint_param: str | None = None
+    """The request field the constraint came from, which a compile error names."""
 
 
 class TopLogprob(TypedDict):
@@ -169,12 +175,18 @@ class _Job:
     entry: ModelEntry
     cancel: threading.Event
     submitted: float
+    batched: bool = False
+    """Runs as a row of the batch engine (on a pool thread) when the generator batches."""
 
     def run(self, state: LoadedState, worker: ModelWorker) -> None:
         raise NotImplementedError
 
     def fail(self, error: BaseException) -> None:
         raise NotImplementedError
+
+
+Job = _Job
+"""What `ModelWorker.submit` runs; a job of another API (raw completions) subclasses it."""
 
 
 class _PlanJob(_Job, Generic[ItemT]):
@@ -194,6 +206,8 @@ class _PlanJob(_Job, Generic[ItemT]):
 class TurnJob(_PlanJob["WorkerEvent"]):
     """Run one turn, streaming its events into `channel`."""
 
+    batched = True
+
     def run(self, state: LoadedState, worker: ModelWorker) -> None:
         plan = self.plan
         queued = time.perf_counter() - self.submitted
@@ -201,11 +215,16 @@ class TurnJob(_PlanJob["WorkerEvent"]):
             worker.count("cancelled")
             self.channel.close()
             return
-        problem = _check_against_model(plan, state)
+        problem = _check_against_model(plan, state) or _compile_constraint(plan, state)
         if problem is not None:
             self.channel.close(problem)
             return
-        tap = _TokenTap(state.generator, top=plan.top_logprobs, harmony=_is_harmony(state))
+        tap = _TokenTap(
+            state.generator,
+            top=plan.top_logprobs,
+            harmony=_is_harmony(state),
+            constraint=plan.constraint,
+        )
         put = self.channel.put
         reasoning = 0
         result: TurnResult | None = None
@@ -291,6 +310,20 @@ class _LoadJob(_Job):
         self.done.set()
 
 
+def _compile_constraint(plan: TurnPlan, state: LoadedState) -> APIError | None:
+    """Compile the plan's constraint for this model before the turn starts (cached per
+    schema), so a schema the engine cannot handle is a 400, not a failed stream. Test doubles
+    without `compile_constraint` take the spec as it is."""
+    compile_for = getattr(state.generator, "compile_constraint", None)
+    if plan.constraint is None or compile_for is None:
+        return None
+    try:
+        compile_for(plan.constraint)
+    except ConstraintError as error:
+        return constraint_error(error, plan.constraint_param)
+    return None
+
+
 def _check_against_model(plan: TurnPlan, state: LoadedState) -> APIError | None:
     """What only the loaded model can say: token ids beyond its vocabulary."""
     vocab = state.vocab_size
@@ -330,8 +363,16 @@ class _TokenTap:
     fed the generator's text, which the tap runs only when logprobs were asked for.
     """
 
-    def __init__(self, generator: Any, *, top: int | None, harmony: bool) -> None:
+    def __init__(
+        self,
+        generator: Any,
+        *,
+        top: int | None,
+        harmony: bool,
+        constraint: ConstraintSpec | None = None,
+    ) -> None:
         self.generator = generator
+        self.constraint = constraint
         self.top = top
         self.harmony = harmony
         self.pending = 0
@@ -343,6 +384,8 @@ class _TokenTap:
         return getattr(self.generator, name)
 
     def stream(self, **kwargs: Any) -> Iterator[Any]:
+        if self.constraint is not None:
+            kwargs["constraint"] = self.constraint
         if self.top is None:
             for event in self.generator.stream(**kwargs):
                 if event.token is not None:
@@ -437,7 +480,12 @@ class ModelWorker:
     """
 
     def __init__(
-        self, loader: ModelLoader, *, max_queue: int = 64, max_concurrency: int = 1
+        self,
+        loader: ModelLoader,
+        *,
+        max_queue: int = 64,
+        max_concurrency: int = 1,
+        max_queue_per_client: int | None = None,
     ) -> None:
         if max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
@@ -448,7 +496,7 @@ class ModelWorker:
         self.state: LoadedState | None = None
         self.load_error: str | None = None
         self.loading: ModelEntry | None = None
-        self._queue: FairQueue[_Job] = FairQueue(max_queue)
+        self._queue: FairQueue[_Job] = FairQueue(max_queue, per_client=max_queue_per_client)
         self._thread: threading.Thread | None = None
         self._pool: ThreadPoolExecutor | None = None
         self._lock = threading.Condition()
@@ -514,12 +562,13 @@ class ModelWorker:
             raise APIError(503, "the model worker is not running", code="not_ready")
         try:
             self._queue.put(job, current_client.get(), force=isinstance(job, _LoadJob))
-        except QueueFullError:
+        except QueueFullError as error:
             self.count("rejected")
             raise APIError(
                 503,
-                f"the server is busy: {len(self._queue)} requests wait behind the "
+                f"the server is busy ({error}): {len(self._queue)} requests wait behind the "
                 f"{self._running} running (limits: --max-queue {self.max_queue}, "
+                f"--max-queue-per-client {self._queue.per_client}, "
                 f"--max-concurrency {self.max_concurrency}); retry later",
                 code="queue_full",
                 headers={"Retry-After": "1"},
@@ -559,7 +608,7 @@ class ModelWorker:
         except BaseException as error:
             job.fail(error)
             return
-        if not isinstance(job, TurnJob) or not _batches(state, self.max_concurrency):
+        if not job.batched or not _batches(state, self.max_concurrency):
             self._run_job(job, state)
             return
         with self._lock:  # `_run` waited for the free slot before taking the job

@@ -91,6 +91,8 @@ from .turn import (
     hyperparameters_of,
     run_chat_turn,
     stream_chat_turn,
+    with_xtc_special_tokens,
+    xtc_special_tokens,
 )
 from .turns import (
     TRUNCATED_MARKER,
@@ -99,6 +101,7 @@ from .turns import (
     Turn,
     TurnResult,
     as_turn,
+    timing_line,
 )
 
 try:
@@ -191,5 +194,8 @@ __all__ = [
     "run_chat_turn",
     "stream_chat_turn",
     "time_token_values",
+    "timing_line",
     "turns_from_log",
+    "with_xtc_special_tokens",
+    "xtc_special_tokens",
 ]

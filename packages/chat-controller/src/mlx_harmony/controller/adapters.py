@@ -35,6 +35,9 @@ from mlx_harmony.harmony_format import (
     get_encoding,
     parse_completion,
 )
+from mlx_harmony.harmony_format import (
+    ReasoningEffort as HarmonyReasoningEffort,
+)
 from mlx_harmony.tools import ToolDeclarations, ToolResult
 
 from .config import PromptConfig
@@ -287,7 +290,7 @@ class HarmonyAdapter:
     ) -> list[int]:
         system = SystemConfig(
             model_identity=config.system_model_identity,
-            reasoning_effort=config.reasoning_effort,
+            reasoning_effort=HarmonyReasoningEffort(config.reasoning_effort),
             conversation_start_date=config.conversation_start_date,
             knowledge_cutoff=config.knowledge_cutoff,
         )

@@ -56,6 +56,8 @@ class CommandAction(StrEnum):
     QUIT = "quit"
     TOKENS = "tokens"  # report how much of the context window the conversation uses
     MODELS = "models"  # list the models under models_dir and the profiles
+    BRANCHES = "branches"  # list the branches of the chat log's conversation
+    BRANCH = "branch"  # switch to branch result.branch (1-based, as \\branches numbers them)
 
 
 @dataclass(frozen=True)
@@ -83,8 +85,20 @@ COMMANDS: Mapping[str, CommandSpec] = {
         ),
         CommandSpec("load", "\\load PATH", "Load a saved conversation and continue it."),
         CommandSpec("clear", "\\clear", "Start a new conversation (settings stay)."),
-        CommandSpec("undo", "\\undo", "Remove your last message and the replies to it."),
-        CommandSpec("retry", "\\retry", "Generate the last reply again."),
+        CommandSpec(
+            "undo",
+            "\\undo",
+            "Go back to before your last message (it stays in the chat log, on its branch).",
+        ),
+        CommandSpec(
+            "retry",
+            "\\retry",
+            "Generate the last reply again (the old reply stays, on its own branch).",
+        ),
+        CommandSpec(
+            "branches", "\\branches", "List the branches that \\retry and \\undo left behind."
+        ),
+        CommandSpec("branch", "\\branch N", "Continue on branch N of \\branches."),
         CommandSpec("tokens", "\\tokens", "Show how much of the context window is used."),
         CommandSpec(
             "models", "\\models", "List the models under models_dir and the profiles (\\list)."
@@ -146,6 +160,8 @@ class CommandResult:
     path: str | None = None
     error: bool = False
     changed: tuple[str, ...] = ()
+    branch: int | None = None
+    """For BRANCH: the branch number (1-based)."""
 
 
 def parse_command(line: str) -> Command | None:
@@ -305,7 +321,8 @@ def _show_value(config: PromptConfig, name: str) -> str:
         value = SamplingParams.model_fields[name].default
         default = " (default)"
     if name == "example_dialogues":
-        return f"{len(value)} dialogue{'s' if len(value) != 1 else ''}"
+        count = len(config.example_dialogues)
+        return f"{count} dialogue{'s' if count != 1 else ''}"
     if isinstance(value, tuple):
         value = list(value)
     text = json.dumps(value, default=str, ensure_ascii=False)
@@ -363,6 +380,20 @@ def _tokens(state: SessionState, argument: str) -> CommandResult:
     return CommandResult(state, action=CommandAction.TOKENS)
 
 
+def _branches(state: SessionState, argument: str) -> CommandResult:
+    return CommandResult(state, action=CommandAction.BRANCHES)
+
+
+def _branch(state: SessionState, argument: str) -> CommandResult:
+    if not argument.isdigit() or int(argument) < 1:
+        got = f", got {argument!r}" if argument else ""
+        return _fail(
+            state,
+            f"usage: {COMMANDS['branch'].usage}, N a branch number that \\branches lists{got}",
+        )
+    return CommandResult(state, action=CommandAction.BRANCH, branch=int(argument))
+
+
 def _models(state: SessionState, argument: str) -> CommandResult:
     return CommandResult(state, action=CommandAction.MODELS)
 
@@ -383,6 +414,8 @@ _HANDLERS = {
     "retry": _retry,
     "tokens": _tokens,
     "models": _models,
+    "branches": _branches,
+    "branch": _branch,
     "quit": _quit,
 }
-_NO_ARGUMENT = frozenset({"clear", "undo", "retry", "tokens", "models", "quit"})
+_NO_ARGUMENT = frozenset({"clear", "undo", "retry", "tokens", "models", "branches", "quit"})

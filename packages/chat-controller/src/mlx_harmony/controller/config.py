@@ -73,19 +73,6 @@ OBSOLETE_KEYS: Mapping[str, str] = {
 }
 """Keys of mlx-harmony 0.4 that load with a warning and are then dropped."""
 
-NOT_SUPPORTED_KEYS: Mapping[str, str] = {
-    "lazy": "lazy weight loading",
-    "log_timing_stats": "the per-turn timing line",
-    "truncate_thinking": "display truncation of the thinking",
-    "truncate_response": "display truncation of the reply",
-    "logs_dir": "a default debug-log folder (use --debug-file)",
-    "chats_dir": "a default chat folder (use --chat PATH)",
-    "perf_prompt_token_budget": "a prompt token budget in performance mode (use "
-    "perf_max_context_tokens)",
-}
-"""Keys of mlx-harmony 0.4 not implemented yet: they load when they ask for nothing (null,
-false, 0) and are refused, by name, when they ask for a behaviour."""
-
 
 def _lower(value: Any) -> Any:
     return value.lower() if isinstance(value, str) else value
@@ -100,6 +87,11 @@ def _tokens_from_flag(value: Any) -> Any:
     if isinstance(value, bool):
         return CLEAR_CACHE_EVERY_TOKENS if value else 0
     return value
+
+
+def _off_when_false(value: Any) -> Any:
+    """mlx-harmony 0.4 wrote ``false`` for "off" in numeric keys: read it as null."""
+    return None if value is False else value
 
 
 def _json(value: Any) -> str:
@@ -147,24 +139,27 @@ class PromptConfig(BaseModel):
 
     # -- the prompt ---------------------------------------------------------------------------
     system_model_identity: str = Field(
-        DEFAULT_MODEL_IDENTITY,
+        default=DEFAULT_MODEL_IDENTITY,
         description="First line of the system message: who the model is. Placeholders expand.",
     )
     reasoning_effort: Annotated[ReasoningEffort, BeforeValidator(_lower)] = Field(
-        "medium", description="gpt-oss reasoning effort in the system message: low, medium, high."
+        default="medium",
+        description="gpt-oss reasoning effort in the system message: low, medium, high.",
     )
     conversation_start_date: str | None = Field(
-        None,
+        default=None,
         description="Date shown in the system message, e.g. '<|DATE|>'; null leaves it out. "
         "Placeholders expand.",
     )
-    knowledge_cutoff: str = Field("2024-06", description="Knowledge cutoff in the system message.")
+    knowledge_cutoff: str = Field(
+        default="2024-06", description="Knowledge cutoff in the system message."
+    )
     developer_instructions: str | None = Field(
-        None,
+        default=None,
         description="Developer message instructions (the 'system prompt'). Placeholders expand.",
     )
     assistant_greeting: str | None = Field(
-        None,
+        default=None,
         description="Shown at the start and kept as the first assistant message. Placeholders "
         "expand.",
     )
@@ -188,27 +183,29 @@ class PromptConfig(BaseModel):
 
     # -- generation limits --------------------------------------------------------------------
     max_tokens: int | None = Field(
-        None,
+        default=None,
         ge=1,
         description="Most tokens one reply may generate; null: until the context is full.",
     )
     max_context_tokens: int | None = Field(
-        None,
+        default=None,
         ge=1,
         description="Context window to use; null: the model's own limit. Older turns are "
         "dropped to stay inside it.",
     )
     max_context_tokens_margin: int = Field(
-        512,
+        default=512,
         ge=0,
         description="Tokens kept free for the reply when dropping old turns: the prompt may use "
         "at most max_context_tokens - max_context_tokens_margin.",
     )
     max_kv_size: int | None = Field(
-        None, ge=1, description="Rotating KV cache size in tokens; null: the cache grows as needed."
+        default=None,
+        ge=1,
+        description="Rotating KV cache size in tokens; null: the cache grows as needed.",
     )
     reseed_each_turn: bool = Field(
-        False,
+        default=False,
         description="With a seed: reseed before every turn (each turn reproducible on its own) "
         "instead of once per session.",
     )
@@ -217,71 +214,117 @@ class PromptConfig(BaseModel):
         description="Extra strings that end a reply, on top of the Harmony stop tokens.",
     )
     loop_detection: Annotated[LoopDetection, BeforeValidator(_lower)] = Field(
-        "cheap",
+        default="cheap",
         description="Stop a reply stuck repeating itself. off: never check; cheap: look for a "
         "repeated tail of token ids now and then; full: check every token, longer periods too.",
     )
 
     # -- performance mode ---------------------------------------------------------------------
     performance_mode: bool = Field(
-        False, description="Use the perf_* values instead of the normal ones (see effective())."
+        default=False,
+        description="Use the perf_* values instead of the normal ones (see effective()).",
     )
     perf_max_tokens: int | None = Field(
-        None, ge=1, description="max_tokens in performance mode; null keeps max_tokens."
+        default=None, ge=1, description="max_tokens in performance mode; null keeps max_tokens."
     )
     perf_max_context_tokens: int | None = Field(
-        None, ge=1, description="max_context_tokens in performance mode; null keeps it."
+        default=None, ge=1, description="max_context_tokens in performance mode; null keeps it."
     )
     perf_max_kv_size: int | None = Field(
-        None, ge=1, description="max_kv_size in performance mode; null keeps it."
+        default=None, ge=1, description="max_kv_size in performance mode; null keeps it."
     )
     perf_reasoning_effort: Annotated[ReasoningEffort | None, BeforeValidator(_lower)] = Field(
-        None, description="reasoning_effort in performance mode; null keeps it."
+        default=None, description="reasoning_effort in performance mode; null keeps it."
     )
     perf_loop_detection: Annotated[LoopDetection | None, BeforeValidator(_lower)] = Field(
-        None, description="loop_detection in performance mode; null keeps it."
+        default=None, description="loop_detection in performance mode; null keeps it."
+    )
+
+    perf_prompt_token_budget: Annotated[int | None, BeforeValidator(_off_when_false)] = Field(
+        default=None,
+        ge=0,
+        description="In performance mode, the most tokens the prompt may use: the oldest turns "
+        "are left out to fit (as with max_context_tokens, whichever is smaller); null or 0: no "
+        "budget of its own.",
     )
 
     # -- memory -------------------------------------------------------------------------------
     mlock: bool = Field(
-        False,
+        default=False,
         description="Keep the model's weights wired in memory (Metal's wired limit) so the OS "
         "does not page them out.",
     )
     clear_cache: bool = Field(
-        False,
+        default=False,
         description="Free MLX's buffer cache after generations, every clear_cache_interval-th "
         "one (a turn with tool calls or retries runs several).",
     )
     clear_cache_interval: int = Field(
-        1, ge=1, description="Generations between cache clears when clear_cache is on."
+        default=1, ge=1, description="Generations between cache clears when clear_cache is on."
     )
     clear_cache_generation: Annotated[int, BeforeValidator(_tokens_from_flag)] = Field(
-        0,
+        default=0,
         ge=0,
         description="Also free MLX's buffer cache every this many generated tokens, inside a "
         "generation; 0: never; true (the original's flag) means 256, as mlx-lm. Works whether "
         "or not clear_cache is on.",
     )
     log_memory_stats: bool = Field(
-        False,
+        default=False,
         description="Log MLX's active, cache and peak memory after each generation (logger "
         "mlx_harmony.generate, INFO).",
     )
+    lazy: bool = Field(
+        default=False,
+        description="Load the weights lazily: map them at start and read each on first use "
+        "(a faster start, a slower first reply).",
+    )
     models_dir: Path | None = Field(
-        None,
+        default=None,
         description="Folder where model names are looked up; '~' expands, a relative path is "
         "taken from the config file's folder.",
     )
 
+    chats_dir: Path | None = Field(
+        default=None,
+        description="Folder for chat logs: a bare file name given to --chat, \\save or \\load is "
+        "taken from here, and \\save without a name writes a new file here. '~' expands, a "
+        "relative path is taken from the config file's folder.",
+    )
+    logs_dir: Path | None = Field(
+        default=None,
+        description="Folder for debug logs when --debug or --debug-tokens is on and "
+        "--debug-file is not given. '~' expands, a relative path is taken from the config "
+        "file's folder.",
+    )
+
+    # -- display ------------------------------------------------------------------------------
+    log_timing_stats: bool = Field(
+        default=False,
+        description="Show a timing line after each turn (tokens, speed, time to first token) and "
+        "write it to the debug log.",
+    )
+    truncate_thinking: Annotated[int | None, BeforeValidator(_off_when_false)] = Field(
+        default=None,
+        ge=0,
+        description="Show at most this many characters of the thinking, then [truncated]; null "
+        "or 0: all of it. Display only: the chat log keeps the whole text.",
+    )
+    truncate_response: Annotated[int | None, BeforeValidator(_off_when_false)] = Field(
+        default=None,
+        ge=0,
+        description="Show at most this many characters of the answer, then [truncated]; null "
+        "or 0: all of it. Display only: the chat log keeps the whole text.",
+    )
+
     # -- time ---------------------------------------------------------------------------------
     deterministic_time_enabled: bool = Field(
-        False,
+        default=False,
         description="Expand time placeholders from deterministic_time_iso instead of the clock "
         "(stable prompts for tests and caches).",
     )
     deterministic_time_iso: str | None = Field(
-        None,
+        default=None,
         description="ISO 8601 date-time used when deterministic_time_enabled, e.g. "
         "'2025-01-31T14:05:09+01:00'; without an offset it is UTC.",
     )
@@ -322,7 +365,7 @@ class PromptConfig(BaseModel):
             )
         return data
 
-    @field_validator("models_dir", mode="after")
+    @field_validator("models_dir", "chats_dir", "logs_dir", mode="after")
     @classmethod
     def _resolve_models_dir(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         if value is None:
@@ -374,9 +417,9 @@ class PromptConfig(BaseModel):
         for name in self.PLACEHOLDER_FIELDS:
             value = getattr(self, name)
             if isinstance(value, str):
-                self.__dict__[name] = expand(value)
+                vars(self)[name] = expand(value)
             elif name == "example_dialogues":
-                self.__dict__[name] = [
+                vars(self)[name] = [
                     [m.model_copy(update={"content": expand(m.content)}) for m in dialogue]
                     for dialogue in value
                 ]
@@ -452,6 +495,13 @@ class PromptConfig(BaseModel):
             log_memory_stats=cfg.log_memory_stats,
         )
 
+    def prompt_token_budget(self) -> int | None:
+        """The prompt's own token budget in performance mode (``perf_prompt_token_budget``),
+        None when there is none."""
+        if self.performance_mode and self.perf_prompt_token_budget:
+            return self.perf_prompt_token_budget
+        return None
+
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> PromptConfig:
         """Load and check a JSON prompt config; ConfigError says what is wrong and where."""
@@ -474,21 +524,12 @@ class PromptConfig(BaseModel):
 
 
 def _drop_original_keys(data: dict[str, Any]) -> dict[str, Any]:
-    """mlx-harmony 0.4's keys with no job here: obsolete ones warn, unimplemented ones load
-    only when they ask for nothing; both are then dropped."""
+    """mlx-harmony 0.4's keys with no job here load with a warning and are dropped."""
     for key, reason in OBSOLETE_KEYS.items():
         if key in data:
             del data[key]
             warnings.warn(reason, ConfigWarning, stacklevel=2)
-    asked = [k for k in NOT_SUPPORTED_KEYS if k in data and data[k] not in (None, False, 0)]
-    if asked:
-        raise PydanticCustomError(
-            "not_supported",
-            "{details} not supported yet (keys of mlx-harmony 0.4); remove them or set them to "
-            "null (see docs/coming-from-mlx-harmony-0.4.md)",
-            {"details": "; ".join(f"{k!r} ({NOT_SUPPORTED_KEYS[k]})" for k in asked)},
-        )
-    return {k: v for k, v in data.items() if k not in NOT_SUPPORTED_KEYS}
+    return data
 
 
 def _setting_names() -> tuple[str, ...]:

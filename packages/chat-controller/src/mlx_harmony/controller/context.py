@@ -3,7 +3,8 @@
 The budget: the prompt may use ``max_context_tokens - max_context_tokens_margin`` tokens (the
 margin is room for the reply), where ``max_context_tokens`` is the prompt config's value or,
 when that is null, the model's own context length. A reply may then use what is left of the
-window, at most ``max_tokens``.
+window, at most ``max_tokens``. In performance mode, ``perf_prompt_token_budget`` caps the
+prompt further (whichever limit is smaller applies).
 
 `fit_context` drops whole turns (a user message and everything that answered it), oldest
 first, and never the system and developer messages, the example dialogues, the greeting or
@@ -33,20 +34,25 @@ class ContextOverflowError(ValueError):
         self.prompt_tokens = prompt_tokens
         self.budget = budget
         limit = budget.limit
+        if budget.prompt_budget is not None and limit == budget.prompt_budget:
+            why, fix = "perf_prompt_token_budget in performance mode", "raise it"
+        else:
+            why = f"max_context_tokens {budget.window} - max_context_tokens_margin {budget.margin}"
+            fix = "raise max_context_tokens or lower max_context_tokens_margin"
         super().__init__(
             f"the prompt needs {prompt_tokens} tokens with only the newest turn, more than the "
-            f"{limit} allowed (max_context_tokens {budget.window} - max_context_tokens_margin "
-            f"{budget.margin}); shorten the message, or raise max_context_tokens or lower "
-            "max_context_tokens_margin"
+            f"{limit} allowed ({why}); shorten the message, or {fix}"
         )
 
 
 @dataclass(frozen=True, slots=True)
 class ContextBudget:
-    """The context window (None: unlimited) and the margin kept free for the reply."""
+    """The context window (None: unlimited), the margin kept free for the reply, and the
+    prompt's own budget (performance mode's ``perf_prompt_token_budget``; None: none)."""
 
     window: int | None
     margin: int = 0
+    prompt_budget: int | None = None
 
     def __post_init__(self) -> None:
         if self.window is not None and self.window <= self.margin:
@@ -61,17 +67,26 @@ class ContextBudget:
     ) -> ContextBudget:
         """``config.max_context_tokens``, else the model's `context_length`; the config's margin."""
         window = config.max_context_tokens or context_length
+        prompt_budget = config.prompt_token_budget()
         if window is None:
-            return cls(None, 0)
+            return cls(None, 0, prompt_budget)
         margin = config.max_context_tokens_margin
         if config.max_context_tokens is None and window <= margin:
             margin = 0  # a model with a tiny window: the config's margin was not meant for it
-        return cls(window, margin)
+        return cls(window, margin, prompt_budget)
 
     @property
     def limit(self) -> int | None:
         """The most tokens the prompt may use."""
-        return None if self.window is None else self.window - self.margin
+        limits = [
+            limit
+            for limit in (
+                None if self.window is None else self.window - self.margin,
+                self.prompt_budget,
+            )
+            if limit is not None
+        ]
+        return min(limits) if limits else None
 
     def max_new_tokens(self, prompt_tokens: int, max_tokens: int | None) -> int:
         """How many tokens the reply may generate after a prompt of `prompt_tokens`."""

@@ -7,7 +7,10 @@
   ``DIR/NNN-attempt-M/`` (turn NNN, generation M of that turn: retries and tool rounds count),
   holding ``prompt.txt``, ``prompt_tokens.json``, ``completion.txt``,
   ``completion_tokens.json``, ``parse.json`` (what the adapter read) and ``decision.json``
-  (what the turn did next: accept, retry and why, run tools).
+  (what the turn did next: accept, retry and why, run tools); with the prompt config's
+  ``log_timing_stats``, also ``NNN-timing.json`` for each turn.
+
+With ``log_timing_stats`` the turn's timing line is printed too (whenever debug output is on).
 
 Printing goes to ``stream`` (the CLI passes stderr). Text is decoded only when something is
 written.
@@ -139,3 +142,10 @@ class DebugWriter:
                 json.dumps(dict(decision), indent=2, ensure_ascii=False, default=str),
                 encoding="utf-8",
             )
+
+    def timing(self, timing: Mapping[str, Any], line: str) -> None:
+        """After a turn (``log_timing_stats``): its timing, as a line and as JSON."""
+        self._print(f"[debug] turn {self._turn} {line}")
+        if self.folder is not None:
+            path = self.folder / f"{self._turn:03d}-timing.json"
+            path.write_text(json.dumps(dict(timing), indent=2), encoding="utf-8")

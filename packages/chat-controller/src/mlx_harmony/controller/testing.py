@@ -18,10 +18,11 @@
 
 from __future__ import annotations
 
+import threading
 from collections import deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from mlx_harmony.harmony_format import (
     STOP_TOKENS,
@@ -155,8 +156,9 @@ class GenerationCall:
 def _cancelled(cancel: Cancel | None) -> bool:
     if cancel is None:
         return False
-    is_set = getattr(cancel, "is_set", None)
-    return bool(is_set() if callable(is_set) else cancel())
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set()
+    return bool(cancel())
 
 
 class ScriptedGenerator:
@@ -412,5 +414,7 @@ class FakeBackend:
 
 def scripted_turns(pairs: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[Turn, ...]:
     """Turns from (user, answer) pairs, for building histories in tests."""
-    items = pairs.items() if isinstance(pairs, Mapping) else pairs
+    items: Iterable[tuple[str, str]] = (
+        cast("Mapping[str, str]", pairs).items() if isinstance(pairs, Mapping) else pairs
+    )
     return tuple(Turn(Message.user(u), (Message.assistant(a),)) for u, a in items)

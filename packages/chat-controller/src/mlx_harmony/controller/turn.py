@@ -49,7 +49,15 @@ from .events import (
 )
 from .recording import record_turn
 from .retries import DEFAULT_RETRY_POLICY, RetryDecision, RetryPolicy, decide_retry, looks_complete
-from .turns import FinishReason, GenerationInfo, RetryRecord, Turn, TurnResult, as_turn
+from .turns import (
+    FinishReason,
+    GenerationInfo,
+    RetryRecord,
+    Turn,
+    TurnResult,
+    as_turn,
+    timing_line,
+)
 
 if TYPE_CHECKING:
     from mlx_harmony.chat_history import ChatLog
@@ -61,6 +69,8 @@ __all__ = [
     "hyperparameters_of",
     "run_chat_turn",
     "stream_chat_turn",
+    "with_xtc_special_tokens",
+    "xtc_special_tokens",
 ]
 
 DEFAULT_MAX_TOOL_ROUNDS = 8
@@ -102,25 +112,59 @@ def hyperparameters_of(config: PromptConfig) -> dict[str, Any]:
     return values
 
 
+def xtc_special_tokens(generator: Any, adapter: ChatAdapter) -> tuple[int, ...]:
+    """The tokens XTC must never exclude, as mlx-lm's ``generate`` (and mlx-harmony 0.4)
+    derive them: the newline's ids, then the end-of-sequence ids (the adapter's stop tokens).
+    The newline comes from the generator's tokenizer, else from the Harmony vocabulary."""
+    encode: Callable[[str], Sequence[int]] | None = getattr(generator, "encode", None)
+    if encode is not None:
+        newline = [int(t) for t in encode("\n")]
+    else:
+        from mlx_harmony.harmony_format import get_encoding
+
+        newline = list(get_encoding().encode("\n"))
+    return tuple(dict.fromkeys([*newline, *sorted(adapter.stop_tokens)]))
+
+
+def with_xtc_special_tokens(
+    sampling: SamplingParams, generator: Any, adapter: ChatAdapter
+) -> SamplingParams:
+    """`sampling` with ``xtc_special_tokens`` filled in when XTC is on and none were given."""
+    if sampling.xtc_probability <= 0 or sampling.xtc_special_tokens:
+        return sampling
+    return sampling.updated(xtc_special_tokens=xtc_special_tokens(generator, adapter))
+
+
 def _is_cancelled(cancel: Cancel | None) -> bool:
     if cancel is None:
         return False
-    is_set = getattr(cancel, "is_set", None)
-    return bool(is_set() if callable(is_set) else cancel())
+    if isinstance(cancel, threading.Event):
+        return cancel.is_set()
+    return bool(cancel())
 
 
 def _cut_at_stop_string(output: TurnOutput, stop_string: str | None) -> TurnOutput:
-    """A stop string ends the text before it; token parsers still saw it, so cut it off."""
-    if not stop_string or stop_string not in output.final:
+    """A stop string ends the text before it, in whichever channel the model was writing
+    (reasoning included: the engine matches all generated text); token parsers still saw it,
+    so cut it off there. Streams agree: `_attempt` drops the parser's catch-up past it."""
+    if not stop_string:
         return output
-    final = output.final[: output.final.index(stop_string)]
+    in_final = stop_string in output.final
+    if not in_final and stop_string not in output.analysis:
+        return output
+    channels = (None, "final") if in_final else ("analysis",)
     messages = list(output.messages)
     for i in range(len(messages) - 1, -1, -1):
         m = messages[i]
-        if m.role is Role.ASSISTANT and m.channel in (None, "final") and stop_string in m.text:
+        if m.role is Role.ASSISTANT and m.channel in channels and stop_string in m.text:
             messages[i] = replace(m, content=m.text[: m.text.index(stop_string)])
+            del messages[i + 1 :]
             break
-    return replace(output, final=final, messages=tuple(messages), final_closed=True)
+    if in_final:
+        final = output.final[: output.final.index(stop_string)]
+        return replace(output, final=final, messages=tuple(messages), final_closed=True)
+    analysis = output.analysis[: output.analysis.index(stop_string)]
+    return replace(output, analysis=analysis, messages=tuple(messages))
 
 
 def _analysis_messages(output: TurnOutput) -> list[Message]:
@@ -259,6 +303,9 @@ def stream_chat_turn(
         if not (yield from _accept(state, attempt)):
             break
     result = _turn_result(state)
+    if debug is not None and cfg.log_timing_stats:
+        timing = result.timing()
+        debug.timing(timing, timing_line(timing))
     if log is not None:
         record_turn(log, result)
     yield TurnDone(result)
@@ -290,7 +337,7 @@ def _generate(state: _TurnState) -> Generator[TurnEvent, None, _Attempt]:
         yield ContextTrimmed(state.dropped, state.prompt_len, state.budget.limit or 0)
     wanted = decision.max_tokens if decision is not None else cfg.max_tokens
     max_tokens = state.budget.max_new_tokens(state.prompt_len, wanted)
-    sampling = cfg.sampling_params()
+    sampling = with_xtc_special_tokens(cfg.sampling_params(), state.generator, adapter)
     if decision is not None and decision.sampling:
         sampling = sampling.updated(**decision.sampling)
     if state.debug is not None:
@@ -320,10 +367,14 @@ def _generate(state: _TurnState) -> Generator[TurnEvent, None, _Attempt]:
             stop_reason = info.stop_reason
         elif event.stop_reason is not None:
             stop_reason = str(getattr(event.stop_reason, "value", event.stop_reason))
-    yield from parser.flush()
+    flushed = parser.flush()
     output = parser.finish()
     if info is None:
         info = GenerationInfo(state.prompt_len, len(completion), stop_reason=stop_reason)
+    if info.stop_string is None:
+        # Past a stop string the flush is the parser catching up on the tokens' text, which
+        # the engine held back: the stop string itself and what followed it.
+        yield from flushed
     output = _cut_at_stop_string(output, info.stop_string)
     state.generations.append(info)
     yield StatsEvent(info, state.attempt, state.rounds)
@@ -339,7 +390,10 @@ def _generate(state: _TurnState) -> Generator[TurnEvent, None, _Attempt]:
 
 
 def _retry(state: _TurnState, attempt: _Attempt) -> Generator[TurnEvent, None, bool]:
-    """Throw the attempt away when `decide_retry` says so; True when it did."""
+    """Throw the attempt away when `decide_retry` says so; True when it did. A stop string
+    ends the turn where it is (the client asked for that), so it is never retried."""
+    if state.generations and state.generations[-1].stop_string is not None:
+        return False
     budget = state.budget
     room = budget.max_new_tokens(state.prompt_len, None) if budget.window is not None else None
     new = decide_retry(

@@ -212,6 +212,23 @@ class TurnResult:
         }
 
 
+def timing_line(timing: dict[str, Any]) -> str:
+    """One line for people from `TurnResult.timing()` values (``log_timing_stats``)."""
+    if "generation_tokens" not in timing:
+        return f"timing: {timing.get('total_time', 0.0):.2f} s, nothing generated"
+    parts = [
+        f"prompt {timing['prompt_tokens']} tokens at {timing['prompt_tps']:.1f} tok/s",
+        f"generated {timing['generation_tokens']} tokens at {timing['generation_tps']:.1f} tok/s",
+        f"first token {timing['time_to_first_token']:.2f} s",
+        f"total {timing['total_time']:.2f} s",
+    ]
+    if timing.get("reused_prompt_tokens"):
+        parts.insert(1, f"{timing['reused_prompt_tokens']} reused")
+    if timing.get("generations", 1) > 1:
+        parts.append(f"{timing['generations']} generations")
+    return "timing: " + ", ".join(parts)
+
+
 def as_turn(turn: str | Message | Turn) -> Turn:
     """A `Turn` from a user's text, a user `Message`, or a turn to continue."""
     if isinstance(turn, Turn):

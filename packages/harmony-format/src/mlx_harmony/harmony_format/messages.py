@@ -157,19 +157,36 @@ class FunctionTool:
 
     The schema is kept as JSON text (``parameters_json``) so the tool stays immutable and
     hashable; key order is kept because openai-harmony renders properties in that order.
+
+    ``namespace`` puts the tool in a tool namespace of its own (``namespace multi_agent_v1
+    { ... }`` in the developer message, called as ``multi_agent_v1.<name>``);
+    ``namespace_description`` is that namespace's description (the first tool's is used).
     """
 
     name: str
     description: str
     parameters_json: str | None
+    namespace: str
+    namespace_description: str
 
     def __init__(
-        self, name: str, description: str = "", parameters: Mapping[str, Any] | None = None
+        self,
+        name: str,
+        description: str = "",
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        namespace: str = "functions",
+        namespace_description: str = "",
     ) -> None:
         if not isinstance(name, str) or not _TOOL_NAME.fullmatch(name):
             raise ValueError(
                 f"function tool name must be 1-64 letters, digits, '_' or '-', got {name!r}; "
                 "rename the tool"
+            )
+        if not isinstance(namespace, str) or not _TOOL_NAME.fullmatch(namespace):
+            raise ValueError(
+                f"tool namespace must be 1-64 letters, digits, '_' or '-', got {namespace!r}; "
+                "rename the namespace"
             )
         if not isinstance(description, str):
             raise TypeError(f"description must be a str, got {type(description).__name__}")
@@ -187,6 +204,8 @@ class FunctionTool:
         _set(self, "name", name)
         _set(self, "description", description)
         _set(self, "parameters_json", text)
+        _set(self, "namespace", namespace)
+        _set(self, "namespace_description", str(namespace_description))
 
     @property
     def parameters(self) -> dict[str, Any] | None:
@@ -237,34 +256,52 @@ class DeveloperConfig:
                     f"tools must be FunctionTool values, got {type(tool).__name__}: {tool!r}; "
                     "convert OpenAI tool dicts with FunctionTool.from_openai"
                 )
-        names = [tool.name for tool in tools]
+        names = [
+            tool.name if tool.namespace == "functions" else f"{tool.namespace}.{tool.name}"
+            for tool in tools
+        ]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
             raise ValueError(f"function tool names must be unique, got duplicates {duplicates}")
         _set(self, "tools", tools)
 
     def to_harmony(self) -> oh.DeveloperContent:
+        """``functions`` first, then each other namespace in the order its first tool comes."""
         content = oh.DeveloperContent.new()
         if self.instructions is not None:
             content = content.with_instructions(self.instructions)
-        if self.tools:
-            content = content.with_function_tools([tool.to_harmony() for tool in self.tools])
+        functions = [tool.to_harmony() for tool in self.tools if tool.namespace == "functions"]
+        if functions:
+            content = content.with_function_tools(functions)
+        spaces: dict[str, list[FunctionTool]] = {}
+        for tool in self.tools:
+            if tool.namespace != "functions":
+                spaces.setdefault(tool.namespace, []).append(tool)
+        for name, tools in spaces.items():
+            content = content.with_tools(
+                oh.ToolNamespaceConfig(
+                    name=name,
+                    description=tools[0].namespace_description or None,
+                    tools=[tool.to_harmony() for tool in tools],
+                )
+            )
         return content
 
     @classmethod
     def from_harmony(cls, content: oh.DeveloperContent) -> DeveloperConfig:
-        namespaces = dict(content.tools or {})
-        functions = namespaces.pop("functions", None)
-        if namespaces:
-            raise ValueError(
-                f"DeveloperConfig only holds the 'functions' tool namespace, got "
-                f"{sorted(namespaces)}; keep this message as an openai-harmony DeveloperContent"
+        tools: list[FunctionTool] = []
+        for name, space in (content.tools or {}).items():
+            tools.extend(
+                FunctionTool(
+                    t.name,
+                    t.description,
+                    t.parameters,
+                    namespace=name,
+                    namespace_description=(space.description or "") if name != "functions" else "",
+                )
+                for t in space.tools
             )
-        tools = () if functions is None else functions.tools
-        return cls(
-            instructions=content.instructions,
-            tools=tuple(FunctionTool(t.name, t.description, t.parameters) for t in tools),
-        )
+        return cls(instructions=content.instructions, tools=tuple(tools))
 
 
 MessageContent = str | SystemConfig | DeveloperConfig

@@ -2,10 +2,13 @@
 
 `BatchGenerator` is the engine, driven by one thread: `insert` requests at any time, call
 `step` in a loop. Each step runs one decode step for every running request (one forward pass
-over the batch) and, between steps, one prefill chunk of the next newcomer, so a long prompt
-never stalls the running requests for more than a chunk. A newcomer is prefilled alone in its
-own single-sequence cache (the same cache and chunks as a lone generation) and joins the batch
-when only its last prompt token is left, which the next batched step feeds. Finished, cancelled
+over the batch) and then at most `prefill_step_size` prompt tokens of newcomers, in chunks
+taken round-robin across them (a newcomer's first chunk comes first), so a long prompt never
+stalls the running requests for more than a chunk, nor a short newcomer for more than one: the
+short one starts at the next step and joins while the long one is still prefilling. A newcomer
+is prefilled alone in its own single-sequence cache (the same cache and chunks as a lone
+generation) and joins the batch when only its last prompt token is left, which the next
+batched step feeds. Finished, cancelled
 and failed requests leave the batch at the step that finds them; the rest go on.
 
 Steps are pipelined as in mlx-lm: the next forward pass is queued before the tokens of the
@@ -54,6 +57,8 @@ from .stats import CacheReuseMode, GenerationStats, StopReason
 
 if TYPE_CHECKING:
     from mlx_harmony.sampling import SamplingParams
+
+    from .constrain import ConstraintSpec
 
 __all__ = [
     "BatchGenerator",
@@ -180,7 +185,8 @@ class BatchGenerator:
         self._chains: OrderedDict[int, mx.array] = OrderedDict()
         self._uids = 0
         self._waiting: deque[_Row] = deque()
-        self._prefilling: _Row | None = None
+        self._prefilling: deque[_Row] = deque()
+        """Newcomers holding a slot and a cache, in round-robin order."""
         self._rows: list[_Row] = []
         self._cache: list[Any] | None = None
         self._y: mx.array | None = None
@@ -196,7 +202,7 @@ class BatchGenerator:
     @property
     def waiting(self) -> int:
         """Requests not yet in the batch (the one prefilling included)."""
-        return len(self._waiting) + (self._prefilling is not None)
+        return len(self._waiting) + len(self._prefilling)
 
     @property
     def has_work(self) -> bool:
@@ -224,9 +230,10 @@ class BatchGenerator:
             if row.request.uid == uid:
                 self._waiting.remove(row)
                 return True
-        if self._prefilling is not None and self._prefilling.request.uid == uid:
-            self._prefilling = None
-            return True
+        for row in self._prefilling:
+            if row.request.uid == uid:
+                self._prefilling.remove(row)
+                return True
         for i, row in enumerate(self._rows):
             if row.request.uid == uid:
                 self._drop([j for j in range(len(self._rows)) if j != i])
@@ -235,11 +242,9 @@ class BatchGenerator:
 
     def fail_all(self, error: BaseException) -> list[BatchOutput]:
         """End every request with `error` (after the model itself failed) and start clean."""
-        rows = [*self._rows, *self._waiting]
-        if self._prefilling is not None:
-            rows.append(self._prefilling)
+        rows = [*self._rows, *self._waiting, *self._prefilling]
         self._waiting.clear()
-        self._prefilling = None
+        self._prefilling.clear()
         self._rows = []
         self._cache = None
         self._y = None
@@ -355,27 +360,19 @@ class BatchGenerator:
     # -- prefill -----------------------------------------------------------------------------------
 
     def _prefill(self) -> list[BatchOutput]:
-        """Prefill newcomers: up to `prefill_step_size` tokens while others decode, or until
-        one joins the batch when nothing does."""
-        outputs: list[BatchOutput] = []
+        """Prefill newcomers: at most `prefill_step_size` tokens per step, one chunk at a time
+        round-robin across them; a newcomer whose prompt is in its cache joins the batch."""
+        outputs = self._admit()
         budget = self.prefill_step_size
-        while budget > 0 or not self._rows:
-            row = self._prefilling
-            if row is None:
-                if not self._waiting or len(self._rows) >= self.max_batch_size:
-                    break
-                row = self._waiting.popleft()
-                if row.cancelled():
-                    outputs.append(self._cancelled(row))
-                    continue
-                self._start(row)
-                self._prefilling = row
+        rotation = self._prefilling
+        for _ in range(len(rotation)):
+            if budget <= 0:
+                break
+            row = rotation.popleft()
             target = len(row.prompt) - 1
             if row.done < target:
                 assert row.cache is not None  # `_start` gave the row its cache
-                n = min(self.prefill_step_size, target - row.done)
-                if self._rows:
-                    n = min(n, budget)
+                n = min(self.prefill_step_size, target - row.done, budget)
                 chunk = mx.array(row.prompt[row.done : row.done + n])
                 self.model(chunk[None], cache=row.cache)
                 mx.eval([c.state for c in row.cache])
@@ -385,13 +382,29 @@ class BatchGenerator:
                 budget -= n
                 self.stats.prefilled_tokens += n
                 if row.cancelled():
-                    self._prefilling = None
                     outputs.append(self._cancelled(row))
                     continue
                 if row.done < target:
+                    rotation.append(row)  # the back of the rotation
                     continue
-            self._prefilling = None
             self._join(row)
+        return outputs
+
+    def _admit(self) -> list[BatchOutput]:
+        """Start newcomers while slots are free (running and prefilling rows hold one each);
+        each goes to the front of the rotation so its first chunk comes next."""
+        outputs: list[BatchOutput] = []
+        admitted: list[_Row] = []
+        while self._waiting and (
+            len(self._rows) + len(self._prefilling) + len(admitted) < self.max_batch_size
+        ):
+            row = self._waiting.popleft()
+            if row.cancelled():
+                outputs.append(self._cancelled(row))
+                continue
+            self._start(row)
+            admitted.append(row)
+        self._prefilling.extendleft(reversed(admitted))
         return outputs
 
     def _cancelled(self, row: _Row) -> BatchOutput:
@@ -649,13 +662,16 @@ class BatchTokenGenerator(ModelFacts):
         stop_strings: Sequence[str] = (),
         cancel: Cancel = None,
         logits_processors: Sequence[LogitsProcessor] | None = None,
+        constraint: ConstraintSpec | None = None,
         loop_detection: LoopDetector | LoopDetectionMode | str | None = None,
         detokenize: bool = True,
         logprobs: bool = False,
         prompt_progress_callback: Callable[[int, int], None] | None = None,
     ) -> Generator[StreamEvent, None, None]:
-        """As `TokenGenerator.stream`; safe to call from several threads at once."""
+        """As `TokenGenerator.stream`; safe to call from several threads at once. A
+        `constraint` is compiled in the calling thread and masks only this request's row."""
         prompt = self._prompt_ids(prompt_tokens)
+        logits_processors = self._with_constraint(logits_processors, constraint)
         if self._closed:
             raise RuntimeError("the batch generator is closed; make a new one")
         stops = self._stop_token_set(stop_tokens)

@@ -9,10 +9,15 @@ Here every shape is fixed. Each layer's keys and values live in a preallocated b
 full-attention layer in a length bucket (1024, 2048, 4096, ... positions; the next one is taken
 when the generation reaches the end of the current one), a sliding-window layer in a ring the
 size of its window, laid out exactly as mlx-lm's ring. The step writes the new token's key and
-value at an array index (`mx.slice_update`), applies RoPE at an array offset and attends over the
-whole buffer with a mask made from the position and gpt-oss's sinks. Token -> next token
-(embedding, layers, norm, lm_head and, for greedy decoding, the argmax) then compiles once per
-bucket with `mx.compile` and runs as one graph.
+value at an array index (`mx.slice_update`; the buffers are the graph's inputs and outputs and
+the caller keeps no other reference, so MLX updates them in place), applies RoPE at an array
+offset and attends with a mask made from the position and gpt-oss's sinks: a ring layer over its
+whole ring, a full-attention layer over the buffer's first `span` slots, the written positions
+rounded up to a multiple of a sixteenth of the bucket (at least `min_bucket`). Attending over the
+whole bucket would cost up to twice the positions in use at long contexts (a 32k context sits
+in the 64k bucket); a span holds fewer than max(min_bucket, positions / 8) slots more than the
+positions in use. Token -> next token (embedding, layers, norm, lm_head and, for greedy decoding,
+the argmax) then compiles once per bucket and span with `mx.compile` and runs as one graph.
 
 Prefill stays mlx-lm's (chunked, into its caches); `StaticDecoder` takes the caches over after
 the prompt's last token and writes them back (`write_back`) when decoding ends, so the prompt
@@ -43,6 +48,10 @@ __all__ = [
 DEFAULT_MIN_BUCKET = 1024
 """The first length bucket of the full-attention layers; each next bucket doubles it."""
 
+SPANS_PER_BUCKET = 16
+"""A full-attention layer attends over a multiple of bucket / SPANS_PER_BUCKET slots (and of
+`min_bucket`): more spans waste less attention at long contexts and compile more graphs."""
+
 StepOutput = Literal["token", "logprobs", "logits"]
 """What the compiled graph ends with: the argmax token (greedy), normalized log-probabilities
 (a sampler or `logprobs=True`: the sampler then runs outside the graph, on its own PRNG key),
@@ -51,9 +60,9 @@ or raw logits (logits processors run outside the graph, on the token history).""
 _Arrays = list[mx.array]
 _StepFn = Callable[[mx.array, mx.array, mx.array, _Arrays, _Arrays], tuple[Any, ...]]
 
-# Compiled steps per model (by identity) and output kind; a model's entry goes with the model.
-# mx.compile keeps one trace per input shape, i.e. per bucket.
-_COMPILED: dict[int, dict[StepOutput, _StepFn]] = {}
+# Compiled steps per model (by identity), output kind and span; a model's entry goes with the
+# model. mx.compile keeps one trace per input shape, i.e. per bucket.
+_COMPILED: dict[int, dict[tuple[StepOutput, int], _StepFn]] = {}
 
 
 def compiled_decode_unsupported_reason(model: nn.Module, cache: Sequence[Any]) -> str | None:
@@ -95,6 +104,13 @@ def _bucket_for(length: int, min_bucket: int) -> int:
     return size
 
 
+def _span_for(length: int, bucket: int, min_bucket: int) -> int:
+    """The slots a full-attention layer attends over when `length` positions are written:
+    `length` rounded up to a multiple of max(bucket / SPANS_PER_BUCKET, min_bucket)."""
+    grain = max(bucket // SPANS_PER_BUCKET, min_bucket)
+    return min(bucket, -(-length // grain) * grain)
+
+
 def _attention(
     attn: AttentionBlock,
     x: mx.array,
@@ -105,7 +121,8 @@ def _attention(
     mask: mx.array,
 ) -> tuple[mx.array, mx.array, mx.array]:
     """gpt-oss's AttentionBlock for one token over a static buffer: the key and value go to
-    slot `write`, the query attends to every slot `mask` lets through."""
+    slot `write`, the query attends to every slot of the buffer's first `mask.shape[-1]` that
+    `mask` lets through."""
     batch, length, _ = x.shape
     dim = attn.head_dim
     q = attn.q_proj(x).reshape(batch, length, -1, dim).swapaxes(1, 2)
@@ -116,14 +133,18 @@ def _attention(
     k = attn.rope(k, offset=pos)  # pyright: ignore[reportArgumentType]
     keys = mx.slice_update(keys, k, write, axes=(2,))
     values = mx.slice_update(values, v, write, axes=(2,))
+    span = mask.shape[-1]
+    seen_keys = keys if span == keys.shape[2] else keys[:, :, :span]
+    seen_values = values if span == values.shape[2] else values[:, :, :span]
     out = mx.fast.scaled_dot_product_attention(
-        q, keys, values, scale=attn.sm_scale, mask=mask, sinks=attn.sinks
+        q, seen_keys, seen_values, scale=attn.sm_scale, mask=mask, sinks=attn.sinks
     )
     return attn.o_proj(out.swapaxes(1, 2).reshape(batch, length, -1)), keys, values
 
 
-def _make_step(model: GptOss, output: StepOutput) -> _StepFn:
-    """The whole decode step as a pure function of (token, position, ring slot, buffers)."""
+def _make_step(model: GptOss, output: StepOutput, span: int) -> _StepFn:
+    """The whole decode step as a pure function of (token, position, ring slot, buffers), the
+    full-attention layers attending over their buffers' first `span` slots."""
     inner = model.model
     full = [kind == "full_attention" for kind in inner.layer_types]
 
@@ -135,9 +156,9 @@ def _make_step(model: GptOss, output: StepOutput) -> _StepFn:
         new_keys: _Arrays = []
         new_values: _Arrays = []
         for layer, is_full, k, v in zip(inner.layers, full, keys, values, strict=True):
-            size = k.shape[2]
+            size = min(span, k.shape[2]) if is_full else k.shape[2]
             if size not in masks:
-                # A slot is visible once written: positions 0..pos of a bucket, and of a ring
+                # A slot is visible once written: positions 0..pos of a span, and of a ring
                 # before it wraps (after, every slot holds a position of the window).
                 masks[size] = (mx.arange(size) <= pos)[None, None, None, :]
             h, k, v = _attention(
@@ -165,15 +186,15 @@ def _make_step(model: GptOss, output: StepOutput) -> _StepFn:
     return step
 
 
-def _compiled_step(model: GptOss, output: StepOutput) -> _StepFn:
+def _compiled_step(model: GptOss, output: StepOutput, span: int) -> _StepFn:
     key = id(model)
     steps = _COMPILED.get(key)
     if steps is None:
         steps = _COMPILED[key] = {}
         weakref.finalize(model, _COMPILED.pop, key, None)
-    fn = steps.get(output)
+    fn = steps.get((output, span))
     if fn is None:
-        fn = steps[output] = mx.compile(_make_step(model, output))
+        fn = steps[output, span] = mx.compile(_make_step(model, output, span))
     return fn
 
 
@@ -204,7 +225,7 @@ class StaticDecoder:
         gpt_oss = cast("GptOss", model)  # the check above found a gpt_oss model
         self._model = gpt_oss
         self._cache = cache
-        self._fn = _compiled_step(gpt_oss, output)
+        self._output: StepOutput = output
         self._min_bucket = min_bucket
         self.offset = offsets.pop()
         self._full = [type(c) is KVCache for c in cache]
@@ -216,6 +237,12 @@ class StaticDecoder:
         self._keys = [self._take(c, bucket if f else window, "keys") for c, f in self._zip()]
         self._values = [self._take(c, bucket if f else window, "values") for c, f in self._zip()]
         self.bucket = bucket
+        self._use_span()
+
+    def _use_span(self) -> None:
+        """Take the compiled step whose span holds the position the next step writes."""
+        self.span = _span_for(self.offset + 1, self.bucket, self._min_bucket)
+        self._fn = _compiled_step(self._model, self._output, self.span)
 
     def _zip(self) -> Iterator[tuple[Any, bool]]:
         return zip(self._cache, self._full, strict=True)
@@ -250,8 +277,10 @@ class StaticDecoder:
 
     def step(self, token: mx.array) -> mx.array:
         """Feed `token` (shape (1,)) at the next position; return the step's output (lazy)."""
-        if self.offset >= self.bucket:
-            self._grow()
+        if self.offset >= self.span:
+            if self.offset >= self.bucket:
+                self._grow()
+            self._use_span()
         out, self._keys, self._values = self._fn(
             token,
             mx.array(self.offset, dtype=mx.int32),

@@ -333,6 +333,9 @@ def make_constraint(
 # -- the per-request logits processor ------------------------------------------------------------
 
 _BITS = mx.arange(32, dtype=mx.uint32)
+# Evaluated now: a lazy array belongs to the importing thread's stream, and the masks are
+# applied on the generation thread (MLX's thread-local streams).
+mx.eval(_BITS)
 
 
 class Constraint:
@@ -341,6 +344,7 @@ class Constraint:
     The first call (the prompt's last position) records where the generated tokens start;
     every later call consumes the tokens sampled since, then masks. A token the matcher refuses
     (only possible if something after this processor changed the logits) raises RuntimeError.
+    Once the grammar has consumed its end token the processor passes the logits through.
     """
 
     def __init__(self, matcher: llguidance.LLMatcher, vocab_size: int) -> None:
@@ -366,8 +370,13 @@ class Constraint:
         return self._consumed
 
     def advance(self, tokens: Sequence[int]) -> None:
-        """Consume generated tokens (the processor does this itself from the history)."""
+        """Consume generated tokens (the processor does this itself from the history). Tokens
+        after the grammar finished (a caller whose stop tokens leave out the grammar's end) are
+        counted and let through: the constraint is over, not violated."""
         for token in tokens:
+            if self._matcher.is_stopped():
+                self._consumed += 1
+                continue
             if not self._matcher.consume_token(int(token)):
                 raise RuntimeError(
                     f"the constraint refused token {int(token)} after {self._consumed} "
@@ -387,6 +396,8 @@ class Constraint:
             mx.async_eval(logits)  # the forward pass runs while the CPU computes the mask
             new = cast(list[int], tokens[self._start + self._consumed :].tolist())  # 1-D: a list
             self.advance(new)
+            if self._matcher.is_stopped():
+                return logits  # the grammar is complete: what follows is free
         return apply_mask(logits, self.allowed_mask(), self._vocab_size)
 
 

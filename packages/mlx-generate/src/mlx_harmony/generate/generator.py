@@ -7,6 +7,7 @@ chat controller builds it from a prompt config in one place.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import secrets
 import warnings
@@ -28,6 +29,8 @@ from .stats import GenerationStats
 
 if TYPE_CHECKING:
     from mlx_harmony.sampling import SamplingParams
+
+    from .constrain import CompiledConstraint, ConstraintSpec
 
 __all__ = [
     "HARMONY_END_TOKEN",
@@ -234,6 +237,7 @@ class ModelFacts:
         stop_strings: Sequence[str] = (),
         cancel: Cancel = None,
         logits_processors: Sequence[LogitsProcessor] | None = None,
+        constraint: ConstraintSpec | None = None,
         loop_detection: LoopDetector | LoopDetectionMode | str | None = None,
     ) -> Iterator[int]:
         """Yield generated token ids (a stop token included)."""
@@ -246,6 +250,7 @@ class ModelFacts:
                 stop_strings=stop_strings,
                 cancel=cancel,
                 logits_processors=logits_processors,
+                constraint=constraint,
                 loop_detection=loop_detection,
                 detokenize=False,
             )
@@ -263,6 +268,7 @@ class ModelFacts:
         stop_strings: Sequence[str] = (),
         cancel: Cancel = None,
         logits_processors: Sequence[LogitsProcessor] | None = None,
+        constraint: ConstraintSpec | None = None,
         loop_detection: LoopDetector | LoopDetectionMode | str | None = None,
         detokenize: bool = True,
         logprobs: bool = False,
@@ -272,6 +278,28 @@ class ModelFacts:
 
     def _opened(self, tokens: Generator[int, None, None]) -> None:
         """A token view was handed out (one-at-a-time generators track it)."""
+
+    def compile_constraint(self, constraint: ConstraintSpec) -> CompiledConstraint:
+        """`constraint` compiled for this model's tokenizer (cached per spec), with its
+        ``harmony`` set to match the model. Raises `ConstraintError` naming the keyword or rule
+        the engine cannot handle, `ConstraintTimeoutError` when compiling takes too long. The
+        first call per model also builds the tokenizer's grammar view (seconds for a 200k
+        vocabulary)."""
+        from .constrain import compile_constraint
+
+        if constraint.harmony != self.is_harmony:
+            constraint = dataclasses.replace(constraint, harmony=self.is_harmony)
+        return compile_constraint(constraint, self.tokenizer)
+
+    def _with_constraint(
+        self,
+        logits_processors: Sequence[LogitsProcessor] | None,
+        constraint: ConstraintSpec | None,
+    ) -> Sequence[LogitsProcessor] | None:
+        """The call's processors with the constraint's last (it masks what the others left)."""
+        if constraint is None:
+            return logits_processors
+        return [*(logits_processors or ()), self.compile_constraint(constraint).new()]
 
     @staticmethod
     def _prompt_ids(prompt_tokens: Sequence[int]) -> list[int]:
@@ -465,6 +493,7 @@ class TokenGenerator(ModelFacts):
         stop_strings: Sequence[str] = (),
         cancel: Cancel = None,
         logits_processors: Sequence[LogitsProcessor] | None = None,
+        constraint: ConstraintSpec | None = None,
         loop_detection: LoopDetector | LoopDetectionMode | str | None = None,
         detokenize: bool = True,
         logprobs: bool = False,
@@ -474,7 +503,12 @@ class TokenGenerator(ModelFacts):
 
         `sampling=None` is greedy. `stop_tokens=None` uses `default_stop_tokens`. `cancel` is a
         `threading.Event` or a callable, checked before every token is handed out.
+        `constraint` makes the output match a JSON schema, a tool call or a grammar (see
+        `mlx_harmony.generate.constrain`); it is compiled here, so bad input raises
+        `ConstraintError` before any prefill. A constrained run that reaches `max_tokens` before
+        the grammar completes ends with ``StopReason.LENGTH``.
         """
+        logits_processors = self._with_constraint(logits_processors, constraint)
         self._close_active()
         events = self._run(
             prompt_tokens=prompt_tokens,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Generator, Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Protocol, cast
 
 import mlx.core as mx
@@ -34,6 +35,13 @@ from .compiled import (
 )
 from .emit import StreamEvent, TokenEvents
 from .loop_detection import LoopDetectionMode, LoopDetector
+from .speculative import (
+    DEFAULT_NUM_DRAFT_TOKENS,
+    DraftModel,
+    SpeculationCounts,
+    load_draft_model,
+    speculative_generate_step,
+)
 from .stats import CacheReuseMode, GenerationStats, StopReason
 
 __all__ = [
@@ -332,6 +340,9 @@ def stream_generate(
     prompt_progress_callback: Callable[[int, int], None] | None = None,
     compiled: bool | None = None,
     min_bucket: int = DEFAULT_MIN_BUCKET,
+    draft_model: DraftModel | nn.Module | str | Path | None = None,
+    num_draft_tokens: int = DEFAULT_NUM_DRAFT_TOKENS,
+    prompt_lookup: int | None = None,
 ) -> Generator[StreamEvent, None, None]:
     """Stream the generation for `prompt` as `StreamEvent`s; the last one has the stop reason
     and the stats.
@@ -342,6 +353,11 @@ def stream_generate(
     stop token is the last event's token, with no text. A stop string ends the text before it.
     `tokenizer` may be None when `detokenize=False` and no stop strings are given.
     `compiled` and `min_bucket` choose the decode step as in `generate_step`.
+
+    `draft_model` (a `DraftModel` keeps its cache across calls; a `LoadedModel`, module, path or
+    repo id) or `prompt_lookup` (an n-gram length) decodes speculatively, verifying up to
+    `num_draft_tokens` guesses per target pass (see `speculative.py`); the decode step is then
+    eager, and `compiled=True` is refused.
     """
     t_start = time.perf_counter()
     prompt_ids = _prompt_ids(prompt, tokenizer)
@@ -390,26 +406,60 @@ def stream_generate(
         prompt_done = True
         cache.checkpoint(n_prompt)
 
-    mx.reset_peak_memory()
-    steps = generate_step(
-        mx.array(prompt_ids[reused:]),
-        model,
-        cache=cache.caches,
-        sampler=sampler,
-        logits_processors=logits_processors,
-        max_tokens=max_tokens,
-        prefill_step_size=prefill_step_size,
-        kv_bits=cache.kv_bits,
-        kv_group_size=cache.kv_group_size,
-        quantized_kv_start=cache.quantized_kv_start,
-        context=context,
-        logprobs=logprobs,
-        prompt_progress_callback=prompt_progress_callback,
-        prompt_end_callback=on_prompt_end,
-        should_stop=should_stop,
-        compiled=compiled,
-        min_bucket=min_bucket,
-    )
+    # Speculative decoding: its own step generator (speculative.py), same events and caches.
+    speculation: SpeculationCounts | None = None
+    if draft_model is not None or prompt_lookup is not None:
+        if draft_model is not None and prompt_lookup is not None:
+            raise ValueError("pass draft_model or prompt_lookup, not both")
+        if compiled:
+            raise ValueError(
+                "compiled=True does not apply while speculating (the target verifies several "
+                "tokens per pass); pass compiled=None or drop draft_model / prompt_lookup"
+            )
+        speculation = SpeculationCounts()
+        mx.reset_peak_memory()
+        steps = speculative_generate_step(
+            prompt_ids[reused:],
+            model,
+            cache=cache.caches,
+            history=prompt_ids[:reused],
+            draft_model=None if draft_model is None else load_draft_model(draft_model),
+            prompt_lookup=prompt_lookup,
+            num_draft_tokens=num_draft_tokens,
+            sampler=sampler,
+            logits_processors=logits_processors,
+            max_tokens=max_tokens,
+            prefill_step_size=prefill_step_size,
+            kv_bits=cache.kv_bits,
+            kv_group_size=cache.kv_group_size,
+            quantized_kv_start=cache.quantized_kv_start,
+            logprobs=logprobs,
+            prompt_progress_callback=prompt_progress_callback,
+            prompt_end_callback=on_prompt_end,
+            should_stop=should_stop,
+            counts=speculation,
+        )
+    else:
+        mx.reset_peak_memory()
+        steps = generate_step(
+            mx.array(prompt_ids[reused:]),
+            model,
+            cache=cache.caches,
+            sampler=sampler,
+            logits_processors=logits_processors,
+            max_tokens=max_tokens,
+            prefill_step_size=prefill_step_size,
+            kv_bits=cache.kv_bits,
+            kv_group_size=cache.kv_group_size,
+            quantized_kv_start=cache.quantized_kv_start,
+            context=context,
+            logprobs=logprobs,
+            prompt_progress_callback=prompt_progress_callback,
+            prompt_end_callback=on_prompt_end,
+            should_stop=should_stop,
+            compiled=compiled,
+            min_bucket=min_bucket,
+        )
 
     committed = False
     t_prefill = time.perf_counter()
@@ -454,6 +504,8 @@ def stream_generate(
             cache_reuse=reuse.mode,
             stop_token=out.stop_token,
             stop_string=out.stop_string,
+            draft_tokens=0 if speculation is None else speculation.drafted,
+            accepted_draft_tokens=0 if speculation is None else speculation.accepted,
         )
         yield final
     finally:

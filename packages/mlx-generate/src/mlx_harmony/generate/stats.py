@@ -58,6 +58,10 @@ class GenerationStats:
     cache_reuse: CacheReuseMode
     stop_token: int | None = None
     stop_string: str | None = None
+    draft_tokens: int = 0
+    """Speculative decoding: tokens the draft model or prompt lookup proposed (0 without)."""
+    accepted_draft_tokens: int = 0
+    """Speculative decoding: proposed tokens the target kept (and handed out)."""
 
     @classmethod
     def measured(
@@ -102,6 +106,11 @@ class GenerationStats:
             stop_token=stop_token,
             stop_string=stop_string,
         )
+
+    @property
+    def draft_acceptance_rate(self) -> float:
+        """Accepted over proposed draft tokens (0.0 without speculation)."""
+        return self.accepted_draft_tokens / self.draft_tokens if self.draft_tokens else 0.0
 
     @property
     def prefill_tokens_per_s(self) -> float:

@@ -31,6 +31,8 @@ class ScriptedCall:
     max_tokens: int
     stop_tokens: frozenset[int]
     stop_strings: tuple[str, ...]
+    constraint: Any = None
+    """The `ConstraintSpec` the call asked for (not applied: the script plays as written)."""
 
 
 def _harmony_codec() -> tuple[Callable[[str], list[int]], Callable[[Sequence[int]], str]]:
@@ -118,6 +120,7 @@ class ScriptedGenerator:
         stop_strings: Sequence[str] = (),
         cancel: Cancel = None,
         logits_processors: Any = None,
+        constraint: Any = None,
         loop_detection: LoopDetector | LoopDetectionMode | str | None = None,
     ) -> Iterator[int]:
         for event in self.stream(
@@ -128,6 +131,7 @@ class ScriptedGenerator:
             stop_strings=stop_strings,
             cancel=cancel,
             logits_processors=logits_processors,
+            constraint=constraint,
             loop_detection=loop_detection,
             detokenize=False,
         ):
@@ -144,12 +148,14 @@ class ScriptedGenerator:
         stop_strings: Sequence[str] = (),
         cancel: Cancel = None,
         logits_processors: Any = None,
+        constraint: Any = None,
         loop_detection: LoopDetector | LoopDetectionMode | str | None = None,
         detokenize: bool = True,
         logprobs: bool = False,
         prompt_progress_callback: Callable[[int, int], None] | None = None,
     ) -> Iterator[StreamEvent]:
-        """Like `TokenGenerator.stream`; `logits_processors` and `logprobs` are ignored."""
+        """Like `TokenGenerator.stream`; `logits_processors`, `constraint` (recorded in
+        `calls`) and `logprobs` are ignored."""
         prompt = [int(t) for t in prompt_tokens]
         if not prompt:
             raise ValueError("prompt must hold at least one token to generate from")
@@ -161,7 +167,9 @@ class ScriptedGenerator:
                 f"ScriptedGenerator ran out of completions after {index} calls; give it more"
             )
         stops = frozenset(self.default_stop_tokens if stop_tokens is None else stop_tokens)
-        self.calls.append(ScriptedCall(prompt, sampling, max_tokens, stops, tuple(stop_strings)))
+        self.calls.append(
+            ScriptedCall(prompt, sampling, max_tokens, stops, tuple(stop_strings), constraint)
+        )
         return self._play(
             self._scripts[index],
             prompt,

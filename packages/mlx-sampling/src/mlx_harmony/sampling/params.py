@@ -58,76 +58,81 @@ class SamplingParams(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     temperature: Annotated[float, AfterValidator(_checks.check_temperature)] = Field(
-        1.0,
+        default=1.0,
         description="Softmax temperature; 0 picks the most likely token (greedy).",
         json_schema_extra=_range(0),
     )
     top_p: Annotated[float, AfterValidator(_checks.check_top_p)] = Field(
-        1.0,
+        default=1.0,
         description="Nucleus sampling mass in (0, 1]; 1 turns it off.",
         json_schema_extra=_range(maximum=1, exclusiveMinimum=0),
     )
     top_k: Annotated[int, AfterValidator(_checks.check_top_k)] = Field(
-        0,
+        default=0,
         description="Keep only the k most likely tokens; 0 turns it off.",
         json_schema_extra=_range(0),
     )
     min_p: Annotated[float, AfterValidator(_checks.check_min_p)] = Field(
-        0.0,
+        default=0.0,
         description="Drop tokens below min_p times the top probability; 0 turns it off.",
         json_schema_extra=_range(0, 1),
     )
     min_tokens_to_keep: Annotated[int, AfterValidator(_checks.check_min_tokens_to_keep)] = Field(
-        1, description="Tokens min_p never drops.", json_schema_extra=_range(1)
+        default=1, description="Tokens min_p never drops.", json_schema_extra=_range(1)
     )
     xtc_probability: Annotated[float, AfterValidator(_checks.check_xtc_probability)] = Field(
-        0.0,
+        default=0.0,
         description="Chance per token of applying XTC (exclude top choices); 0 turns it off.",
         json_schema_extra=_range(0, 1),
     )
     xtc_threshold: Annotated[float, AfterValidator(_checks.check_xtc_threshold)] = Field(
-        0.1,
+        default=0.1,
         description="Probability above which XTC excludes a token.",
         json_schema_extra=_range(0, 0.5),
     )
     xtc_special_tokens: Annotated[
         tuple[int, ...], AfterValidator(partial(_checks.check_token_ids, "xtc_special_tokens"))
-    ] = Field((), description="Token ids XTC never excludes.")
+    ] = Field(default=(), description="Token ids XTC never excludes.")
     repetition_penalty: (
         Annotated[float, AfterValidator(_checks.check_repetition_penalty)] | None
     ) = Field(
-        1.0,
+        default=1.0,
         description="Multiplicative penalty on recent tokens; 1 or null turns it off.",
         json_schema_extra=_range(exclusiveMinimum=0),
     )
     repetition_context_size: _RepetitionContextSize = Field(
-        20,
+        default=20,
         description="Recent tokens the repetition penalty looks at.",
         json_schema_extra=_range(1),
     )
     presence_penalty: _PresencePenalty = Field(
-        0.0,
+        default=0.0,
         description="Subtracted once from each recent token's logit; 0 turns it off.",
         json_schema_extra=_range(-PENALTY_LIMIT, PENALTY_LIMIT),
     )
     presence_context_size: _PresenceContextSize = Field(
-        20, description="Recent tokens the presence penalty looks at.", json_schema_extra=_range(1)
+        default=20,
+        description="Recent tokens the presence penalty looks at.",
+        json_schema_extra=_range(1),
     )
     frequency_penalty: _FrequencyPenalty = Field(
-        0.0,
+        default=0.0,
         description="Subtracted from a token's logit per recent occurrence; 0 turns it off.",
         json_schema_extra=_range(-PENALTY_LIMIT, PENALTY_LIMIT),
     )
     frequency_context_size: _FrequencyContextSize = Field(
-        20, description="Recent tokens the frequency penalty looks at.", json_schema_extra=_range(1)
+        default=20,
+        description="Recent tokens the frequency penalty looks at.",
+        json_schema_extra=_range(1),
     )
     logit_bias: Annotated[dict[int, float], AfterValidator(_checks.check_logit_bias)] | None = (
         Field(
-            None, description="Added to the logits of these token ids (JSON keys may be strings)."
+            default=None,
+            description="Added to the logits of these token ids (JSON keys may be strings).",
         )
     )
     seed: Annotated[int, AfterValidator(_checks.check_seed)] | None = Field(
-        None,
+        default=None,
         description="Seed for this generation's own PRNG key; null draws fresh entropy.",
         json_schema_extra=_range(0, _checks.SEED_LIMIT - 1),
     )

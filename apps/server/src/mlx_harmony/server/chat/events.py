@@ -24,6 +24,8 @@ from .protocol import (
     ChunkChoice,
     ChunkDelta,
     ChunkToolCall,
+    CompletionTokensDetails,
+    PromptTokensDetails,
     ResponseMessage,
     TokenLogprob,
     ToolCall,
@@ -38,10 +40,14 @@ from .translation import (
     tool_calls,
 )
 
-__all__ = ["ChatOutput", "encode_chunk"]
+__all__ = ["ChatOutput", "encode_chunk", "merge_completions", "new_id", "sum_usage"]
 
 _DONE = b"data: [DONE]\n\n"
 _DELTA: TypeAdapter[ChunkDelta] = TypeAdapter(ChunkDelta)
+
+
+def new_id() -> str:
+    return f"chatcmpl-{secrets.token_hex(12)}"
 
 
 def encode_chunk(chunk: ChatCompletionChunk) -> bytes:
@@ -50,13 +56,29 @@ def encode_chunk(chunk: ChatCompletionChunk) -> bytes:
 
 
 class ChatOutput:
-    """One chat turn's answer (see `TurnOutput`): with ``stream``, its chunks as it goes."""
+    """One chat turn's answer (see `TurnOutput`): with ``stream``, its chunks as it goes.
 
-    def __init__(self, plan: ChatPlan, *, stream: bool) -> None:
+    With ``n`` > 1 each choice has its own output (``index``; one ``id`` and ``created`` for
+    all) that does not ``close`` the stream: `ChoicesOutput` sends the usage and ``[DONE]``.
+    """
+
+    def __init__(
+        self,
+        plan: ChatPlan,
+        *,
+        stream: bool,
+        index: int = 0,
+        id: str | None = None,
+        created: int | None = None,
+        close: bool = True,
+    ) -> None:
         self.plan = plan
         self.stream = stream
-        self.id = f"chatcmpl-{secrets.token_hex(12)}"
-        self.created = int(time.time())
+        self.index = index
+        self.close = close
+        self.id = id or new_id()
+        self.created = created if created is not None else int(time.time())
+        self.usage: Usage | None = None
         self._reasoning: list[str] = []
         self._logprobs: list[TokenLogprob] = []
         self._pending_logprobs: list[TokenLogprob] | None = None
@@ -71,7 +93,9 @@ class ChatOutput:
         logprobs: ChoiceLogprobs | None = None,
         finish: FinishName | None = None,
     ) -> bytes:
-        choice = ChunkChoice(index=0, delta=delta, logprobs=logprobs, finish_reason=finish)
+        choice = ChunkChoice(
+            index=self.index, delta=delta, logprobs=logprobs, finish_reason=finish
+        )
         return encode_chunk(
             ChatCompletionChunk(
                 id=self.id,
@@ -141,9 +165,9 @@ class ChatOutput:
         result = finished.result
         calls = tool_calls(result, self.plan.names)
         finish = finish_reason(result, has_calls=bool(calls))
-        usage = chat_usage(TokenCounts.of(finished))
-        outcome.prompt_tokens = usage.prompt_tokens
-        outcome.completion_tokens = usage.completion_tokens
+        usage = self.usage = chat_usage(TokenCounts.of(finished))
+        outcome.prompt_tokens += usage.prompt_tokens
+        outcome.completion_tokens += usage.completion_tokens
         outcome.finish_reason = finish
         if not self.stream:
             self._answer = self._completion(finished, calls, finish, usage)
@@ -157,18 +181,23 @@ class ChatOutput:
             for i, c in enumerate(calls)
         ]
         parts.append(self._chunk(ChunkDelta(), finish=finish))
-        if self.plan.include_usage:
-            usage_chunk = ChatCompletionChunk(
-                id=self.id,
-                object="chat.completion.chunk",
-                created=self.created,
-                model=self.plan.model,
-                choices=[],
-                usage=usage,
-            )
-            parts.append(encode_chunk(usage_chunk))
-        parts.append(_DONE)
+        if self.close:
+            parts.append(self.closing(usage))
         return b"".join(parts)
+
+    def closing(self, usage: Usage) -> bytes:
+        """The end of the stream: the usage chunk when asked for, then ``[DONE]``."""
+        if not self.plan.include_usage:
+            return _DONE
+        usage_chunk = ChatCompletionChunk(
+            id=self.id,
+            object="chat.completion.chunk",
+            created=self.created,
+            model=self.plan.model,
+            choices=[],
+            usage=usage,
+        )
+        return encode_chunk(usage_chunk) + _DONE
 
     def _completion(
         self, finished: Finished, calls: list[ToolCall], finish: FinishName, usage: Usage
@@ -189,7 +218,7 @@ class ChatOutput:
             system_fingerprint=None,
             choices=[
                 Choice(
-                    index=0,
+                    index=self.index,
                     message=message,
                     logprobs=ChoiceLogprobs(content=self._logprobs) if self.plan.logprobs else None,
                     finish_reason=finish,
@@ -198,10 +227,37 @@ class ChatOutput:
             usage=usage,
         )
 
-    def answer(self) -> bytes:
+    def completion(self) -> ChatCompletion:
         if self._answer is None:
             raise RuntimeError("answer() before finish()")
-        return self._answer.model_dump_json(exclude_unset=True).encode()
+        return self._answer
+
+    def answer(self) -> bytes:
+        return self.completion().model_dump_json(exclude_unset=True).encode()
 
     def fail(self, error: APIError) -> bytes:
         return b"data: " + error.body_json().encode() + b"\n\n" + _DONE
+
+
+def sum_usage(usages: Sequence[Usage]) -> Usage:
+    """The usage of several choices: every count summed (each choice prefilled its prompt)."""
+    return Usage(
+        prompt_tokens=sum(u.prompt_tokens for u in usages),
+        completion_tokens=sum(u.completion_tokens for u in usages),
+        total_tokens=sum(u.total_tokens for u in usages),
+        prompt_tokens_details=PromptTokensDetails(
+            cached_tokens=sum(u.prompt_tokens_details.cached_tokens for u in usages)
+        ),
+        completion_tokens_details=CompletionTokensDetails(
+            reasoning_tokens=sum(u.completion_tokens_details.reasoning_tokens for u in usages)
+        ),
+    )
+
+
+def merge_completions(completions: Sequence[ChatCompletion]) -> ChatCompletion:
+    """One ``chat.completion`` with every choice, in index order, and the summed usage."""
+    first = completions[0]
+    choices = sorted((c for done in completions for c in done.choices), key=lambda c: c.index)
+    return first.model_copy(
+        update={"choices": choices, "usage": sum_usage([c.usage for c in completions])}
+    )

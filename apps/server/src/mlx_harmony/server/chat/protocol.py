@@ -1,8 +1,8 @@
 """The chat completions wire format: ``POST /v1/chat/completions`` requests, answers, chunks.
 
-Requests are checked here for shape and types (a wrong type is a 422); value ranges of the
-sampling fields are checked by `SamplingParams` when the service builds the turn's config, so
-those errors name the field and its range (a 400). Unknown request fields are ignored, as
+Requests are checked here for shape, types and OpenAI's ranges; value ranges of the other
+sampling fields are checked by `SamplingParams` when the service builds the turn's config.
+Either way a bad value is a 400 naming the field, as OpenAI answers. Unknown request fields are ignored, as
 OpenAI clients send fields that do not apply to a local model (``user``, ``store``, ...).
 
 Answers and stream chunks are these models, serialised with ``model_dump_json``
@@ -146,7 +146,11 @@ class FunctionDefinition(_Model):
     name: str = Field(min_length=1, max_length=256)
     description: str | None = None
     parameters: dict[str, Any] | None = None
-    strict: bool | None = None
+    strict: bool | None = Field(
+        None,
+        description="true: a call's arguments are constrained to match parameters (also with "
+        "tool_choice auto); unset or false: constrained only when the call is forced.",
+    )
 
 
 class Tool(_Model):
@@ -176,7 +180,7 @@ class ChatCompletionRequest(_Model):
     )
     stream: bool = False
     stream_options: StreamOptions | None = None
-    temperature: float | None = None
+    temperature: float | None = Field(None, ge=0, le=2, description="0 to 2, as OpenAI's.")
     top_p: float | None = None
     top_k: int | None = None
     min_p: float | None = None
@@ -190,7 +194,9 @@ class ChatCompletionRequest(_Model):
     stop: str | list[str] | None = None
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    n: int | None = Field(None, ge=1, description="Only 1 is supported.")
+    n: int | None = Field(
+        None, ge=1, description="Choices to generate, up to the server's --max-n (default 1)."
+    )
     reasoning_effort: Literal["low", "medium", "high"] | None = None
     include_reasoning: bool = Field(
         True, description="false leaves `reasoning` and `reasoning_content` out."

@@ -7,9 +7,9 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from ..routes import streamed_post, v1_router
-from ..serving import serve
+from ..serving import Outcome, answer
 from .protocol import ChatCompletion, ChatCompletionRequest, TokenCountResponse
-from .serving import ChatService
+from .serving import ChatService, answer_choices
 
 __all__ = ["chat_router"]
 
@@ -19,7 +19,13 @@ chat_router = v1_router()
 @streamed_post(chat_router, "/chat/completions", ChatCompletion)
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
     """An OpenAI chat completion; ``stream: true`` sends chunks as the tokens come."""
-    return await serve(_chat(request), body, request)
+    service = _chat(request)
+    outcome = Outcome()
+    request.state.outcome = outcome
+    plan = service.plan(body)
+    if plan.n > 1:
+        return await answer_choices(service, plan, request, outcome)
+    return await answer(service, plan, request, outcome)
 
 
 @chat_router.post("/tokenize", response_model=TokenCountResponse)

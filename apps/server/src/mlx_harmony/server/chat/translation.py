@@ -7,9 +7,10 @@ functions after it read a finished turn back as the chat answer's parts.
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from mlx_harmony.controller import FinishReason, TurnResult
@@ -27,6 +28,7 @@ from ..planning import (
     developer_instructions,
     format_instruction,
     openai_calls,
+    plan_constraint,
     plan_turn,
 )
 from ..tool_names import ToolNameMap
@@ -54,6 +56,8 @@ __all__ = [
     "ChatPlan",
     "FinishName",
     "answer_content",
+    "choice_plans",
+    "choice_seed",
     "chat_usage",
     "content_text",
     "finish_reason",
@@ -96,6 +100,32 @@ class ChatPlan:
     include_usage: bool = False
     include_reasoning: bool = True
     logprobs: bool = False
+    n: int = 1
+    seed: int | None = None
+    """The request's seed; with ``n`` > 1 and none given, a random one (see `choice_plans`)."""
+
+
+def choice_seed(seed: int, index: int) -> int:
+    """Choice `index`'s seed: the request's own for choice 0 (so ``n: 1`` and the first of
+    ``n`` choices agree), a hash of (seed, index) for the others: different choices, the
+    same ones again for the same seed."""
+    if index == 0:
+        return seed
+    digest = hashlib.blake2b(f"{seed}/{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big")
+
+
+def choice_plans(plan: ChatPlan) -> list[TurnPlan]:
+    """The worker's plan for each of ``n`` choices: the same turn with its `choice_seed`."""
+    if plan.n == 1:
+        return [plan.turn_plan]
+    base = plan.seed if plan.seed is not None else secrets.randbits(63)
+    return [
+        replace(
+            plan.turn_plan, config=plan.turn_plan.config.updated(seed=choice_seed(base, i))
+        )
+        for i in range(plan.n)
+    ]
 
 
 def content_text(content: Content | None, *, param: str) -> str:
@@ -157,21 +187,32 @@ def _tool_choice(body: ChatCompletionRequest) -> ToolChoice:
     return choice
 
 
-def _format_instruction(body: ChatCompletionRequest) -> str | None:
+def _response_format(body: ChatCompletionRequest) -> tuple[object, object]:
+    """The format's type and its JSON schema (None when there is none)."""
     fmt = body.response_format
     if not fmt:
-        return None
+        return None, None
     spec = fmt.get("json_schema")
-    schema = spec.get("schema") if isinstance(spec, dict) else None
-    return format_instruction(fmt.get("type"), schema, param="response_format.type")
+    return fmt.get("type"), spec.get("schema") if isinstance(spec, dict) else None
 
 
 def plan_chat(
-    body: ChatCompletionRequest, entry: ModelEntry, *, max_tokens_cap: int | None = None
+    body: ChatCompletionRequest,
+    entry: ModelEntry,
+    *,
+    max_tokens_cap: int | None = None,
+    max_n: int = 1,
 ) -> ChatPlan:
     """Check `body` against `entry` and build the worker's plan; `APIError` when it is wrong."""
-    if body.n not in (None, 1):
-        raise APIError(400, f"n must be 1 (one choice per request), got {body.n}", param="n")
+    n = body.n or 1
+    if n > max_n:
+        raise APIError(
+            400,
+            f"n must be at most {max_n} on this server, got {n} (the server's --max-n sets the "
+            "limit)",
+            param="n",
+            code="invalid_value",
+        )
     if body.top_logprobs is not None and not body.logprobs:
         raise APIError(
             400, "top_logprobs needs logprobs: true", param="top_logprobs", code="invalid_value"
@@ -185,12 +226,25 @@ def plan_chat(
             t.function.parameters,
             name_param=f"tools[{i}].function.name",
             param=f"tools[{i}]",
+            strict=bool(t.function.strict),
         )
         for i, t in enumerate(body.tools or ())
     ]
-    function_tools, tool_instruction = declare_tools(specs, names, _tool_choice(body))
+    choice = _tool_choice(body)
+    function_tools, tool_instruction = declare_tools(specs, names, choice)
+    kind, schema = _response_format(body)
+    instruction = format_instruction(kind, schema, param="response_format.type")
+    constraint = plan_constraint(
+        specs,
+        names,
+        choice,
+        format_kind=kind,
+        schema=schema,
+        format_param="response_format.type",
+        schema_param="response_format.json_schema.schema",
+    )
     instructions = developer_instructions(
-        conversation.instructions, (tool_instruction, _format_instruction(body)), entry
+        conversation.instructions, (tool_instruction, instruction), entry
     )
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or ())
     config = build_config(
@@ -214,6 +268,7 @@ def plan_chat(
         function_tools,
         explicit_limit=explicit,
         top_logprobs=(body.top_logprobs or 0) if body.logprobs else None,
+        constraint=constraint,
     )
     return ChatPlan(
         turn_plan=plan,
@@ -223,6 +278,8 @@ def plan_chat(
         include_usage=bool(body.stream_options and body.stream_options.include_usage),
         include_reasoning=body.include_reasoning,
         logprobs=bool(body.logprobs),
+        n=n,
+        seed=body.seed,
     )
 
 

@@ -5,10 +5,16 @@ The analysis channel becomes a ``reasoning`` item, the final channel a ``message
 (``phase: "final_answer"``), a preamble a ``message`` (``phase: "commentary"``), each call a
 ``function_call`` item. Streamed, each token is a ``response.reasoning_text.delta`` or
 ``response.output_text.delta`` event as it is generated.
+
+With ``reasoning.summary`` a reasoning item's ``summary`` holds the analysis (``concise``: its
+first sentences), streamed as ``response.reasoning_summary_*`` events when the item closes;
+with ``include: ["reasoning.encrypted_content"]`` it carries the analysis sealed with the
+server's key, to be sent back by clients that keep no state here (``store: false``).
 """
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Literal
@@ -18,7 +24,7 @@ from pydantic import TypeAdapter
 from mlx_harmony.controller import AnswerDelta, CommentaryDelta, ThinkingDelta
 
 from ..errors import APIError
-from ..planning import TokenCounts, openai_calls, was_cut
+from ..planning import TokenCounts, was_cut
 from ..serving import Outcome
 from ..worker import Finished, WorkerEvent
 from .protocol import (
@@ -39,6 +45,9 @@ from .protocol import (
     OutputTextDeltaEvent,
     OutputTextDoneEvent,
     OutputTokensDetails,
+    ReasoningSummaryPartEvent,
+    ReasoningSummaryTextDeltaEvent,
+    ReasoningSummaryTextDoneEvent,
     ReasoningText,
     ReasoningTextDeltaEvent,
     ReasoningTextDoneEvent,
@@ -47,10 +56,29 @@ from .protocol import (
     ResponseObject,
     ResponseStateEvent,
     ResponseUsage,
+    SummaryText,
 )
-from .translation import ResponsePlan, new_id
+from .translation import ResponsePlan, SummaryMode, new_id
 
-__all__ = ["ResponseOutput", "encode_event", "response_object"]
+__all__ = ["ResponseOutput", "encode_event", "response_object", "summarize"]
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+_CONCISE_CHARS = 200
+
+
+def summarize(text: str, mode: SummaryMode) -> str:
+    """A reasoning summary: the analysis itself (auto, detailed), or for ``concise`` its
+    first sentences up to about 200 characters (gpt-oss writes no summary of its own)."""
+    text = text.strip()
+    if mode != "concise" or len(text) <= _CONCISE_CHARS:
+        return text
+    out = ""
+    for sentence in _SENTENCE_END.split(text):
+        if out and len(out) + 1 + len(sentence) > _CONCISE_CHARS:
+            break
+        out = f"{out} {sentence}" if out else sentence
+    return out if len(out) <= _CONCISE_CHARS else out[: _CONCISE_CHARS - 1].rstrip() + "…"
+
 
 _Channel = Literal["reasoning", "final_answer", "commentary"]
 _ITEM: TypeAdapter[InputItemModel] = TypeAdapter(InputItem)
@@ -220,7 +248,14 @@ class ResponseOutput:
         old = self.items[index]
         part: OutputText | ReasoningText
         part = ReasoningText(text=text) if channel == "reasoning" else OutputText(text=text)
-        item = old.model_copy(update={"status": status, "content": [part]})
+        update: dict[str, object] = {"status": status, "content": [part]}
+        summary = self.plan.summary
+        if channel == "reasoning":
+            if summary is not None and text.strip():
+                update["summary"] = [SummaryText(text=summarize(text, summary))]
+            if self.plan.seal is not None:
+                update["encrypted_content"] = self.plan.seal.seal(text)
+        item = old.model_copy(update=update)
         self.items[index] = item
         if not self.stream:
             return
@@ -254,10 +289,44 @@ class ResponseOutput:
                 sequence_number=self.sequence,
             )
         )
+        if isinstance(item, OutputReasoning):
+            self._summary_events(item, index)
         self._item_event("response.output_item.done", index, item)
 
-    def _add_calls(self, calls: Sequence[tuple[str, str]]) -> None:
-        for name, arguments in calls:
+    def _summary_events(self, item: OutputReasoning, index: int) -> None:
+        """A closed reasoning item's summary parts, each as one delta (gpt-oss writes no
+        summary, so it exists only once the analysis is complete)."""
+        for n, part in enumerate(item.summary):
+            where = {"item_id": item.id, "output_index": index, "summary_index": n}
+            self._emit(
+                ReasoningSummaryPartEvent(
+                    type="response.reasoning_summary_part.added",
+                    part=SummaryText(text=""),
+                    sequence_number=self.sequence,
+                    **where,
+                )
+            )
+            self._emit(
+                ReasoningSummaryTextDeltaEvent(
+                    delta=part.text, sequence_number=self.sequence, **where
+                )
+            )
+            self._emit(
+                ReasoningSummaryTextDoneEvent(
+                    text=part.text, sequence_number=self.sequence, **where
+                )
+            )
+            self._emit(
+                ReasoningSummaryPartEvent(
+                    type="response.reasoning_summary_part.done",
+                    part=part,
+                    sequence_number=self.sequence,
+                    **where,
+                )
+            )
+
+    def _add_calls(self, calls: Sequence[tuple[str | None, str, str]]) -> None:
+        for namespace, name, arguments in calls:
             index = len(self.items)
             item = OutputFunctionCall(
                 id=new_id("fc"),
@@ -265,6 +334,7 @@ class ResponseOutput:
                 call_id=new_id("call"),
                 name=name,
                 arguments=arguments,
+                namespace=namespace,
             )
             self.items.append(item)
             if not self.stream:
@@ -293,7 +363,10 @@ class ResponseOutput:
     def finish(self, finished: Finished, outcome: Outcome) -> bytes:
         """Close the output, count the usage, keep the response; the closing events."""
         plan = self.plan
-        calls = openai_calls(finished.result, plan.names)
+        calls = [
+            (*plan.names.from_recipient(call.recipient), call.arguments)
+            for call in finished.result.tool_calls
+        ]
         incomplete = not calls and was_cut(finished.result)
         status: Literal["completed", "incomplete"] = "incomplete" if incomplete else "completed"
         self._close(status)

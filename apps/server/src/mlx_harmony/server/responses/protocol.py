@@ -2,7 +2,8 @@
 
 Input items and tools are discriminated by their ``type``; a type this server does not serve
 (``item_reference``, ``computer_call``, a ``web_search`` tool, an ``input_image`` part) parses
-as an ``Other*`` model, so that planning refuses it with a 400 that names it instead of a
+as an ``Other*`` model, so that planning refuses it with a 400 that names it (a hosted tool:
+leaves it out with a warning) instead of a
 schema error that lists every union branch. Fields of a known item with the wrong shape (a
 ``function_call_output`` without ``call_id``) are a 422 naming the field (``input[2].call_id``).
 
@@ -32,6 +33,7 @@ __all__ = [
     "InputTokensDetails",
     "ItemStatus",
     "MessageItem",
+    "NamespaceToolSpec",
     "OtherContent",
     "OtherItem",
     "OtherTool",
@@ -46,6 +48,9 @@ __all__ = [
     "OutputTokensDetails",
     "ReasoningItem",
     "ReasoningOptions",
+    "ReasoningSummaryPartEvent",
+    "ReasoningSummaryTextDeltaEvent",
+    "ReasoningSummaryTextDoneEvent",
     "ReasoningText",
     "ReasoningTextDeltaEvent",
     "ReasoningTextDoneEvent",
@@ -129,6 +134,9 @@ class FunctionCallItem(_Model):
     arguments: str = Field(
         "", description="The arguments as the model wrote them: usually JSON, not always."
     )
+    namespace: str | None = Field(
+        None, description="The namespace tool the function belongs to (None: a plain function)."
+    )
     id: str | None = None
     status: str | None = None
 
@@ -157,7 +165,8 @@ class ReasoningItem(_Model):
     """The model's reasoning (Harmony's analysis channel), sent back as the output gave it.
 
     Kept in the prompt while its turn is in progress (a tool round) and dropped from earlier
-    turns, as gpt-oss expects."""
+    turns, as gpt-oss expects. Its text is ``content``, else the analysis sealed in
+    ``encrypted_content``, else ``summary``."""
 
     type: Literal["reasoning"]
     id: str | None = None
@@ -207,35 +216,62 @@ class FunctionToolSpec(_Model):
     name: str = Field(min_length=1, max_length=256)
     description: str | None = None
     parameters: dict[str, Any] | None = None
-    strict: bool | None = None
+    strict: bool | None = Field(
+        None,
+        description="true: a call's arguments are constrained to match parameters (also with "
+        "tool_choice auto); unset or false: constrained only when the call is forced.",
+    )
+
+
+class NamespaceToolSpec(_Model):
+    """Function tools grouped under a namespace, declared to gpt-oss as a Harmony tool
+    namespace (``namespace <name> { ... }``); the model calls ``<name>.<function>``."""
+
+    type: Literal["namespace"]
+    name: str = Field(min_length=1, max_length=256)
+    description: str | None = None
+    tools: list[FunctionToolSpec] = Field(default_factory=list)
 
 
 class OtherTool(_Model):
-    """A hosted tool (``web_search``, ``file_search``, ``mcp``, ...): refused with a 400."""
+    """A hosted tool (``web_search``, ``file_search``, ``mcp``, ...): this server runs none, so
+    it is left out of the prompt and the response carries a warning."""
 
     type: str
 
 
+_TOOL_TAGS = {"function": "Function", "namespace": "Namespace"}
+
+
 def _tool_tag(value: Any) -> str:
-    return "Function" if _type_of(value) == "function" else "Other"
+    kind = _type_of(value)
+    return _TOOL_TAGS.get(kind, "Other") if isinstance(kind, str) else "Other"
 
 
 ToolSpec = Annotated[
-    Annotated[FunctionToolSpec, Tag("Function")] | Annotated[OtherTool, Tag("Other")],
+    Annotated[FunctionToolSpec, Tag("Function")]
+    | Annotated[NamespaceToolSpec, Tag("Namespace")]
+    | Annotated[OtherTool, Tag("Other")],
     Discriminator(_tool_tag),
 ]
 
 
 class ReasoningOptions(_Model):
     effort: str | None = Field(None, description="gpt-oss's reasoning level: low, medium or high.")
-    summary: str | None = Field(None, description="Accepted and ignored: no summaries.")
+    summary: str | None = Field(
+        None,
+        description="auto or detailed: reasoning items' summary is the analysis text; concise: "
+        "its first sentences.",
+    )
+    generate_summary: str | None = Field(None, description="The older name of summary.")
 
 
 class TextOptions(_Model):
     format: dict[str, Any] | None = Field(
         None,
         description="text, json_object, or json_schema ({'type': 'json_schema', 'name', "
-        "'schema'}): the JSON kinds add an instruction to answer in JSON.",
+        "'schema'}): the JSON kinds constrain the final answer to JSON (for the schema) and add "
+        "an instruction to answer in JSON.",
     )
 
 
@@ -274,6 +310,18 @@ class ResponseCreateRequest(_Model):
     background: bool | None = Field(None, description="Only false: no background responses.")
     conversation: Any = Field(None, description="Not supported: use previous_response_id.")
     user: str | None = None
+    include: list[str] | None = Field(
+        None,
+        description="reasoning.encrypted_content: reasoning items carry the analysis sealed "
+        "with the server's key; other values are ignored with a warning.",
+    )
+    prompt_cache_key: str | None = Field(
+        None,
+        description="Accepted; the prompt cache is shared by prefix, so no key is needed.",
+    )
+    client_metadata: dict[str, Any] | None = Field(
+        None, description="Accepted and not used (Codex CLI sends it)."
+    )
 
 
 # -- output (documentation) -------------------------------------------------------------------
@@ -317,6 +365,7 @@ class OutputReasoning(BaseModel):
     status: Literal["in_progress", "completed", "incomplete"]
     content: list[ReasoningText]
     summary: list[SummaryText]
+    encrypted_content: str | None = None
 
 
 class OutputFunctionCall(BaseModel):
@@ -326,6 +375,7 @@ class OutputFunctionCall(BaseModel):
     call_id: str
     name: str
     arguments: str
+    namespace: str | None = None
 
 
 OutputItem = Annotated[
@@ -468,6 +518,30 @@ class ReasoningTextDoneEvent(_Event):
     text: str
 
 
+class ReasoningSummaryPartEvent(_Event):
+    type: Literal["response.reasoning_summary_part.added", "response.reasoning_summary_part.done"]
+    item_id: str
+    output_index: int
+    summary_index: int
+    part: SummaryText
+
+
+class ReasoningSummaryTextDeltaEvent(_Event):
+    type: Literal["response.reasoning_summary_text.delta"] = "response.reasoning_summary_text.delta"
+    item_id: str
+    output_index: int
+    summary_index: int
+    delta: str
+
+
+class ReasoningSummaryTextDoneEvent(_Event):
+    type: Literal["response.reasoning_summary_text.done"] = "response.reasoning_summary_text.done"
+    item_id: str
+    output_index: int
+    summary_index: int
+    text: str
+
+
 class FunctionCallArgumentsDeltaEvent(_Event):
     type: Literal["response.function_call_arguments.delta"] = (
         "response.function_call_arguments.delta"
@@ -493,6 +567,9 @@ ResponseEvent = (
     | ReasoningTextDeltaEvent
     | OutputTextDoneEvent
     | ReasoningTextDoneEvent
+    | ReasoningSummaryPartEvent
+    | ReasoningSummaryTextDeltaEvent
+    | ReasoningSummaryTextDoneEvent
     | FunctionCallArgumentsDeltaEvent
     | FunctionCallArgumentsDoneEvent
 )

@@ -4,15 +4,17 @@ the shared `serving`)."""
 
 from __future__ import annotations
 
+import logging
+
 from fastapi import Request
 from fastapi.responses import Response
 
 from ..routes import streamed_post, v1_router
-from ..serving import serve
+from ..serving import Outcome, answer
 from .protocol import ResponseCreateRequest, ResponseDeleted, ResponseObject
 from .serving import ResponsesService
 
-__all__ = ["responses_router"]
+__all__ = ["WARNING_HEADER", "responses_router"]
 
 responses_router = v1_router(
     {
@@ -25,10 +27,32 @@ responses_router = v1_router(
 )
 
 
+WARNING_HEADER = "X-MLX-Harmony-Warning"
+"""One header per warning: what the server left out of a response (a hosted tool it does not
+run, reasoning it could not unseal, an ``include`` value it does not produce)."""
+
+logger = logging.getLogger("mlx_harmony.server")
+
+
 @streamed_post(responses_router, "/responses", ResponseObject)
 async def create_response(body: ResponseCreateRequest, request: Request) -> Response:
-    """An OpenAI response; ``stream: true`` sends the Responses events as the tokens come."""
-    return await serve(_responses(request), body, request)
+    """An OpenAI response; ``stream: true`` sends the Responses events as the tokens come.
+    What the server left out is said in ``X-MLX-Harmony-Warning`` headers (and the log)."""
+    service = _responses(request)
+    outcome = Outcome()
+    request.state.outcome = outcome
+    plan = service.plan(body)
+    for warning in plan.warnings:
+        logger.warning("%s: %s", plan.id, warning)
+    response = await answer(service, plan, request, outcome)
+    for warning in plan.warnings:
+        response.headers.append(WARNING_HEADER, _header_text(warning))
+    return response
+
+
+def _header_text(text: str) -> str:
+    """`text` as a header value: ASCII, one line."""
+    return " ".join(text.encode("ascii", "replace").decode().split())
 
 
 @responses_router.get("/responses/{response_id}", response_model=ResponseObject)

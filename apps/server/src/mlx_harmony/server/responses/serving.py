@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
-from dataclasses import KW_ONLY, dataclass
+from dataclasses import KW_ONLY, dataclass, field
 
 from ..models import ModelRegistry
+from ..reasoning_seal import ReasoningSeal
 from ..worker import ModelWorker
 from .events import ResponseOutput
 from .protocol import InputItemModel, ResponseCreateRequest, ResponseDeleted, ResponseObject
@@ -24,9 +25,13 @@ class ResponsesService:
     store: ResponseStore
     _: KW_ONLY
     max_tokens_cap: int | None = None
+    seal: ReasoningSeal = field(default_factory=ReasoningSeal)
+    """Seals and opens reasoning items' ``encrypted_content``."""
 
     def plan(self, body: ResponseCreateRequest) -> ResponsePlan:
-        return plan_response(body, self.registry, self.store, max_tokens_cap=self.max_tokens_cap)
+        return plan_response(
+            body, self.registry, self.store, max_tokens_cap=self.max_tokens_cap, seal=self.seal
+        )
 
     def output(self, plan: ResponsePlan, *, stream: bool) -> ResponseOutput:
         return ResponseOutput(plan, stream=stream, keep=self._keep)

@@ -9,8 +9,10 @@ the same conversation would):
   instructions (after ``instructions``), ``assistant`` is the final answer, or the preamble
   (commentary channel) when function calls follow it;
 - ``reasoning`` items are the analysis channel, kept while their turn is in progress and dropped
-  from earlier turns by the renderer;
-- ``function_call`` items are Harmony calls to ``functions.<name>``; ``function_call_output``
+  from earlier turns by the renderer; their text is ``content``, else the analysis sealed in
+  ``encrypted_content`` (a blob that does not open is dropped with a warning), else ``summary``;
+- ``function_call`` items are Harmony calls to ``functions.<name>`` (``<namespace>.<name>``
+  with a ``namespace``); ``function_call_output``
   items are the tool's messages, named by the call their ``call_id`` answers.
 """
 
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import secrets
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -33,8 +35,10 @@ from ..planning import (
     declare_tools,
     developer_instructions,
     format_instruction,
+    plan_constraint,
     plan_turn,
 )
+from ..reasoning_seal import ReasoningSeal
 from ..tool_names import ToolNameMap
 from ..worker import TurnPlan
 from .protocol import (
@@ -46,14 +50,26 @@ from .protocol import (
     MessageItem,
     OtherContent,
     OtherItem,
-    OtherTool,
     ReasoningItem,
     ResponseCreateRequest,
     ResponseSettings,
 )
 from .store import ResponseStore
+from .tools import collect_tools
 
-__all__ = ["ResponsePlan", "new_id", "not_stored", "plan_response", "to_conversation"]
+__all__ = [
+    "ENCRYPTED_REASONING",
+    "ResponsePlan",
+    "SummaryMode",
+    "new_id",
+    "not_stored",
+    "plan_response",
+    "to_conversation",
+]
+
+ENCRYPTED_REASONING = "reasoning.encrypted_content"
+"""The one ``include`` value this server acts on."""
+SummaryMode = Literal["auto", "concise", "detailed"]
 
 _PARAMS = {"max_tokens": "max_output_tokens", "reasoning_effort": "reasoning.effort"}
 """Prompt config fields, as a Responses request names them."""
@@ -77,6 +93,12 @@ class ResponsePlan:
     created_at: int = field(default_factory=lambda: int(time.time()))
     store: bool = True
     stream: bool = False
+    warnings: tuple[str, ...] = ()
+    """What the server left out or could not use (the ``X-MLX-Harmony-Warning`` headers)."""
+    summary: SummaryMode | None = None
+    """``reasoning.summary``: reasoning items carry a summary."""
+    seal: ReasoningSeal | None = None
+    """With ``include: ["reasoning.encrypted_content"]``: seals reasoning items' text."""
 
 
 def _text(content: str | Sequence[ContentPart], *, param: str) -> str:
@@ -103,10 +125,13 @@ def to_conversation(
     *,
     instructions: str | None = None,
     first: int = 0,
+    unseal: Callable[[str], str | None] | None = None,
+    warnings: list[str] | None = None,
 ) -> Conversation:
     """The conversation of a request's input items (see the module docstring).
 
     ``first`` is the index of the request's own first item: errors name ``input[i - first]``.
+    ``unseal`` opens ``encrypted_content``; what it cannot open is said in ``warnings``.
     """
     builder = ConversationBuilder(names)
     if instructions:
@@ -125,10 +150,12 @@ def to_conversation(
             # Calls join the reasoning and preamble before them: one Harmony reply.
             if reply is None:
                 reply = _Reply()
-            reply.calls.append(AssistantCall(item.call_id, item.name, item.arguments))
+            reply.calls.append(
+                AssistantCall(item.call_id, item.name, item.arguments, item.namespace)
+            )
             continue
         if isinstance(item, ReasoningItem):
-            text = "".join(p.text for p in (item.content or item.summary))
+            text = _reasoning_text(item, unseal, warnings, where=where)
             if text:
                 flush()
                 reply = _Reply(reasoning=text)
@@ -176,17 +203,11 @@ def to_conversation(
 
 
 def _function_specs(body: ResponseCreateRequest) -> list[FunctionSpec]:
+    """The plain function tools (namespace and hosted tools: `collect_tools`)."""
     specs: list[FunctionSpec] = []
     for i, tool in enumerate(body.tools or ()):
-        if isinstance(tool, OtherTool) or not isinstance(tool, FunctionToolSpec):
-            raise APIError(
-                400,
-                f"tools[{i}] is a {tool.type!r} tool; this server runs function tools only "
-                "({'type': 'function', 'name': ..., 'parameters': {...}}): declare what you can "
-                "run yourself as a function",
-                param=f"tools[{i}].type",
-                code="unsupported_tool",
-            )
+        if not isinstance(tool, FunctionToolSpec):
+            continue
         specs.append(
             FunctionSpec(
                 tool.name,
@@ -194,9 +215,58 @@ def _function_specs(body: ResponseCreateRequest) -> list[FunctionSpec]:
                 tool.parameters,
                 name_param=f"tools[{i}].name",
                 param=f"tools[{i}]",
+                strict=bool(tool.strict),
             )
         )
     return specs
+
+
+def _reasoning_text(
+    item: ReasoningItem,
+    unseal: Callable[[str], str | None] | None,
+    warnings: list[str] | None,
+    *,
+    where: str,
+) -> str:
+    """A reasoning item's text: its content, else its sealed analysis, else its summary."""
+    if item.content:
+        return "".join(p.text for p in item.content)
+    if item.encrypted_content:
+        text = unseal(item.encrypted_content) if unseal is not None else None
+        if text is not None:
+            return text
+        if warnings is not None:
+            warnings.append(
+                f"{where}.encrypted_content was not sealed with this server's reasoning key "
+                "(altered, from another server, or the key changed): that reasoning was left out"
+            )
+    return "".join(p.text for p in item.summary)
+
+
+def _summary(body: ResponseCreateRequest) -> SummaryMode | None:
+    options = body.reasoning
+    mode = (options.summary or options.generate_summary) if options is not None else None
+    if mode is None:
+        return None
+    if mode == "auto" or mode == "concise" or mode == "detailed":
+        return mode
+    raise APIError(
+        400,
+        f"reasoning.summary {mode!r} is not supported; use auto, concise or detailed",
+        param="reasoning.summary",
+        code="unsupported_value",
+    )
+
+
+def _include(body: ResponseCreateRequest, warnings: list[str]) -> bool:
+    """Whether reasoning is to be sealed; other ``include`` values are warned about."""
+    wanted = body.include or []
+    for i, value in enumerate(wanted):
+        if value != ENCRYPTED_REASONING:
+            warnings.append(
+                f"include[{i}] {value!r} is not produced by this server; it was ignored"
+            )
+    return ENCRYPTED_REASONING in wanted
 
 
 def _tool_choice(choice: object) -> ToolChoice:
@@ -232,11 +302,12 @@ def _type_of(value: object) -> object:
     return value.get("type") if isinstance(value, dict) else None
 
 
-def _format_instruction(body: ResponseCreateRequest) -> str | None:
+def _text_format(body: ResponseCreateRequest) -> tuple[object, object]:
+    """The text format's type and its JSON schema (None when there is none)."""
     fmt = body.text.format if body.text is not None else None
     if not fmt:
-        return None
-    return format_instruction(fmt.get("type"), fmt.get("schema"), param="text.format.type")
+        return None, None
+    return fmt.get("type"), fmt.get("schema")
 
 
 def _effort(body: ResponseCreateRequest) -> Literal["low", "medium", "high"] | None:
@@ -316,17 +387,44 @@ def plan_response(
     store: ResponseStore,
     *,
     max_tokens_cap: int | None = None,
+    seal: ReasoningSeal | None = None,
 ) -> ResponsePlan:
-    """Check `body` and plan its turn; `APIError` when it is wrong."""
+    """Check `body` and plan its turn; `APIError` when it is wrong. `seal` opens sealed
+    reasoning sent back, and seals the output's when the request includes it."""
     _refuse_unsupported(body)
     first, items = _items(body, store)
     entry = registry.resolve(body.model)
     specs = _function_specs(body)
     names = ToolNameMap(spec.name for spec in specs)
-    conversation = to_conversation(items, names, instructions=body.instructions, first=first)
-    function_tools, tool_instruction = declare_tools(specs, names, _tool_choice(body.tool_choice))
+    tools = collect_tools(body.tools or (), names)
+    warnings = list(tools.warnings)
+    conversation = to_conversation(
+        items,
+        names,
+        instructions=body.instructions,
+        first=first,
+        unseal=seal.open if seal is not None else None,
+        warnings=warnings,
+    )
+    choice = _tool_choice(body.tool_choice)
+    function_tools, tool_instruction = declare_tools(specs, names, choice)
+    if choice != "none":
+        function_tools += tools.namespaced
+    summary = _summary(body)
+    encrypted = _include(body, warnings)
+    kind, schema = _text_format(body)
+    instruction = format_instruction(kind, schema, param="text.format.type")
+    constraint = plan_constraint(
+        specs,
+        names,
+        choice,
+        format_kind=kind,
+        schema=schema,
+        format_param="text.format.type",
+        schema_param="text.format.schema",
+    )
     instructions = developer_instructions(
-        conversation.instructions, (tool_instruction, _format_instruction(body)), entry
+        conversation.instructions, (tool_instruction, instruction), entry
     )
     config = build_config(
         entry.prompt_config,
@@ -345,11 +443,12 @@ def plan_response(
         function_tools,
         explicit_limit=explicit,
         conversation_param="input",
+        constraint=constraint,
     )
     settings = ResponseSettings(
         instructions=body.instructions,
         previous_response_id=body.previous_response_id,
-        reasoning={"effort": str(config.reasoning_effort), "summary": None},
+        reasoning={"effort": str(config.reasoning_effort), "summary": summary},
         tools=[t.model_dump(exclude_none=True) for t in body.tools or ()],
         tool_choice=body.tool_choice if body.tool_choice is not None else "auto",
         parallel_tool_calls=body.parallel_tool_calls is not False,
@@ -370,4 +469,7 @@ def plan_response(
         settings=settings,
         store=body.store,
         stream=body.stream,
+        warnings=tuple(warnings),
+        summary=summary,
+        seal=seal if encrypted else None,
     )
