@@ -349,6 +349,10 @@ def test_sampled_tokens_are_always_allowed(
             mass += probs[i]
             if mass >= top_p * (1 + 1e-4):
                 break
+        # Ties with the last token in the nucleus may take its place (the order among equal
+        # probabilities is the sort's choice, not the sampler's).
+        edge = min(probs[i] for i in nucleus)
+        nucleus |= {i for i, p in enumerate(probs) if p == edge}
         allowed &= nucleus
     if min_p > 0:
         allowed &= {i for i, p in enumerate(probs) if p >= min_p * max(probs) * (1 - 1e-4)}

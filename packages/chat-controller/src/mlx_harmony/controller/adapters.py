@@ -13,8 +13,9 @@ Harmony adapter leaves their reasoning (``analysis`` messages) out, as gpt-oss e
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 import openai_harmony as oh
@@ -48,6 +49,7 @@ __all__ = [
     "ChatAdapter",
     "HarmonyAdapter",
     "NativeAdapter",
+    "NativeMarkers",
     "OutputParser",
     "TextDelta",
     "TurnOutput",
@@ -361,68 +363,244 @@ class HarmonyAdapter:
 # Native (chat template)
 
 
+@dataclass(frozen=True, slots=True)
+class NativeMarkers:
+    """The text a native model writes around its reasoning and its tool calls, as mlx-lm's
+    tokenizer reads them from the chat template and the vocabulary (``think_start``,
+    ``tool_call_start``, ``tool_parser``, ...). A model without ``tool_parser`` cannot call
+    tools; one without ``think_start`` writes no separate reasoning."""
+
+    think_start: str | None = None
+    think_end: str | None = None
+    tool_call_start: str | None = None
+    tool_call_end: str | None = None
+    tool_parser: Callable[[str, Any], Any] | None = None
+    tool_parser_name: str | None = None
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer: Any) -> NativeMarkers:
+        """From mlx-lm's ``TokenizerWrapper`` (any object with its attributes)."""
+        think = bool(getattr(tokenizer, "has_thinking", False))
+        tools = bool(getattr(tokenizer, "has_tool_calling", False))
+        parser = getattr(tokenizer, "tool_parser", None) if tools else None
+        return cls(
+            think_start=getattr(tokenizer, "think_start", None) if think else None,
+            think_end=getattr(tokenizer, "think_end", None) if think else None,
+            tool_call_start=getattr(tokenizer, "tool_call_start", None) if tools else None,
+            tool_call_end=getattr(tokenizer, "tool_call_end", None) if tools else None,
+            tool_parser=parser,
+            tool_parser_name=getattr(parser, "__module__", None),
+        )
+
+
+_ANSWER, _THINK, _TOOL = 0, 1, 2
+
+
 class _NativeParser:
-    def __init__(self, stop_tokens: frozenset[int]) -> None:
+    """Splits a native model's text into answer, reasoning (between the think markers) and
+    tool calls (between the tool-call markers, read by mlx-lm's tool parser at the end).
+    Text that may be the start of a marker is held back until it is clear, so a marker never
+    reaches the answer; the streamed deltas join to the whole-text result."""
+
+    def __init__(
+        self, stop_tokens: frozenset[int], markers: NativeMarkers, *, thinking: bool
+    ) -> None:
         self._stops = stop_tokens
-        self._parts: list[str] = []
+        self._m = markers
+        self._mode = _THINK if thinking and markers.think_end else _ANSWER
+        self._pending = ""
+        self._answer: list[str] = []
+        self._thinking: list[str] = []
+        self._calls: list[str] = []
         self._stop_token: int | None = None
+
+    def _markers(self) -> tuple[tuple[str, int], ...]:
+        """The markers that can end the current mode, with the mode each one starts."""
+        m = self._m
+        if self._mode == _THINK:
+            return ((m.think_end, _ANSWER),) if m.think_end else ()
+        if self._mode == _TOOL:
+            return ((m.tool_call_end, _ANSWER),) if m.tool_call_end else ()
+        out: list[tuple[str, int]] = []
+        if m.think_start and m.think_end:
+            out.append((m.think_start, _THINK))
+        if m.tool_call_start and m.tool_parser is not None:
+            out.append((m.tool_call_start, _TOOL))
+        return tuple(out)
+
+    def _emit(self, text: str, out: list[TextDelta]) -> None:
+        if not text:
+            return
+        if self._mode == _ANSWER:
+            self._answer.append(text)
+            out.append(AnswerDelta(text))
+        elif self._mode == _THINK:
+            self._thinking.append(text)
+            out.append(ThinkingDelta(text))
+        else:
+            self._calls[-1] += text
+
+    def _split(self, text: str) -> tuple[TextDelta, ...]:
+        buf = self._pending + text
+        out: list[TextDelta] = []
+        while True:
+            markers = self._markers()
+            found = min(
+                ((buf.find(mark), mark, mode) for mark, mode in markers if mark in buf),
+                default=None,
+            )
+            if found is None:
+                break
+            at, mark, mode = found
+            self._emit(buf[:at], out)
+            if mode == _TOOL:
+                self._calls.append("")
+            self._mode = mode
+            buf = buf[at + len(mark) :]
+        keep = 0
+        for mark, _ in self._markers():
+            for k in range(min(len(mark) - 1, len(buf)), keep, -1):
+                if buf.endswith(mark[:k]):
+                    keep = k
+                    break
+        self._pending = buf[len(buf) - keep :] if keep else ""
+        self._emit(buf[: len(buf) - keep], out)
+        return tuple(out)
 
     def feed(self, token: int, text: str) -> tuple[TextDelta, ...]:
         if self._stop_token is not None:
             return _NO_DELTAS
         if token in self._stops:
             self._stop_token = token
-            return (AnswerDelta(text),) if text else _NO_DELTAS
         if not text:
             return _NO_DELTAS
-        self._parts.append(text)
-        return (AnswerDelta(text),)
+        return self._split(text)
 
     def flush(self) -> tuple[TextDelta, ...]:
-        return _NO_DELTAS
+        pending, self._pending = self._pending, ""
+        out: list[TextDelta] = []
+        self._emit(pending, out)
+        return tuple(out)
 
     def finish(self) -> TurnOutput:
-        return _native_output("".join(self._parts), self._stop_token)
+        calls: list[ToolCall] = []
+        errors: list[str] = []
+        parser = self._m.tool_parser
+        for text in self._calls:
+            try:
+                parsed = parser(text, None) if parser is not None else None
+            except Exception as error:
+                errors.append(f"a tool call the tool parser cannot read ({error}): {text!r}")
+                continue
+            for call in parsed if isinstance(parsed, list) else [parsed]:
+                if not isinstance(call, dict) or not isinstance(call.get("name"), str):
+                    errors.append(f"a tool call without a name: {text!r}")
+                    continue
+                arguments = call.get("arguments", {})
+                if not isinstance(arguments, str):
+                    arguments = json.dumps(arguments, ensure_ascii=False)
+                calls.append(ToolCall(f"functions.{call['name']}", arguments))
+        return _native_output(
+            "".join(self._answer),
+            "".join(self._thinking),
+            tuple(calls),
+            self._stop_token,
+            tuple(errors),
+        )
 
 
-def _native_output(text: str, stop_token: int | None) -> TurnOutput:
+def _native_output(
+    text: str,
+    thinking: str = "",
+    calls: tuple[ToolCall, ...] = (),
+    stop_token: int | None = None,
+    errors: tuple[str, ...] = (),
+) -> TurnOutput:
     truncated = stop_token is None
+    messages: list[Message] = []
+    if thinking:
+        messages.append(Message.analysis(thinking))
+    if text:
+        messages.append(Message.assistant(text))
+    messages.extend(c.to_message() for c in calls)
     return TurnOutput(
         final=text,
-        messages=(Message.assistant(text),) if text else (),
+        analysis=thinking,
+        tool_calls=calls,
+        messages=tuple(messages),
         stop_token=stop_token,
         truncated=truncated,
         final_closed=not truncated and bool(text),
+        called_tool=bool(calls) and not truncated,
         raw_text=text,
+        errors=errors,
     )
 
 
+def _template_tool(tool: FunctionTool) -> dict[str, Any]:
+    parameters = tool.parameters or {"type": "object", "properties": {}}
+    return {
+        "type": "function",
+        "function": {"name": tool.name, "description": tool.description, "parameters": parameters},
+    }
+
+
+def _template_call(message: Message) -> dict[str, Any]:
+    """An assistant tool-call message as the chat templates expect it (arguments as an
+    object when they are JSON, as Hugging Face's convention has it)."""
+    try:
+        arguments: Any = json.loads(message.text)
+    except ValueError:
+        arguments = message.text
+    name = (message.recipient or "").removeprefix("functions.")
+    return {"type": "function", "function": {"name": name, "arguments": arguments}}
+
+
 class NativeAdapter:
-    """Any non-Harmony model: the tokenizer's chat template in, plain text out.
+    """Any non-Harmony model: the tokenizer's chat template in, text out.
 
     The system message is the prompt config's ``developer_instructions`` (none when unset);
-    example dialogues and the greeting follow. Reasoning and tool messages of earlier turns
-    are left out: such models cannot call our tools, so `TurnOutput.tool_calls` is always
-    empty and a ``force_final`` request changes nothing.
+    example dialogues and the greeting follow. With `NativeMarkers` from mlx-lm's tokenizer,
+    the text between the think markers is reasoning (`ThinkingDelta`), and a model with a tool
+    parser gets the function tools through its template (``tools=``) and its calls come back
+    as ``functions.*`` `ToolCall`s; tool rounds go back through the template as ``tool_calls``
+    and ``tool`` messages. Reasoning of earlier turns is left out. A model whose template
+    opens the reasoning itself (the prompt ends with the think marker) starts in reasoning.
     """
 
     name = "native"
-    supports_tools = False
 
     def __init__(
         self,
         *,
-        apply_chat_template: Callable[[list[dict[str, Any]]], list[int]],
+        apply_chat_template: Callable[..., list[int]],
         decode: Callable[[Sequence[int]], str],
         stop_tokens: Iterable[int],
+        markers: NativeMarkers | None = None,
     ) -> None:
         self._apply_chat_template = apply_chat_template
         self._decode = decode
         self._stop_tokens = frozenset(stop_tokens)
+        self.markers = markers or NativeMarkers()
+        self._opens_thinking = self._template_opens_thinking()
+
+    @property
+    def supports_tools(self) -> bool:
+        return self.markers.tool_parser is not None
 
     @property
     def stop_tokens(self) -> frozenset[int]:
         return self._stop_tokens
+
+    def _template_opens_thinking(self) -> bool:
+        start = self.markers.think_start
+        if not start:
+            return False
+        try:
+            prompt = self._apply_chat_template([{"role": "user", "content": "Hi"}])
+            return self._decode(list(prompt)).rstrip().endswith(start)
+        except Exception:  # a template that needs more than one user message: assume not
+            return False
 
     def render(
         self,
@@ -433,6 +611,7 @@ class NativeAdapter:
         function_tools: Sequence[FunctionTool] = (),
         force_final: bool = False,
     ) -> list[int]:
+        with_tools = self.supports_tools
         messages: list[dict[str, Any]] = []
         if config.developer_instructions:
             messages.append({"role": "system", "content": config.developer_instructions})
@@ -442,18 +621,41 @@ class NativeAdapter:
             if turn.user is not None:
                 messages.append({"role": "user", "content": turn.user.text})
             for m in turn.replies:
-                if m.role is Role.ASSISTANT and m.channel in (None, "final") and not m.recipient:
+                if m.role is Role.ASSISTANT and m.recipient and with_tools:
+                    last = messages[-1] if messages else None
+                    if last is None or last["role"] != "assistant" or "tool_calls" not in last:
+                        last = {"role": "assistant", "content": "", "tool_calls": []}
+                        messages.append(last)
+                    last["tool_calls"].append(_template_call(m))
+                elif m.role is Role.TOOL and with_tools:
+                    name = (m.name or "").removeprefix("functions.")
+                    messages.append({"role": "tool", "name": name, "content": m.text})
+                elif m.role is Role.ASSISTANT and m.channel in (None, "final") and not m.recipient:
                     messages.append({"role": "assistant", "content": m.text})
+        declared = [_template_tool(t) for t in function_tools] if with_tools else []
+        if declared:
+            return list(self._apply_chat_template(messages, tools=declared))
         return list(self._apply_chat_template(messages))
 
     def make_stream_parser(self, *, force_final: bool = False) -> OutputParser:
-        return _NativeParser(self._stop_tokens)
+        return _NativeParser(self._stop_tokens, self.markers, thinking=self._opens_thinking)
 
     def parse(self, tokens: Sequence[int], *, force_final: bool = False) -> TurnOutput:
         tokens = list(tokens)
         stop = next((i for i, t in enumerate(tokens) if t in self._stop_tokens), None)
         body = tokens if stop is None else tokens[:stop]
-        return _native_output(self._decode(body), None if stop is None else tokens[stop])
+        parser = _NativeParser(frozenset(), self.markers, thinking=self._opens_thinking)
+        parser.feed(-1, self._decode(body))
+        parser.flush()
+        output = parser.finish()
+        truncated = stop is None
+        return replace(
+            output,
+            stop_token=None if stop is None else tokens[stop],
+            truncated=truncated,
+            final_closed=not truncated and bool(output.final),
+            called_tool=bool(output.tool_calls) and not truncated,
+        )
 
     def tool_result_message(self, call: ToolCall, result: ToolResult) -> Message:
         return Message.tool_result(
@@ -475,4 +677,5 @@ def adapter_for(generator: Any) -> ChatAdapter:
         apply_chat_template=generator.apply_chat_template,
         decode=generator.decode,
         stop_tokens=stops,
+        markers=NativeMarkers.from_tokenizer(getattr(generator, "tokenizer", None)),
     )
