@@ -250,7 +250,7 @@ def main() -> None:
         "--streams", type=int, default=8, help="streams at once in the batch run (0: skip it)"
     )
     args = parser.parse_args()
-    from mlx_harmony.generate import BatchTokenGenerator, TokenGenerator
+    from mlx_harmony.generate import BatchTokenGenerator, GeneratorOptions, TokenGenerator
 
     if args.model:
         path = args.model
@@ -258,15 +258,15 @@ def main() -> None:
         from mlx_harmony.demo_model import ensure_demo_model
 
         path = ensure_demo_model()
-    generator = TokenGenerator(path, loop_detection="off")
+    # Every run with a seed starts from it: a variant's rounds decode the same tokens.
+    options = GeneratorOptions(loop_detection="off", reseed_each_turn=True)
+    generator = TokenGenerator(path, options)
     if args.engines:
         bench_engines(generator.tokenizer, args.rounds)
     bench_decode(generator, args.rounds)
     if args.streams:
         generator.close()
-        with BatchTokenGenerator(
-            generator.loaded, loop_detection="off", max_batch_size=args.streams
-        ) as batch:
+        with BatchTokenGenerator(generator.loaded, options, max_batch_size=args.streams) as batch:
             bench_streams(batch, args.streams, args.rounds)
 
 

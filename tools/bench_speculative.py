@@ -4,14 +4,15 @@
     python tools/bench_speculative.py --tokens 512 --runs 5 --num-draft-tokens 4
     python tools/bench_speculative.py --model PATH --draft-model PATH
 
-Two prompts, each decoded greedily for `--tokens` tokens (stop tokens off, so every variant
-decodes the same number of tokens):
+Two prompts, decoded greedily:
 
-- `chat`: one user question, rendered with the model's chat template.
-- `editing`: a long passage in the context that the answer repeats with small changes: a chat
-  history whose earlier assistant turns hold the passages the model writes again. (The demo
-  model answers every question with the same few sentences, so its answer copies what the
-  context already holds, as an editing model copies the text it edits.)
+- `chat`: one user question, rendered with the model's chat template, for `--tokens` tokens
+  with stop tokens off (past its short trained answer the demo model writes noise: drafts
+  mostly fail, which shows what the structure costs).
+- `editing`: the answer repeats a passage of the context with small changes: the chat prompt,
+  the model's answer to it with every 8th token changed, then the chat prompt again, decoded to
+  the stop token. (The demo model follows no instructions and writes one fixed answer, about 30
+  tokens; it is given that answer as the passage, as an editor is given the text it edits.)
 
 Variants, alternating for `--runs` rounds (median decode tokens/s of the runs):
 
@@ -49,30 +50,30 @@ def _load(args: argparse.Namespace) -> tuple[Any, Any]:
     return target, DraftModel(draft)
 
 
-def _prompts(loaded: Any) -> dict[str, list[int]]:
-    from mlx_harmony.generate.loop import generate
-
-    chat = [{"role": "user", "content": "What is the capital of France?"}]
-    history: list[dict[str, str]] = []
-    # Earlier turns: the model's own answers, for slightly different questions.
-    for i, topic in enumerate(("rivers", "mountains", "cities", "forests", "deserts", "seas")):
-        history.append({"role": "user", "content": f"Tell me about {topic}, part {i + 1}."})
-        answer = generate(
-            loaded.model, loaded.tokenizer, loaded.apply_chat_template(history), max_tokens=200
-        )
-        history.append({"role": "assistant", "content": answer.text.split("<|message|>")[-1]})
-    history.append({"role": "user", "content": "Now the same about lakes, please."})
-    return {
-        "chat": loaded.apply_chat_template(chat),
-        "editing": loaded.apply_chat_template(history),
-    }
+def _prompts(loaded: Any, tokens: int) -> dict[str, tuple[list[int], bool]]:
+    """Each prompt and whether it decodes to the model's stop token (else `tokens` tokens)."""
+    chat = loaded.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}]
+    )
+    answer, _ = _run(loaded, chat, tokens, stop=True)
+    # Small changes: every 8th token of the earlier copy swapped for another of the answer.
+    edited = [t if i % 8 != 7 else answer[(i * 7) % len(answer)] for i, t in enumerate(answer)]
+    return {"chat": (chat, False), "editing": (chat + edited + chat, True)}
 
 
-def _run(loaded: Any, prompt: list[int], n: int, **options: Any) -> tuple[list[int], Any]:
+def _run(
+    loaded: Any, prompt: list[int], n: int, *, stop: bool = False, **options: Any
+) -> tuple[list[int], Any]:
     from mlx_harmony.generate.loop import generate
 
     result = generate(
-        loaded.model, None, prompt, max_tokens=n, stop_tokens=[], detokenize=False, **options
+        loaded.model,
+        loaded.tokenizer,
+        prompt,
+        max_tokens=n,
+        stop_tokens=None if stop else [],
+        detokenize=False,
+        **options,
     )
     return result.tokens, result.stats
 
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--num-draft-tokens", type=int, default=3)
-    parser.add_argument("--prompt-lookup", type=int, default=3)
+    parser.add_argument("--prompt-lookup", type=int, default=2)
     args = parser.parse_args(argv)
 
     target, random_draft = _load(args)
@@ -96,23 +97,25 @@ def main(argv: list[str] | None = None) -> int:
         "draft=self": {"draft_model": DraftModel(target.model)},
         "draft=random": {"draft_model": random_draft},
         f"lookup={args.prompt_lookup}": {"prompt_lookup": args.prompt_lookup},
+        f"lookup={args.prompt_lookup},k=8": {"prompt_lookup": args.prompt_lookup},
     }
-    for options in variants.values():
-        if "draft_model" in options:
-            options["num_draft_tokens"] = args.num_draft_tokens
-    prompts = _prompts(target)
+    for name, options in variants.items():
+        options["num_draft_tokens"] = 8 if name.endswith("k=8") else args.num_draft_tokens
+    for name in ("plain", "eager"):
+        del variants[name]["num_draft_tokens"]
+    prompts = _prompts(target, args.tokens)
     print(
         f"target {Path(str(target.path)).name}, {args.tokens} tokens, {args.runs} runs, "
         f"num_draft_tokens {args.num_draft_tokens}"
     )
     exact = True
-    for label, prompt in prompts.items():
+    for label, (prompt, stop) in prompts.items():
         rates: dict[str, list[float]] = {name: [] for name in variants}
         acceptance: dict[str, str] = {}
-        reference, _ = _run(target, prompt, args.tokens)
+        reference, _ = _run(target, prompt, args.tokens, stop=stop)
         for _ in range(args.runs):
             for name, options in variants.items():
-                tokens, stats = _run(target, prompt, args.tokens, **options)
+                tokens, stats = _run(target, prompt, args.tokens, stop=stop, **options)
                 exact &= tokens == reference
                 rates[name].append(stats.decode_tokens_per_s)
                 if stats.draft_tokens:
@@ -120,14 +123,15 @@ def main(argv: list[str] | None = None) -> int:
                         f"{stats.accepted_draft_tokens}/{stats.draft_tokens} "
                         f"({stats.draft_acceptance_rate:.0%})"
                     )
-        print(f"\n{label} prompt ({len(prompt)} tokens)")
-        print(f"{'variant':<14} {'tok/s':>9} {'vs plain':>9} {'vs eager':>9}  accepted drafts")
+        ending = "to the stop token" if stop else "stop tokens off"
+        print(f"\n{label} prompt ({len(prompt)} tokens): {len(reference)} tokens ({ending})")
+        print(f"{'variant':<16} {'tok/s':>9} {'vs plain':>9} {'vs eager':>9}  accepted drafts")
         plain = statistics.median(rates["plain"])
         eager = statistics.median(rates["eager"])
         for name in variants:
             rate = statistics.median(rates[name])
             print(
-                f"{name:<14} {rate:9.1f} {rate / plain:8.2f}x {rate / eager:8.2f}x  "
+                f"{name:<16} {rate:9.1f} {rate / plain:8.2f}x {rate / eager:8.2f}x  "
                 f"{acceptance.get(name, '-')}"
             )
     print(f"\ngreedy tokens identical to plain in every run: {exact}")

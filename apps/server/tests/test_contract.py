@@ -101,7 +101,7 @@ def test_invalid_requests_are_400s_in_openais_shape(
 def test_the_openai_client_raises_bad_request_for_an_invalid_request(server: Any) -> None:
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
     with pytest.raises(openai.BadRequestError) as raised:
-        client.chat.completions.create(model="m", messages=USER, temperature=5)
+        client.chat.completions.create(model="mlx-harmony-demo", messages=USER, temperature=5)
     assert raised.value.status_code == 400
 
 
@@ -199,3 +199,109 @@ def test_n_above_the_cap_names_the_flag(start_server: Any) -> None:
     assert response.status_code == 400
     assert response.json()["error"]["param"] == "n"
     assert "--max-n" in response.json()["error"]["message"]
+
+
+# -- the official client against the real demo model ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def demo_model() -> str:
+    import os
+
+    import mlx_harmony.demo_model as demo
+
+    env = os.environ.get("MLX_HARMONY_DEMO_MODEL")
+    if env:
+        return env
+    try:
+        return str(demo.ensure_demo_model(progress=False))
+    except Exception as error:  # no trained model here: these tests need its answers
+        pytest.skip(f"the demo model cannot be built ({error})")
+
+
+@pytest.fixture
+def real(start_server: Any, demo_model: str) -> openai.OpenAI:
+    server = start_server(real=True, model=demo_model, preload=True)
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="none", max_retries=0)
+
+
+ASK = [{"role": "user", "content": "Who are you?"}]
+
+
+@pytest.mark.slow
+def test_the_openai_client_chats_and_streams_the_same_answer(real: openai.OpenAI) -> None:
+    whole = real.chat.completions.create(model="mlx-harmony-demo", messages=ASK, temperature=0)
+    text = whole.choices[0].message.content
+    assert text
+    assert "<|" not in text
+    chunks = real.chat.completions.create(
+        model="mlx-harmony-demo", messages=ASK, temperature=0, stream=True
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == text
+
+
+@pytest.mark.slow
+def test_the_openai_client_stops_streamed_and_whole_at_a_stop_string(
+    real: openai.OpenAI,
+) -> None:
+    whole = real.chat.completions.create(
+        model="mlx-harmony-demo", messages=ASK, temperature=0, stop=["tiny"]
+    )
+    text = whole.choices[0].message.content or ""
+    assert "tiny" not in text
+    chunks = real.chat.completions.create(
+        model="mlx-harmony-demo", messages=ASK, temperature=0, stop=["tiny"], stream=True
+    )
+    streamed = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert streamed == text
+
+
+@pytest.mark.slow
+def test_the_openai_client_gets_a_tool_call(real: openai.OpenAI) -> None:
+    tool = {
+        "type": "function",
+        "function": {
+            "name": "get_current_time",
+            "description": "Get the current time.",
+            "parameters": {"type": "object", "properties": {}},
+        },
+    }
+    answer = real.chat.completions.create(
+        model="mlx-harmony-demo",
+        messages=[{"role": "user", "content": "What time is it?"}],
+        tools=[tool],  # type: ignore[list-item]
+        temperature=0,
+    )
+    choice = answer.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    assert choice.message.tool_calls
+    assert choice.message.tool_calls[0].function.name == "get_current_time"  # type: ignore[union-attr]
+
+
+@pytest.mark.slow
+def test_the_openai_client_gets_n_seeded_reproducible_choices(real: openai.OpenAI) -> None:
+    def ask() -> list[str]:
+        answer = real.chat.completions.create(
+            model="mlx-harmony-demo",
+            messages=[{"role": "user", "content": "Tell me about the sea."}],
+            n=3,
+            seed=11,
+            temperature=2.0,
+            max_tokens=40,
+        )
+        assert [c.index for c in answer.choices] == [0, 1, 2]
+        assert answer.usage is not None
+        assert answer.usage.completion_tokens > 3
+        return [
+            (c.message.model_extra or {}).get("reasoning", "") + (c.message.content or "")
+            for c in answer.choices
+        ]
+
+    first = ask()
+    assert ask() == first  # the same seed: the same choices
+    assert len(set(first)) > 1  # each choice samples with its own seed
+    chunks = real.chat.completions.create(
+        model="mlx-harmony-demo", messages=ASK, n=2, stream=True, temperature=0
+    )
+    indexes = {choice.index for chunk in chunks for choice in chunk.choices}
+    assert indexes == {0, 1}

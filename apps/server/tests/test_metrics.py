@@ -59,7 +59,9 @@ def test_running_requests_show_while_a_turn_decodes(start_server: Any, echo: Any
     generator = echo(hold_after=1)
     server = start_server(generator)
     with httpx.stream(
-        "POST", f"{server.url}/v1/chat/completions", json={**{"messages": USER}, "stream": True},
+        "POST",
+        f"{server.url}/v1/chat/completions",
+        json={**{"messages": USER}, "stream": True},
         timeout=30,
     ) as response:
         lines = response.iter_lines()

@@ -90,7 +90,6 @@ def test_a_tool_result_for_an_unknown_call_id_is_a_400() -> None:
 @pytest.mark.parametrize(
     ("field", "value", "needle"),
     [
-        ("temperature", -1, "temperature must be"),
         ("top_p", 0, "top_p must be in (0, 1]"),
         ("top_k", -3, "top_k must be"),
         ("presence_penalty", 3, "presence_penalty must be in [-2, 2]"),

@@ -326,13 +326,24 @@ class ChatFrontend:
                 error=True,
                 command="save",
             )
+        if target.exists() and not target.is_file():
+            return CommandOutput(
+                f"Cannot save to {target}: it is not a regular file (a folder, a device or a "
+                "pipe); give a file path.",
+                error=True,
+                command="save",
+            )
         try:
             note = self._save(target)
         except (OSError, ChatLogError) as error:
             return CommandOutput(f"Cannot save to {target}: {error}", error=True, command="save")
-        self.chat_path = target
+        before, self.chat_path = self.chat_path, target
         count = len(self.log.messages)
         text = f"Saved {count} message{'s' if count != 1 else ''} to {target}."
+        if self.autosave and before != target:
+            text += f"\nAutosave now writes to {target}" + (
+                f" (no longer to {before})." if before is not None else "."
+            )
         return CommandOutput(text + (f"\n{note}" if note else ""), command="save")
 
     def _do_load(self, path: str) -> CommandOutput:

@@ -348,6 +348,8 @@ def make_backend(
         generator = TokenGenerator(path, launch.config.generator_options(), lazy=launch.config.lazy)
     except ModelLoadError as error:
         raise CliError(str(error)) from None
+    except ValueError as error:  # a prompt cache file for another model, a kv_bits misfit, ...
+        raise CliError(str(error), exit_status=2) from None
     on_close(generator.close)
     constraint = getattr(launch.args, "constraint", None)  # --json-schema / --grammar
     if constraint is not None:

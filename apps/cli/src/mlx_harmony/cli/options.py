@@ -49,8 +49,25 @@ GENERATION_FLAGS: dict[str, str] = {
     "--loop-detection": "loop_detection",
     "--max-kv-size": "max_kv_size",
     "--mlock": "mlock",
+    "--kv-bits": "kv_bits",
+    "--kv-group-size": "kv_group_size",
+    "--quantized-kv-start": "quantized_kv_start",
+    "--adapter-path": "adapter_path",
+    "--chat-template": "chat_template",
+    "--prompt-cache-file": "prompt_cache_file",
 }
 """Flags that set other prompt-config keys."""
+
+
+_MODEL_FLAGS = (
+    "--kv-bits",
+    "--kv-group-size",
+    "--quantized-kv-start",
+    "--adapter-path",
+    "--chat-template",
+    "--prompt-cache-file",
+)
+"""Flags that set how a local model is loaded (refused with --server)."""
 
 
 def _scalar(annotation: Any) -> type:
@@ -183,6 +200,41 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=None,
         help="Keep the weights wired in memory (Metal).",
+    )
+
+    gen.add_argument(
+        "--kv-bits",
+        type=int,
+        choices=(4, 8),
+        help="Quantize the KV cache's full-attention layers to 4 or 8 bits (default: off).",
+    )
+    gen.add_argument(
+        "--kv-group-size",
+        type=int,
+        choices=(32, 64, 128),
+        help="Group size of the quantized KV cache (default 64).",
+    )
+    gen.add_argument(
+        "--quantized-kv-start",
+        type=int,
+        metavar="N",
+        help="Quantize the KV cache once it holds N tokens (default 0: from the start).",
+    )
+    gen.add_argument(
+        "--adapter-path",
+        metavar="DIR",
+        help="An mlx-lm adapter folder (LoRA, DoRA or full fine-tune) to apply to the model.",
+    )
+    gen.add_argument(
+        "--chat-template",
+        metavar="FILE",
+        help="A Jinja chat template file that replaces the model's own (not gpt-oss).",
+    )
+    gen.add_argument(
+        "--prompt-cache-file",
+        metavar="FILE",
+        help="A prompt cache written by mlx-harmony-cache-prompt for this model: prompts that "
+        "start with its tokens prefill only the rest.",
     )
 
     tools = parser.add_argument_group(
@@ -321,6 +373,16 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         value = getattr(args, GENERATION_FLAGS[flag])
         if value is not None and value < 1:
             parser.error(f"{flag} must be at least 1, got {value}")
+    if args.quantized_kv_start is not None and args.quantized_kv_start < 0:
+        parser.error(f"--quantized-kv-start must be at least 0, got {args.quantized_kv_start}")
+    if args.kv_bits is not None and args.max_kv_size is not None:
+        parser.error("--kv-bits and --max-kv-size cannot be combined; give one of them")
+    for flag in ("--chat-template", "--prompt-cache-file"):
+        value = getattr(args, GENERATION_FLAGS[flag])
+        if value is not None and not Path(value).is_file():
+            parser.error(f"{flag}: {value} is not a file")
+    if args.adapter_path is not None and not Path(args.adapter_path).is_dir():
+        parser.error(f"--adapter-path: {args.adapter_path} is not a folder")
     if getattr(args, "chat", None) and (args.load_conversation or args.save_conversation):
         parser.error(
             "--chat loads and saves one file; use it alone, or --load-conversation and "
@@ -332,6 +394,11 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         parser.error(
             "--browser, --python, --apply-patch and --mlock apply to a local model; "
             "the server decides its own tools and memory"
+        )
+    local = [flag for flag in _MODEL_FLAGS if getattr(args, GENERATION_FLAGS[flag]) is not None]
+    if args.server and local:
+        parser.error(
+            f"{', '.join(local)} apply to a local model; start the server with them instead"
         )
 
 

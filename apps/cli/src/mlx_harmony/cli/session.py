@@ -29,6 +29,7 @@ from prompt_toolkit.document import Document
 from prompt_toolkit.history import History, InMemoryHistory
 from prompt_toolkit.input import Input
 from prompt_toolkit.key_binding import KeyBindings, KeyPressEvent
+from prompt_toolkit.keys import Keys
 from prompt_toolkit.output import Output
 from rich.console import Console
 
@@ -85,7 +86,27 @@ def make_key_bindings() -> KeyBindings:
     def _newline(event: KeyPressEvent) -> None:
         event.current_buffer.insert_text("\n")
 
+    @bindings.add(Keys.Vt100MouseEvent)
+    def _stray_escape(event: KeyPressEvent) -> None:
+        """A raw escape sequence such as ``ESC[31m`` (typed, or pasted without bracketed
+        paste) reads like a mouse report; the chat has no mouse support, so drop it instead
+        of letting prompt-toolkit's mouse handler fail and lose the line."""
+
     return bindings
+
+
+def valid_text(text: str) -> tuple[str, int]:
+    """`text` with each lone surrogate (how the terminal input passes on bytes that are not
+    UTF-8) replaced by U+FFFD, and how many there were; the model and the chat log need real
+    UTF-8."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        pass
+    else:
+        return text, 0
+    chars = ["\ufffd" if 0xD800 <= ord(c) <= 0xDFFF else c for c in text]
+    return "".join(chars), sum(1 for c in text if 0xD800 <= ord(c) <= 0xDFFF)
 
 
 @dataclass(frozen=True)
@@ -350,6 +371,13 @@ class ChatSession:
     def send(self, text: str) -> bool:
         """Handle one input line and render its events; True when the session should end."""
         self._interrupts = 0
+        text, replaced = valid_text(text)
+        if replaced:
+            self.renderer.note(
+                f"{replaced} character{'s' if replaced != 1 else ''} of the input "
+                f"{'were' if replaced != 1 else 'was'} not valid UTF-8 and became \ufffd.",
+                style="yellow",
+            )
         quit_ = False
         self.renderer.use_config(self.config.effective())
         with self._interrupts_cancel():

@@ -12,7 +12,9 @@ from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
 
 from .chat import ChatService, chat_router
+from .completions import completions_router
 from .errors import install_error_handlers
+from .extras import OriginalFieldsService, PromptConfigs
 from .metrics import MetricsMiddleware, ServerMetrics, metrics_router
 from .middleware import (
     ApiKeyMiddleware,
@@ -70,8 +72,15 @@ def create_app(
         app.state.settings = settings
         app.state.registry = registry
         app.state.worker = worker
+        configs = PromptConfigs.of_registry(
+            registry, folder=settings.prompt_config_dir, given=settings.prompt_config
+        )
         app.state.chat = ChatService(
-            registry, worker, max_tokens_cap=settings.max_tokens_cap, max_n=settings.max_n
+            registry,
+            worker,
+            max_tokens_cap=settings.max_tokens_cap,
+            max_n=settings.max_n,
+            original_fields=OriginalFieldsService(registry, configs),
         )
         app.state.responses = ResponsesService(
             registry,
@@ -98,6 +107,7 @@ def create_app(
     app.include_router(models_router)
     app.include_router(chat_router)
     app.include_router(responses_router)
+    app.include_router(completions_router)
     app.include_router(metrics_router)
     app.state.metrics = metrics = ServerMetrics(
         queued=lambda: app.state.worker.waiting if hasattr(app.state, "worker") else 0,

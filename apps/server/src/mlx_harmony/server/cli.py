@@ -5,8 +5,12 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import TYPE_CHECKING
 
 from .settings import DEFAULT_MAX_BODY_BYTES, ServerSettings
+
+if TYPE_CHECKING:
+    import mlx.core as mx
 
 __all__ = ["build_parser", "main", "uvicorn_options"]
 
@@ -110,6 +114,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="profiles JSON file (or MLX_HARMONY_PROFILES); ours or mlx-harmony 0.4's flat one",
     )
     parser.add_argument("--prompt-config", help="prompt config JSON file")
+    parser.add_argument(
+        "--prompt-config-dir",
+        metavar="DIR",
+        help="folder of prompt configs a request's prompt_config may name (relative paths "
+        "inside it); without it, only the configs the server was started with",
+    )
     parser.add_argument(
         "--models-dir",
         help="folder of model folders clients may name (default: the prompt config's models_dir)",
@@ -223,6 +233,22 @@ def build_parser() -> argparse.ArgumentParser:
         default=8,
         help="the most choices one chat request may ask for with n (default 8)",
     )
+    sharding = parser.add_argument_group(
+        "sharded serving", "under mlx.launch with several ranks (see docs/distributed.md)"
+    )
+    sharding.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="shard the model pipeline parallel (a run of layers per rank) instead of tensor "
+        "parallel; gpt-oss has no pipeline in mlx-lm",
+    )
+    sharding.add_argument(
+        "--step-timeout",
+        type=_seconds,
+        default=None,
+        help="seconds one engine step may take before a rank counts as hung and the server "
+        "exits (default 60: above your longest prefill chunk)",
+    )
     parser.add_argument("--log-level", default="info", help="uvicorn's log level")
     return parser
 
@@ -238,6 +264,7 @@ def main(argv: list[str] | None = None) -> int:
             profile=args.profile,
             profiles=args.profiles,
             prompt_config=args.prompt_config,
+            prompt_config_dir=args.prompt_config_dir,
             models_dir=args.models_dir,
             host=args.host,
             port=args.port,
@@ -261,12 +288,24 @@ def main(argv: list[str] | None = None) -> int:
             allowed_origins=args.allowed_origins,
             max_n=args.max_n,
         )
-        from .app import create_app
+        group = _sharding_group(args)
+        if group is None:
+            from .app import create_app
 
-        app = create_app(settings)
+            app = create_app(settings)
     except (ConfigError, ValueError) as error:
         print(f"mlx-harmony-server: {error}", file=sys.stderr)
         return 2
+    if group is not None:
+        from .sharding import serve_sharded
+
+        return serve_sharded(
+            settings,
+            group,
+            pipeline=args.pipeline,
+            step_timeout_s=args.step_timeout or 60.0,
+            log_level=args.log_level,
+        )
     import uvicorn
 
     if settings.serves_demo:
@@ -287,6 +326,21 @@ def main(argv: list[str] | None = None) -> int:
     print(f"mlx-harmony-server: OpenAI API at {where}", file=sys.stderr)
     uvicorn.run(app, **uvicorn_options(settings, log_level=args.log_level))
     return 0
+
+
+def _sharding_group(args: argparse.Namespace) -> mx.distributed.Group | None:
+    """The group of ranks when a launcher (mlx.launch, mpirun) started several; None when
+    this process runs alone (then the sharding flags are refused)."""
+    launched = any(name in os.environ for name in ("MLX_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE"))
+    if not (launched or args.pipeline or args.step_timeout):
+        return None
+    from .sharding import check_flags, launched_group
+
+    group = launched_group()
+    problem = check_flags(args, group)
+    if problem is not None:
+        raise ValueError(problem)
+    return group
 
 
 def uvicorn_options(settings: ServerSettings, *, log_level: str = "info") -> dict[str, object]:

@@ -12,18 +12,22 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from mlx_harmony.controller import ConfigError, Profiles, PromptConfig
 
 from .errors import APIError
 from .protocol import ModelCard
 
+if TYPE_CHECKING:
+    from mlx_harmony.generate import GeneratorOptions
+
 __all__ = [
     "DEMO_MODEL_ID",
     "ModelEntry",
     "ModelRegistry",
     "demo_model_folder",
+    "generator_options",
     "load_generator",
 ]
 
@@ -77,6 +81,16 @@ def demo_model_folder() -> Path:
     return folder
 
 
+def generator_options(entry: ModelEntry) -> GeneratorOptions:
+    """The generator options the server uses for `entry`: its prompt config's, with OpenAI's
+    `seed` semantics (a seeded request repeats itself, whatever other clients asked before)
+    unless the config sets ``reseed_each_turn`` (false chains seeds as the CLI does)."""
+    options = entry.prompt_config.generator_options()
+    if "reseed_each_turn" not in entry.prompt_config.model_fields_set:
+        options = replace(options, reseed_each_turn=True)
+    return options
+
+
 def load_generator(
     entry: ModelEntry,
     *,
@@ -92,11 +106,7 @@ def load_generator(
     """
     from mlx_harmony.generate import BatchTokenGenerator, TokenGenerator
 
-    options = entry.prompt_config.generator_options()
-    if "reseed_each_turn" not in entry.prompt_config.model_fields_set:
-        # OpenAI's `seed`: a seeded request repeats itself, whatever other clients asked before.
-        # A server config that sets reseed_each_turn: false chains seeds as the CLI does.
-        options = replace(options, reseed_each_turn=True)
+    options = generator_options(entry)
     path: str | Path = demo_model_folder() if entry.is_demo else entry.model
     if max_concurrency > 1 and options.max_kv_size is None:
         return BatchTokenGenerator(

@@ -27,6 +27,9 @@ class ServerSettings:
     """A profiles JSON file."""
     prompt_config: str | None = None
     """A prompt config JSON file; it wins over a profile's."""
+    prompt_config_dir: str | None = None
+    """A folder whose JSON prompt configs a request's ``prompt_config`` may name (by a path
+    relative to it); None: only the configs the server was started with."""
     models_dir: str | None = None
     """Folder of model folders clients may name; default: the prompt config's `models_dir`."""
     host: str = "127.0.0.1"
@@ -112,6 +115,11 @@ class ServerSettings:
             raise ValueError(f"response_store_size must be >= 1, got {self.response_store_size}")
         if self.model and self.profile:
             raise ValueError("give either a model or a profile, not both")
+        if self.prompt_config_dir is not None and not Path(self.prompt_config_dir).is_dir():
+            raise ValueError(
+                f"--prompt-config-dir {self.prompt_config_dir} is not a folder; give the folder "
+                "that holds the prompt configs clients may name"
+            )
 
     @property
     def keys(self) -> tuple[str, ...]:

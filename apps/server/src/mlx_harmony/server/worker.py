@@ -325,7 +325,17 @@ def _compile_constraint(plan: TurnPlan, state: LoadedState) -> APIError | None:
 
 
 def _check_against_model(plan: TurnPlan, state: LoadedState) -> APIError | None:
-    """What only the loaded model can say: token ids beyond its vocabulary."""
+    """What only the loaded model can say: tools for a model that cannot call them, token ids
+    beyond its vocabulary."""
+    if plan.function_tools and not state.adapter.supports_tools:
+        return APIError(
+            400,
+            f"the model {plan.entry.id!r} has no tool parser (mlx-lm finds none for its chat "
+            "template), so it cannot call tools; leave out tools (or send tool_choice: "
+            "'none'), or use a model whose template supports tool calls",
+            param="tools",
+            code="tools_unsupported",
+        )
     vocab = state.vocab_size
     if vocab is None:
         return None

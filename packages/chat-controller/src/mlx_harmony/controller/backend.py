@@ -148,14 +148,17 @@ class LocalBackend:
 
     def _retune(self, config: PromptConfig) -> None:
         """A real generator takes the config's per-call options (a ``\\set`` of
-        ``clear_cache`` or ``reseed_each_turn`` applies from the next turn); ``mlock`` and
-        ``max_kv_size`` stay as the model was loaded with."""
+        ``clear_cache`` or ``reseed_each_turn`` applies from the next turn); ``mlock``,
+        ``max_kv_size`` and the other load-time options (`GeneratorOptions.LOAD_TIME`) stay as
+        the model was loaded with."""
         retune = getattr(self.generator, "retune", None)
         loaded = getattr(self.generator, "options", None)
         if not callable(retune) or loaded is None:
             return  # a test double
         options = config.generator_options()
-        retune(replace(options, mlock=loaded.mlock, max_kv_size=loaded.max_kv_size))
+        fixed = {"mlock": loaded.mlock, "max_kv_size": loaded.max_kv_size}
+        fixed.update({name: getattr(loaded, name) for name in getattr(loaded, "LOAD_TIME", ())})
+        retune(replace(options, **fixed))
 
     def count_tokens(
         self,

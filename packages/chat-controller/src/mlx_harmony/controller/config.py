@@ -279,6 +279,39 @@ class PromptConfig(BaseModel):
         description="Load the weights lazily: map them at start and read each on first use "
         "(a faster start, a slower first reply).",
     )
+    # -- model and KV cache (fixed when the model loads) --------------------------------------
+    kv_bits: Literal[4, 8] | None = Field(
+        default=None,
+        description="Quantize the full-attention layers' KV cache to 4 or 8 bits (mlx-lm's "
+        "--kv-bits; gpt-oss included, its sliding-window layers stay as they are); null: "
+        "unquantized. Not with max_kv_size. A batching server runs such a model one request "
+        "at a time.",
+    )
+    kv_group_size: Literal[32, 64, 128] = Field(
+        default=64, description="Values that share one scale and bias in the quantized KV cache."
+    )
+    quantized_kv_start: int = Field(
+        default=0,
+        ge=0,
+        description="Quantize the KV cache once it holds this many tokens (0: from the start).",
+    )
+    adapter_path: Path | None = Field(
+        default=None,
+        description="An mlx-lm adapter folder (adapter_config.json and adapters.safetensors, "
+        "as mlx_lm.lora writes it) applied to the model at load; a relative path is taken from "
+        "the config file's folder.",
+    )
+    chat_template: Path | None = Field(
+        default=None,
+        description="A Jinja chat template file that replaces the model's own (models other "
+        "than gpt-oss, whose prompts Harmony renders); relative to the config file's folder.",
+    )
+    prompt_cache_file: Path | None = Field(
+        default=None,
+        description="A prompt cache file written by mlx-harmony-cache-prompt for this model: "
+        "prompts that start with its tokens prefill only the rest. Relative to the config "
+        "file's folder.",
+    )
     models_dir: Path | None = Field(
         default=None,
         description="Folder where model names are looked up; '~' expands, a relative path is "
@@ -365,7 +398,15 @@ class PromptConfig(BaseModel):
             )
         return data
 
-    @field_validator("models_dir", "chats_dir", "logs_dir", mode="after")
+    @field_validator(
+        "models_dir",
+        "chats_dir",
+        "logs_dir",
+        "adapter_path",
+        "chat_template",
+        "prompt_cache_file",
+        mode="after",
+    )
     @classmethod
     def _resolve_models_dir(cls, value: Path | None, info: ValidationInfo) -> Path | None:
         if value is None:
@@ -375,6 +416,15 @@ class PromptConfig(BaseModel):
         if not value.is_absolute() and base is not None:
             value = Path(base) / value
         return value
+
+    @model_validator(mode="after")
+    def _kv_bits_without_rotating_cache(self) -> PromptConfig:
+        if self.kv_bits is not None and self.max_kv_size is not None:
+            raise ValueError(
+                "kv_bits and max_kv_size cannot be combined (a rotating cache is not "
+                "quantized); set one of them to null"
+            )
+        return self
 
     @field_validator("placeholders", mode="after")
     @classmethod
@@ -493,7 +543,26 @@ class PromptConfig(BaseModel):
             clear_cache_interval=cfg.clear_cache_interval if cfg.clear_cache else 0,
             clear_cache_tokens=cfg.clear_cache_generation,
             log_memory_stats=cfg.log_memory_stats,
+            kv_bits=cfg.kv_bits,
+            kv_group_size=cfg.kv_group_size,
+            quantized_kv_start=cfg.quantized_kv_start,
+            adapter_path=cfg.adapter_path,
+            chat_template=cfg.chat_template_text(),
+            prompt_cache_file=cfg.prompt_cache_file,
         )
+
+    def chat_template_text(self) -> str | None:
+        """The text of ``chat_template`` (None when unset); ConfigError when it cannot be
+        read."""
+        if self.chat_template is None:
+            return None
+        try:
+            return self.chat_template.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise ConfigError(
+                f"chat_template: cannot read {self.chat_template}: {error}; pass a Jinja "
+                "template file"
+            ) from None
 
     def prompt_token_budget(self) -> int | None:
         """The prompt's own token budget in performance mode (``perf_prompt_token_budget``),

@@ -61,6 +61,11 @@ class Profile(BaseModel):
         None, description="Prompt config file (relative to the profiles file) or inline object."
     )
     description: str | None = Field(None, description="One line for listings.")
+    adapter_path: str | None = Field(
+        None,
+        description="An mlx-lm adapter folder (relative to the profiles file) applied to the "
+        "model: the profile's prompt config gets it as adapter_path.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -179,6 +184,14 @@ class Profiles:
             config = PromptConfig.from_dict(
                 profile.prompt_config, source=source, base_dir=self.base_dir
             )
+        if profile.adapter_path is not None:
+            adapter = self._path(profile.adapter_path)
+            if config.adapter_path is not None and config.adapter_path.resolve() != adapter:
+                raise ConfigError(
+                    f"{self.source}: profile {name!r} sets adapter_path {adapter} but its "
+                    f"prompt config sets {config.adapter_path}; keep one of them"
+                )
+            config = config.updated(adapter_path=adapter)
         model = profile.model
         if model.startswith(("./", "../", "~", "/")):
             model = os.fspath(self._path(model))

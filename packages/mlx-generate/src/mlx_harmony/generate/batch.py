@@ -25,6 +25,7 @@ through mlx-lm's `BatchRotatingKVCache`.
 
 from __future__ import annotations
 
+import logging
 import queue
 import secrets
 import threading
@@ -42,8 +43,15 @@ from mlx_lm.models.cache import TokenBuffer
 from .cache import make_cache
 from .detokenizer import token_bytes_table
 from .emit import StreamEvent, TokenEvents
-from .generator import GeneratorOptions, ModelFacts, _Housekeeping, _unwire_memory, _wire_memory
-from .loading import LoadedModel, load_model
+from .generator import (
+    GeneratorOptions,
+    ModelFacts,
+    _Housekeeping,
+    _unwire_memory,
+    _wire_memory,
+    load_for_options,
+)
+from .loading import LoadedModel
 from .loop import (
     Cancel,
     LogitsProcessor,
@@ -52,8 +60,11 @@ from .loop import (
     release_thread_streams,
 )
 from .loop_detection import LoopDetectionMode, LoopDetector
+from .prefill import BoundaryCheckpoints, harmony_message_boundaries
 from .shared_cache import SharedPromptCache
 from .stats import CacheReuseMode, GenerationStats, StopReason
+
+logger = logging.getLogger("mlx_harmony.generate")
 
 if TYPE_CHECKING:
     from mlx_harmony.sampling import SamplingParams
@@ -82,6 +93,10 @@ class BatchRequest:
     stop_tokens: Iterable[int] = ()
     logprobs: bool = False
     cancel: Callable[[], bool] | None = None
+    checkpoints: Sequence[int] = ()
+    """Prompt offsets where the prefill snapshots the sliding-window layers for the shared
+    cache (`harmony_message_boundaries(prompt, max_boundaries=2)` for Harmony prompts), so a
+    later conversation with the same system and developer messages reuses them."""
     uid: int = -1
     """Set by `BatchGenerator.insert`."""
 
@@ -148,6 +163,8 @@ class _Row:
     fresh: bool = True
     """The row's pending input is its last prompt token, not a generated one."""
     stops: frozenset[int] = frozenset()
+    marks: BoundaryCheckpoints = field(default_factory=lambda: BoundaryCheckpoints(()))
+    """Where the prefill stops to snapshot the sliding-window layers (`_start` sets it)."""
 
     def cancelled(self) -> bool:
         check = self.request.cancel
@@ -361,7 +378,8 @@ class BatchGenerator:
 
     def _prefill(self) -> list[BatchOutput]:
         """Prefill newcomers: at most `prefill_step_size` tokens per step, one chunk at a time
-        round-robin across them; a newcomer whose prompt is in its cache joins the batch."""
+        round-robin across them; a newcomer whose prompt is in its cache joins the batch, and
+        the step ends there so it decodes at once."""
         outputs = self._admit()
         budget = self.prefill_step_size
         rotation = self._prefilling
@@ -373,11 +391,13 @@ class BatchGenerator:
             if row.done < target:
                 assert row.cache is not None  # `_start` gave the row its cache
                 n = min(self.prefill_step_size, target - row.done, budget)
+                n = row.marks.clip(row.done, n)
                 chunk = mx.array(row.prompt[row.done : row.done + n])
                 self.model(chunk[None], cache=row.cache)
                 mx.eval([c.state for c in row.cache])
                 mx.clear_cache()
                 row.done += n
+                row.marks.after_chunk(row.done, row.cache)
                 row.last_chunk = n
                 budget -= n
                 self.stats.prefilled_tokens += n
@@ -388,6 +408,8 @@ class BatchGenerator:
                     rotation.append(row)  # the back of the rotation
                     continue
             self._join(row)
+            if budget < self.prefill_step_size:
+                break  # the newcomer decodes at the next step, before another chunk
         return outputs
 
     def _admit(self) -> list[BatchOutput]:
@@ -422,6 +444,9 @@ class BatchGenerator:
             self.stats.reused_tokens += hit.reused
         else:
             row.cache = make_cache(self.model)
+        row.marks = BoundaryCheckpoints(
+            request.checkpoints, start=row.done, end=len(row.prompt) - 1
+        )
         processors = list(request.logits_processors or ())
         sampling = request.sampling
         if sampling is not None:
@@ -456,7 +481,10 @@ class BatchGenerator:
         row.prefill_s = time.perf_counter() - row.prefill_started
         if self.prompt_cache is not None and row.done > row.reused:
             self.prompt_cache.insert(
-                row.prompt[: row.done], row.cache, single_tail=row.last_chunk == 1
+                row.prompt[: row.done],
+                row.cache,
+                single_tail=row.last_chunk == 1,
+                checkpoints=row.marks.snapshots,
             )
         merged = [c.merge([c]) for c in row.cache]
         row.cache = None
@@ -525,6 +553,11 @@ class BatchTokenGenerator(ModelFacts):
                 f"max_kv_size={options.max_kv_size}: a rotating KV cache does not batch; "
                 "use TokenGenerator, or leave max_kv_size unset"
             )
+        if options.kv_bits is not None:
+            raise ValueError(
+                f"kv_bits={options.kv_bits}: the batch engine has no quantized KV cache; "
+                "use TokenGenerator (one request at a time), or leave kv_bits unset"
+            )
         self.options = options
         self.max_batch_size = max_batch_size
         self.prompt_cache = SharedPromptCache(
@@ -582,11 +615,11 @@ class BatchTokenGenerator(ModelFacts):
     ) -> None:
         old_wired_limit: int | None = None
         try:
-            self.loaded = (
-                model
-                if isinstance(model, LoadedModel)
-                else load_model(model, lazy=lazy, revision=revision)
-            )
+            self.loaded = load_for_options(model, self.options, lazy=lazy, revision=revision)
+            if self.options.prompt_cache_file is not None:
+                self._insert_saved_cache(self.options.prompt_cache_file)
+            if self.options.prompt_cache_dir is not None:
+                self._load_cache_dir(Path(self.options.prompt_cache_dir))
             # Text deltas need the token-bytes table: build it once here, not in the first
             # requests' threads.
             token_bytes_table(self.loaded.tokenizer)
@@ -605,9 +638,41 @@ class BatchTokenGenerator(ModelFacts):
             self._ready.set()
         try:
             self._serve_requests(engine)
+            folder = self.options.prompt_cache_dir
+            if folder is not None:
+                saved = self.prompt_cache.save(folder, loaded=self.loaded)
+                logger.info("saved %d prompt caches to %s", len(saved), folder)
         finally:
             _unwire_memory(old_wired_limit)
             release_thread_streams()
+
+    def _insert_saved_cache(self, path: str | Path) -> None:
+        """Put a saved prompt cache (``prompt_cache_file``) into the shared cache, so requests
+        whose prompt starts with its tokens prefill only the rest."""
+        from .prompt_cache_file import PromptCacheFileError, load_prompt_cache_file
+
+        saved = load_prompt_cache_file(path, loaded=self.loaded)
+        if saved.kv_bits is not None:
+            raise PromptCacheFileError(
+                f"prompt cache file {path} holds a {saved.kv_bits}-bit quantized cache, which the "
+                "batch engine cannot use; recompute it without kv_bits, or serve one request "
+                "at a time"
+            )
+        self.prompt_cache.insert(
+            saved.tokens,
+            saved.caches,
+            single_tail=saved.single_tail,
+            checkpoints=saved.checkpoints,
+        )
+
+    def _load_cache_dir(self, folder: Path) -> None:
+        """Insert the prompt caches saved in `folder` (made when missing); files for another
+        model are skipped with a warning."""
+        folder.expanduser().mkdir(parents=True, exist_ok=True)
+        result = self.prompt_cache.load(folder, loaded=self.loaded)
+        for path, why in result.skipped:
+            logger.warning("skipped %s: %s", path, why)
+        logger.info("loaded %d prompt caches from %s", result.loaded, folder)
 
     def _serve_requests(self, engine: BatchGenerator) -> None:
         housekeeping = _Housekeeping(self.options)
@@ -721,6 +786,9 @@ class BatchTokenGenerator(ModelFacts):
                 stop_tokens=stops,
                 logprobs=logprobs,
                 cancel=stop_asked,
+                checkpoints=(
+                    harmony_message_boundaries(prompt, max_boundaries=2) if self.is_harmony else ()
+                ),
             )
         )
         if progress is not None:

@@ -15,7 +15,7 @@ import weakref
 from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import mlx.core as mx
 from mlx.utils import tree_reduce
@@ -38,6 +38,8 @@ __all__ = [
     "GeneratorOptions",
     "ModelFacts",
     "TokenGenerator",
+    "load_for_options",
+    "set_chat_template",
     "token_view",
 ]
 
@@ -61,6 +63,14 @@ class GeneratorOptions:
     generation (mlx-lm clears every 256); 0 turns either off. ``log_memory_stats`` logs MLX's
     active, cache and peak memory (logger ``mlx_harmony.generate``, INFO) after each
     generation. ``max_kv_size`` (a rotating KV cache) works with `TokenGenerator` only.
+
+    The model and cache set-up (fixed when the model loads): ``kv_bits`` / ``kv_group_size``
+    / ``quantized_kv_start`` quantize the full-attention layers' KV cache (mlx-lm's
+    ``--kv-bits``; `TokenGenerator` only, the batch engine refuses them), ``adapter_path`` is an
+    mlx-lm adapter folder applied at load, ``chat_template`` replaces the tokenizer's chat
+    template (Jinja text; non-Harmony models), and ``prompt_cache_file`` is a saved prompt
+    cache (`write_prompt_cache`) the generator starts from; ``prompt_cache_dir`` persists the
+    batch generator's shared cache.
     """
 
     max_kv_size: int | None = None
@@ -72,10 +82,43 @@ class GeneratorOptions:
     clear_cache_interval: int = 0
     clear_cache_tokens: int = 0
     log_memory_stats: bool = False
+    kv_bits: int | None = None
+    kv_group_size: int = 64
+    quantized_kv_start: int = 0
+    adapter_path: str | Path | None = None
+    chat_template: str | None = None
+    prompt_cache_file: str | Path | None = None
+    prompt_cache_dir: str | Path | None = None
+    """`BatchTokenGenerator` only: its shared prompt cache is loaded from this folder at start
+    (files for another model are skipped with a log line) and saved there when it closes."""
+
+    LOAD_TIME: ClassVar[tuple[str, ...]] = (
+        "mlock",
+        "max_kv_size",
+        "kv_bits",
+        "kv_group_size",
+        "quantized_kv_start",
+        "adapter_path",
+        "chat_template",
+        "prompt_cache_file",
+        "prompt_cache_dir",
+    )
+    """The options fixed when the model loads (`TokenGenerator.retune` cannot change them)."""
 
     def __post_init__(self) -> None:
         if self.max_kv_size is not None and self.max_kv_size < 1:
             raise ValueError(f"max_kv_size must be >= 1 or None, got {self.max_kv_size}")
+        if self.kv_bits is not None and self.kv_bits not in (4, 8):
+            raise ValueError(f"kv_bits must be 4, 8 or None, got {self.kv_bits}")
+        if self.kv_group_size not in (32, 64, 128):
+            raise ValueError(f"kv_group_size must be 32, 64 or 128, got {self.kv_group_size}")
+        if self.quantized_kv_start < 0:
+            raise ValueError(f"quantized_kv_start must be >= 0, got {self.quantized_kv_start}")
+        if self.kv_bits is not None and self.max_kv_size is not None:
+            raise ValueError(
+                "kv_bits and max_kv_size cannot be combined (mlx-lm's rotating cache cannot be "
+                "quantized); leave one of them unset"
+            )
         for name in ("clear_cache_interval", "clear_cache_tokens"):
             value = getattr(self, name)
             if value < 0:
@@ -316,8 +359,66 @@ class ModelFacts:
         return frozenset(int(t) for t in stop_tokens)
 
 
+def load_for_options(
+    model: str | Path | LoadedModel,
+    options: GeneratorOptions,
+    *,
+    lazy: bool = False,
+    revision: str | None = None,
+) -> LoadedModel:
+    """`model` loaded with the options' adapter and chat template (a `LoadedModel` given
+    as is must already carry the same adapter)."""
+    if isinstance(model, LoadedModel):
+        loaded = model
+        wanted = None if options.adapter_path is None else Path(options.adapter_path).resolve()
+        have = None if loaded.adapter_path is None else Path(loaded.adapter_path).resolve()
+        if wanted != have:
+            raise ValueError(
+                f"adapter_path={options.adapter_path!r} but the model was loaded with "
+                f"{loaded.adapter_path!r}; load it with load_model(adapter_path=...) or pass "
+                "the model's path instead"
+            )
+    else:
+        loaded = load_model(model, lazy=lazy, revision=revision, adapter_path=options.adapter_path)
+    if options.chat_template is not None:
+        set_chat_template(loaded, options.chat_template)
+    return loaded
+
+
+def set_chat_template(loaded: LoadedModel, template: str) -> None:
+    """Replace the tokenizer's chat template with `template` (Jinja text), as mlx-lm's
+    ``--chat-template`` does; gpt-oss prompts come from Harmony, so it is refused there."""
+    if loaded.is_harmony:
+        raise ValueError(
+            "chat_template applies to models with a tokenizer chat template; gpt-oss prompts "
+            "are rendered by Harmony (leave chat_template unset)"
+        )
+    if not template.strip():
+        raise ValueError("chat_template is empty; pass the Jinja text of a chat template")
+    loaded.tokenizer.chat_template = template  # forwarded to the Hugging Face tokenizer
+    loaded.tokenizer.has_chat_template = True
+
+
+def _initial_prompt_cache(loaded: LoadedModel, options: GeneratorOptions) -> PromptCache:
+    """The generator's prompt cache: empty, or read from ``options.prompt_cache_file``."""
+    cache_options: dict[str, Any] = {
+        "max_kv_size": options.max_kv_size,
+        "kv_bits": options.kv_bits,
+        "kv_group_size": options.kv_group_size,
+        "quantized_kv_start": options.quantized_kv_start,
+    }
+    if options.prompt_cache_file is None:
+        return PromptCache(loaded.model, **cache_options)
+    from .prompt_cache_file import read_prompt_cache
+
+    return read_prompt_cache(options.prompt_cache_file, loaded, **cache_options)
+
+
 _SHORTHAND_DEFAULTS: dict[str, object] = {
     "max_kv_size": None,
+    "kv_bits": None,
+    "kv_group_size": 64,
+    "quantized_kv_start": 0,
     "loop_detection": LoopDetectionMode.CHEAP,
     "reseed_each_turn": False,
     "mlock": False,
@@ -339,8 +440,9 @@ class TokenGenerator(ModelFacts):
     every call from the seed (the same prompt then gives the same answer every turn).
 
     Set-up values come as one `GeneratorOptions` (``options=``); the keyword arguments
-    ``max_kv_size``, ``loop_detection``, ``reseed_each_turn``, ``mlock`` and ``clear_cache``
-    (after every call) are a shorthand for it and may not be mixed with ``options``.
+    ``max_kv_size``, ``kv_bits``, ``kv_group_size``, ``quantized_kv_start``,
+    ``loop_detection``, ``reseed_each_turn``, ``mlock`` and ``clear_cache`` (after every call)
+    are a shorthand for it and may not be mixed with ``options``.
     """
 
     def __init__(
@@ -363,6 +465,9 @@ class TokenGenerator(ModelFacts):
     ) -> None:
         shorthand = {
             "max_kv_size": max_kv_size,
+            "kv_bits": kv_bits,
+            "kv_group_size": kv_group_size,
+            "quantized_kv_start": quantized_kv_start,
             "loop_detection": loop_detection,
             "reseed_each_turn": reseed_each_turn,
             "mlock": mlock,
@@ -376,12 +481,13 @@ class TokenGenerator(ModelFacts):
                 raise TypeError(
                     f"pass {', '.join(mixed)} inside GeneratorOptions, not beside options="
                 )
+        if options.prompt_cache_dir is not None:
+            raise ValueError(
+                "prompt_cache_dir persists the batch generator's shared cache; TokenGenerator "
+                "takes prompt_cache_file (one saved prompt) instead"
+            )
         self.options = options
-        self.loaded = (
-            model
-            if isinstance(model, LoadedModel)
-            else load_model(model, lazy=lazy, revision=revision)
-        )
+        self.loaded = load_for_options(model, options, lazy=lazy, revision=revision)
         if prefill_step_size < 1:
             raise ValueError(f"prefill_step_size must be positive, got {prefill_step_size}")
         self.prefill_step_size = prefill_step_size
@@ -389,13 +495,7 @@ class TokenGenerator(ModelFacts):
         self.loop_detector = options.loop_detector()
         self.reseed_each_turn = options.reseed_each_turn
         self._housekeeping = _Housekeeping(options)
-        self.prompt_cache = PromptCache(
-            self.loaded.model,
-            max_kv_size=options.max_kv_size,
-            kv_bits=kv_bits,
-            kv_group_size=kv_group_size,
-            quantized_kv_start=quantized_kv_start,
-        )
+        self.prompt_cache = _initial_prompt_cache(self.loaded, options)
         # Text deltas need the token-bytes table: build it with the model, not on first token.
         token_bytes_table(self.tokenizer)
         self.last_stats: GenerationStats | None = None
@@ -406,9 +506,10 @@ class TokenGenerator(ModelFacts):
 
     def retune(self, options: GeneratorOptions) -> None:
         """Take the per-call values of `options` (loop detection, seeds, cache clearing,
-        memory logs) for the next calls, e.g. after a chat's ``\\set``. ``mlock`` and
-        ``max_kv_size`` are fixed when the model loads: a change there raises ValueError."""
-        for name in ("mlock", "max_kv_size"):
+        memory logs) for the next calls, e.g. after a chat's ``\\set``. The options in
+        `GeneratorOptions.LOAD_TIME` (``mlock``, ``max_kv_size``, the KV quantization, the
+        adapter, ...) are fixed when the model loads: a change there raises ValueError."""
+        for name in GeneratorOptions.LOAD_TIME:
             if getattr(options, name) != getattr(self.options, name):
                 raise ValueError(
                     f"{name} is set when the model loads ({getattr(self.options, name)!r}); "

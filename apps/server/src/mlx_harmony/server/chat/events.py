@@ -93,9 +93,7 @@ class ChatOutput:
         logprobs: ChoiceLogprobs | None = None,
         finish: FinishName | None = None,
     ) -> bytes:
-        choice = ChunkChoice(
-            index=self.index, delta=delta, logprobs=logprobs, finish_reason=finish
-        )
+        choice = ChunkChoice(index=self.index, delta=delta, logprobs=logprobs, finish_reason=finish)
         return encode_chunk(
             ChatCompletionChunk(
                 id=self.id,
@@ -134,9 +132,8 @@ class ChatOutput:
             elif isinstance(item, ThinkingDelta):
                 if not stream:
                     self._reasoning.append(item.text)
-                elif self.plan.include_reasoning:
-                    delta = ChunkDelta(reasoning=item.text, reasoning_content=item.text)
-                    self._chunks.append(self._delta_chunk(delta))
+                elif self.plan.include_reasoning or self.plan.return_analysis:
+                    self._chunks.append(self._delta_chunk(self._reasoning_delta(item.text)))
             elif isinstance(item, TokenLogprobs):
                 entries = [TokenLogprob.model_validate(e) for e in item.entries]
                 if stream:
@@ -146,6 +143,13 @@ class ChatOutput:
             elif isinstance(item, Finished):
                 finished = item
         return finished
+
+    def _reasoning_delta(self, text: str) -> ChunkDelta:
+        if not self.plan.return_analysis:
+            return ChunkDelta(reasoning=text, reasoning_content=text)
+        if not self.plan.include_reasoning:
+            return ChunkDelta(analysis=text)
+        return ChunkDelta(reasoning=text, reasoning_content=text, analysis=text)
 
     def _content(self, text: str) -> None:
         delta = ChunkDelta(content=text)
@@ -204,10 +208,12 @@ class ChatOutput:
     ) -> ChatCompletion:
         result = finished.result
         message = ResponseMessage(role="assistant", content=answer_content(result) or None)
+        thinking = "".join(self._reasoning) or result.analysis
         if self.plan.include_reasoning:
-            thinking = "".join(self._reasoning) or result.analysis
             message.reasoning = thinking or None
             message.reasoning_content = thinking or None
+        if self.plan.return_analysis:
+            message.analysis = thinking or None
         if calls:
             message.tool_calls = calls
         return ChatCompletion(

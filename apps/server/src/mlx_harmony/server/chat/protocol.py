@@ -2,8 +2,9 @@
 
 Requests are checked here for shape, types and OpenAI's ranges; value ranges of the other
 sampling fields are checked by `SamplingParams` when the service builds the turn's config.
-Either way a bad value is a 400 naming the field, as OpenAI answers. Unknown request fields are ignored, as
-OpenAI clients send fields that do not apply to a local model (``user``, ``store``, ...).
+Either way a bad value is a 400 naming the field, as OpenAI answers. The request also takes
+mlx-harmony 0.4's fields (`OriginalFields`); any other top-level field is a 400 naming it
+(``extras.check_unknown_fields``), except OpenAI's no-op ones (``user``, ``store``, ...).
 
 Answers and stream chunks are these models, serialised with ``model_dump_json``
 (``exclude_unset``: a field is on the wire when the server set it, ``null`` included).
@@ -15,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..extras import OriginalFields
 from ..protocol import CachedTokens, ReasoningTokens
 
 __all__ = [
@@ -171,8 +173,11 @@ class StreamOptions(_Model):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(_Model):
-    """``POST /v1/chat/completions``. Fields the server does not use are accepted and ignored."""
+class ChatCompletionRequest(OriginalFields):
+    """``POST /v1/chat/completions``. Unknown fields are kept (``extra="allow"``) so that the
+    service can refuse them by name; OpenAI's fields without effect here are declared."""
+
+    model_config = ConfigDict(extra="allow")
 
     messages: list[ChatMessage] = Field(min_length=1)
     model: str | None = Field(
@@ -218,6 +223,10 @@ class ResponseMessage(BaseModel):
     content: str | None
     reasoning: str | None = None
     reasoning_content: str | None = None
+    analysis: str | None = Field(
+        default=None,
+        description="The reasoning again, with `return_analysis` (mlx-harmony 0.4's name).",
+    )
     tool_calls: list[ToolCall] | None = None
 
 
@@ -279,6 +288,7 @@ class ChunkDelta(BaseModel):
     content: str | None = None
     reasoning: str | None = None
     reasoning_content: str | None = None
+    analysis: str | None = None
     tool_calls: list[ChunkToolCall] | None = None
 
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import KW_ONLY, dataclass, field
+from dataclasses import KW_ONLY, dataclass, field, replace
 
 from fastapi import Request
 from fastapi.responses import Response
 
 from ..channel import EventChannel
 from ..errors import APIError
+from ..extras import OriginalFieldsService, PromptConfigs, check_unknown_fields
 from ..models import ModelRegistry
 from ..serving import KEEPALIVE, EventStreamResponse, Outcome, Receive
 from ..worker import CountJob, Finished, ModelWorker, PromptCount, TurnJob, WorkerEvent
@@ -34,17 +35,33 @@ class ChatService:
     _: KW_ONLY
     max_tokens_cap: int | None = None
     max_n: int = 1
+    original_fields: OriginalFieldsService | None = None
+    """mlx-harmony 0.4's request fields (`extras`); default: the configs the server was
+    started with, no folder of prompt configs."""
 
-    def plan(self, body: ChatCompletionRequest) -> ChatPlan:
-        entry = self.registry.resolve(body.model)
-        return plan_chat(body, entry, max_tokens_cap=self.max_tokens_cap, max_n=self.max_n)
+    def __post_init__(self) -> None:
+        if self.original_fields is None:
+            configs = PromptConfigs.of_registry(self.registry)
+            self.original_fields = OriginalFieldsService(self.registry, configs)
+
+    def plan(self, body: ChatCompletionRequest, *, count_seed: bool = True) -> ChatPlan:
+        """`body` checked and planned; `count_seed`: count it in its seed's chain (a request
+        with ``reseed_each_turn: false``), which a token count does not."""
+        check_unknown_fields(body)
+        fields = self.original_fields
+        assert fields is not None
+        applied = fields.entry(body, body.model)
+        plan = plan_chat(body, applied.entry, max_tokens_cap=self.max_tokens_cap, max_n=self.max_n)
+        turn_plan = fields.turn_plan(plan.turn_plan, applied, advance=count_seed)
+        seed = turn_plan.config.sampling.seed if plan.seed is not None else None
+        return replace(plan, turn_plan=turn_plan, seed=seed, return_analysis=body.return_analysis)
 
     def output(self, plan: ChatPlan, *, stream: bool) -> ChatOutput:
         return ChatOutput(plan, stream=stream)
 
     async def count_tokens(self, body: ChatCompletionRequest) -> TokenCountResponse:
         """The prompt size of `body`'s conversation, counted on the worker."""
-        plan = self.plan(body)
+        plan = self.plan(body, count_seed=False)
         channel: EventChannel[PromptCount] = EventChannel(asyncio.get_running_loop())
         self.worker.submit(CountJob(plan.turn_plan, channel))
         items: list[PromptCount] = []
@@ -150,9 +167,7 @@ async def answer_choices(
     jobs = _submit(service.worker, plan)
     answer_id, created = new_id(), int(time.time())
     outputs = [
-        ChatOutput(
-            plan, stream=plan.stream, index=i, id=answer_id, created=created, close=False
-        )
+        ChatOutput(plan, stream=plan.stream, index=i, id=answer_id, created=created, close=False)
         for i in range(len(jobs))
     ]
     choices = _Choices(jobs, outputs)

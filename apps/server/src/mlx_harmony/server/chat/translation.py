@@ -56,9 +56,9 @@ __all__ = [
     "ChatPlan",
     "FinishName",
     "answer_content",
+    "chat_usage",
     "choice_plans",
     "choice_seed",
-    "chat_usage",
     "content_text",
     "finish_reason",
     "plan_chat",
@@ -99,6 +99,8 @@ class ChatPlan:
     stream: bool = False
     include_usage: bool = False
     include_reasoning: bool = True
+    return_analysis: bool = False
+    """mlx-harmony 0.4's field: the reasoning also as ``analysis``."""
     logprobs: bool = False
     n: int = 1
     seed: int | None = None
@@ -121,9 +123,7 @@ def choice_plans(plan: ChatPlan) -> list[TurnPlan]:
         return [plan.turn_plan]
     base = plan.seed if plan.seed is not None else secrets.randbits(63)
     return [
-        replace(
-            plan.turn_plan, config=plan.turn_plan.config.updated(seed=choice_seed(base, i))
-        )
+        replace(plan.turn_plan, config=plan.turn_plan.config.updated(seed=choice_seed(base, i)))
         for i in range(plan.n)
     ]
 
