@@ -16,7 +16,8 @@ At the end it waits for the server to go idle, samples again, and checks:
 - no 5xx (a 503 from a full queue counts too: the load is sized to fit it);
 - no leak: RSS within ``--rss-slack`` MiB of the baseline (sampled after a warm-up) and open FDs
   within ``--fd-slack`` of it;
-- no stuck slot: health reports no running and no waiting request within 30 s.
+- no stuck slot: health reports no running and no waiting request within 30 s;
+- no traceback in the server's stderr (kept in ``server.err``).
 
 Writes ``soak.json`` (samples, every request's kind, status and latency, the checks) and
 ``soak.png`` (RSS, FDs, queue depth, latency over time) into ``--out``; exits 1 when a check
@@ -51,7 +52,20 @@ TOOLS = [
         },
     }
 ]
-WORDS = "the moon orbits earth while tides follow its pull across every ocean".split()
+WORDS = [
+    "the",
+    "moon",
+    "orbits",
+    "earth",
+    "while",
+    "tides",
+    "follow",
+    "its",
+    "pull",
+    "across",
+    "every",
+    "ocean",
+]
 
 
 @dataclass
@@ -111,14 +125,15 @@ def start_server(port: int, extra: list[str], log: Path) -> subprocess.Popen[byt
         str(log),
         *extra,
     ]
-    return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    with log.with_name("server.err").open("wb") as stderr:  # a file: a full pipe would block it
+        return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
 
 
-def wait_ready(url: str, process: subprocess.Popen[bytes], timeout: float = 600) -> None:
+def wait_ready(url: str, process: subprocess.Popen[bytes], log: Path, timeout: float = 600) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+            stderr = log.with_name("server.err").read_text(errors="replace")
             raise RuntimeError(f"the server exited ({process.returncode}): {stderr[-2000:]}")
         try:
             if httpx.get(f"{url}/v1/health", timeout=2).json().get("model_loaded"):
@@ -284,30 +299,20 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     args.out.mkdir(parents=True, exist_ok=True)
     process = start_server(port, args.server_arg or [], args.out / "requests.log")
     try:
-        wait_ready(url, process)
+        wait_ready(url, process, args.out / "requests.log")
         soak = Soak(url, process.pid)
-        stop = threading.Event()
         sampling = threading.Event()
 
         def sampler() -> None:
             while not sampling.wait(args.interval):
                 soak.samples.append(sample(soak))
 
-        clients = [
-            threading.Thread(target=client_loop, args=(soak, n, stop), daemon=True)
-            for n in range(args.clients)
-        ]
         sampler_thread = threading.Thread(target=sampler, daemon=True)
         sampler_thread.start()
-        for thread in clients:
-            thread.start()
-        warmup = min(args.warmup, args.duration / 2)
-        time.sleep(warmup)
-        baseline = _idle_sample(soak, stop, clients, pause=True)
-        time.sleep(max(0.0, args.duration - warmup))
-        stop.set()
-        for thread in clients:
-            thread.join(180)
+        _traffic(soak, args.clients, min(args.warmup, args.duration / 2), seed=10_000)
+        _wait_idle(soak, timeout=60)
+        baseline = sample(soak)  # warm: caches built, kernels compiled, pools grown
+        _traffic(soak, args.clients, args.duration, seed=0)
         idle = _wait_idle(soak)
         time.sleep(2)
         final = sample(soak)
@@ -322,13 +327,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             process.kill()
 
 
-def _idle_sample(
-    soak: Soak, stop: threading.Event, clients: list[threading.Thread], *, pause: bool
-) -> Sample:
-    """The baseline: one sample while the server is idle (clients keep going afterwards)."""
-    del stop, clients, pause
-    _wait_idle(soak, timeout=60)
-    return sample(soak)
+def _traffic(soak: Soak, clients: int, seconds: float, *, seed: int) -> None:
+    """`clients` threads of mixed traffic for `seconds`; returns when all have stopped."""
+    stop = threading.Event()
+    threads = [
+        threading.Thread(target=client_loop, args=(soak, seed + n, stop), daemon=True)
+        for n in range(clients)
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(seconds)
+    stop.set()
+    for thread in threads:
+        thread.join(180)
 
 
 def _wait_idle(soak: Soak, timeout: float = 30) -> bool:
@@ -364,6 +375,7 @@ def _report(
         "rss_back_near_baseline": final.rss_mib <= baseline.rss_mib + args.rss_slack,
         "fds_back_near_baseline": final.fds <= baseline.fds + args.fd_slack,
         "no_stuck_slot": idle and final.running == 0 and final.waiting == 0,
+        "no_server_tracebacks": "Traceback" not in _server_errors(args.out),
     }
     result = {
         "duration_s": args.duration,
@@ -384,6 +396,11 @@ def _report(
     (args.out / "soak.json").write_text(json.dumps(result, indent=1) + "\n")
     _plot(args.out / "soak.png", soak, baseline)
     return result
+
+
+def _server_errors(out: Path) -> str:
+    path = out / "server.err"
+    return path.read_text(errors="replace") if path.exists() else ""
 
 
 def _plot(path: Path, soak: Soak, baseline: Sample) -> None:

@@ -238,7 +238,7 @@ def test_sigterm_on_rank_zero_stops_every_rank(sharded: Launch) -> None:
 def test_a_killed_rank_gives_503_and_rank_zero_exits(
     tmp_path: Path, demo_model: Path, prompt_config: Path
 ) -> None:
-    launch = _launch(tmp_path, demo_model, prompt_config, "--step-timeout", "20")
+    launch = _launch(tmp_path, demo_model, prompt_config, "--step-timeout", "8")
     try:
         client = _client(launch.url)
         whole: dict[str, Any] = {}
@@ -270,14 +270,17 @@ def test_a_killed_rank_gives_503_and_rank_zero_exits(
         except openai.APIError as error:
             failure = error
         asker.join(60)
-        launch.ranks[0].wait(30)
+        try:
+            launch.ranks[0].wait(30)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"rank 0 did not exit; whole: {whole}\n{launch.log(0)}")
         took = time.monotonic() - killed
     finally:
         launch.stop()
     assert killed, "the stream ended before rank 1 was killed"
     assert failure is not None, "the stream ended without the failure"
-    assert "sharded model is lost" in str(failure), failure
+    assert "sharded model is lost" in str(failure), f"{failure!r} {whole}\n{launch.log(0)}"
     assert whole["status"] == 503, whole
     assert whole["body"]["error"]["code"] == "rank_failed"
     assert launch.ranks[0].returncode == EXIT_RANK_FAILURE, launch.log(0)
-    assert took < 20, took
+    assert took < 8 + 5 + 10, took  # step timeout (a lost peer may hang) + grace + slack

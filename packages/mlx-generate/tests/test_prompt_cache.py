@@ -335,3 +335,10 @@ def test_a_plain_kv_cache_model_needs_no_checkpoint(llama: LoadedModel) -> None:
 def test_common_prefix_len(a: list[int], b: list[int], n: int) -> None:
     assert common_prefix_len(a, b) == n
     assert common_prefix_len(b, a) == n
+
+
+def test_common_prefix_len_of_equal_tokens_in_a_list_and_a_tuple() -> None:
+    # The prompt cache keys some prompts as tuples and others as lists: n identical prompts
+    # of one request met here and read past the end.
+    assert common_prefix_len([1, 2, 3], (1, 2, 3)) == 3
+    assert common_prefix_len((1, 2, 3, 4), [1, 2, 9]) == 2

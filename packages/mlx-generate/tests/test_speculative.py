@@ -88,7 +88,7 @@ def test_rewinding_a_wrapped_ring_keeps_the_window(before: int, fed: int, drop: 
 
 
 def test_rewind_refuses_dropping_every_verified_token() -> None:
-    with pytest.raises(ValueError, match="can drop 0..2 of 3"):
+    with pytest.raises(ValueError, match=r"can drop 0\.\.2 of 3"):
         rewind_verified([], 3, 3)
 
 
@@ -236,3 +236,42 @@ def test_bad_options_are_refused(tiny: LoadedModel) -> None:
         _run(tiny, prompt, 5, prompt_lookup=0)
     with pytest.raises(TypeError, match="draft_model must be a DraftModel"):
         _run(tiny, prompt, 5, draft_model=3)
+
+
+# --- through TokenGenerator ----------------------------------------------------------------
+
+
+def test_token_generator_speculates_over_turns(tiny: LoadedModel, assert_same_tokens: Any) -> None:
+    """Two chat turns with loop detection on (the default): the same tokens and stop reasons as
+    without speculation, and the acceptance counts in the stats."""
+    from mlx_harmony.generate import TokenGenerator
+
+    plain = TokenGenerator(tiny)
+    spec = TokenGenerator(tiny, prompt_lookup=2, num_draft_tokens=4)
+    prompt = _tokens(40, 0) * 2
+    for _ in range(2):
+        want = list(plain.generate(prompt_tokens=prompt, max_tokens=200, stop_tokens=()))
+        got = list(spec.generate(prompt_tokens=prompt, max_tokens=200, stop_tokens=()))
+        assert_same_tokens(tiny, got, want)
+        assert spec.last_stats is not None
+        assert plain.last_stats is not None
+        assert spec.last_stats.stop_reason is plain.last_stats.stop_reason
+        assert spec.last_stats.reused_prompt_tokens == plain.last_stats.reused_prompt_tokens
+        assert 0 < spec.last_stats.accepted_draft_tokens <= spec.last_stats.draft_tokens
+        assert plain.last_stats.draft_tokens == 0
+        prompt = prompt + want + _tokens(10, 9)
+
+
+def test_token_generator_refuses_bad_speculation(tiny: LoadedModel) -> None:
+    from mlx_harmony.generate import TokenGenerator
+    from mlx_harmony.generate.constrain import ConstraintSpec
+
+    with pytest.raises(ValueError, match="draft_model or prompt_lookup, not both"):
+        TokenGenerator(tiny, draft_model=tiny, prompt_lookup=2)
+    with pytest.raises(ValueError, match="num_draft_tokens must be a positive integer"):
+        TokenGenerator(tiny, prompt_lookup=2, num_draft_tokens=0)
+    with pytest.raises(ValueError, match="prompt_lookup must be a positive n-gram length"):
+        TokenGenerator(tiny, prompt_lookup=-2)
+    spec = TokenGenerator(tiny, prompt_lookup=2)
+    with pytest.raises(ValueError, match="constraint cannot be combined with speculative"):
+        spec.stream(prompt_tokens=[1, 2, 3], constraint=ConstraintSpec("json_object"))

@@ -128,6 +128,12 @@ def create_chat_session(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the chat; the exit status (0, 1 for an error, 2 for a usage error)."""
+    from .sharding import several_ranks_error
+
+    problem = several_ranks_error("mlx-harmony-chat")
+    if problem is not None:
+        print(f"mlx-harmony-chat: error: {problem}", file=sys.stderr)
+        return 2
     try:
         session = create_chat_session(argv)
     except SystemExit as exit_:

@@ -156,6 +156,12 @@ def _run(
 def main(argv: Sequence[str] | None = None) -> int:
     """Answer one prompt; the exit status (0, 1 for an error, 2 for a usage error, 130 when
     cancelled with Ctrl-C)."""
+    from .sharding import several_ranks_error
+
+    problem = several_ranks_error("mlx-harmony-generate")
+    if problem is not None:
+        print(f"mlx-harmony-generate: error: {problem}", file=sys.stderr)
+        return 2
     try:
         return run_generate(argv)
     except SystemExit as exit_:

@@ -63,6 +63,7 @@ def create_app(
                 max_concurrency=settings.max_concurrency,
                 prompt_cache_size=settings.prompt_cache_size,
                 prompt_cache_bytes=settings.prompt_cache_bytes,
+                prompt_cache_dir=settings.prompt_cache_dir,
             ),
             max_queue=settings.max_queue,
             max_concurrency=settings.max_concurrency,

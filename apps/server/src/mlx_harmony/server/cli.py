@@ -249,8 +249,51 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds one engine step may take before a rank counts as hung and the server "
         "exits (default 60: above your longest prefill chunk)",
     )
+    _add_model_options(parser)
     parser.add_argument("--log-level", default="info", help="uvicorn's log level")
     return parser
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    """How the default model loads (the same keys in its prompt config; the flags win)."""
+    model = parser.add_argument_group("model set-up (the default model)")
+    model.add_argument(
+        "--kv-bits",
+        type=int,
+        choices=(4, 8),
+        help="quantize the KV cache's full-attention layers to 4 or 8 bits; the model then "
+        "serves one request at a time (the batch engine has no quantized cache)",
+    )
+    model.add_argument(
+        "--kv-group-size",
+        type=int,
+        choices=(32, 64, 128),
+        help="group size of the quantized KV cache (default 64)",
+    )
+    model.add_argument(
+        "--quantized-kv-start",
+        type=_count,
+        metavar="N",
+        help="quantize the KV cache once it holds N tokens (default 0: from the start)",
+    )
+    model.add_argument("--adapter-path", metavar="DIR", help="an mlx-lm adapter folder to apply")
+    model.add_argument(
+        "--chat-template",
+        metavar="FILE",
+        help="a Jinja chat template file replacing the model's own (not gpt-oss)",
+    )
+    model.add_argument(
+        "--prompt-cache-file",
+        metavar="FILE",
+        help="a prompt cache written by mlx-harmony-cache-prompt for this model: requests whose "
+        "prompt starts with its tokens prefill only the rest",
+    )
+    model.add_argument(
+        "--prompt-cache-dir",
+        metavar="DIR",
+        help="load the shared prompt caches from DIR at start and save them there at shutdown "
+        "(a subfolder per model; needs --max-concurrency 2 or more)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -287,6 +330,13 @@ def main(argv: list[str] | None = None) -> int:
             reasoning_key_file=args.reasoning_key_file,
             allowed_origins=args.allowed_origins,
             max_n=args.max_n,
+            kv_bits=args.kv_bits,
+            kv_group_size=args.kv_group_size,
+            quantized_kv_start=args.quantized_kv_start,
+            adapter_path=args.adapter_path,
+            chat_template=args.chat_template,
+            prompt_cache_file=args.prompt_cache_file,
+            prompt_cache_dir=args.prompt_cache_dir,
         )
         group = _sharding_group(args)
         if group is None:

@@ -16,6 +16,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from mlx_harmony.generate.constrain import ConstraintError, ConstraintTimeoutError
+
 from .protocol import ErrorDetail, ErrorResponse
 
 __all__ = ["APIError", "error_body", "install_error_handlers"]
@@ -67,10 +69,10 @@ class APIError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
-def constraint_error(error: ValueError, param: str | None) -> APIError:
+def constraint_error(error: ConstraintError, param: str | None) -> APIError:
     """The 400 for a schema or grammar the constraint engine cannot handle, or one that takes
     too long to compile: the engine's message names the keyword or rule."""
-    timeout = type(error).__name__ == "ConstraintTimeoutError"
+    timeout = isinstance(error, ConstraintTimeoutError)
     return APIError(
         400,
         f"{param}: {error}" if param else str(error),

@@ -97,18 +97,25 @@ def load_generator(
     max_concurrency: int = 1,
     prompt_cache_size: int = 16,
     prompt_cache_bytes: int | None = None,
+    prompt_cache_dir: str | Path | None = None,
 ) -> Any:
     """The generator for `entry`, set up from its prompt config: mlx-generate's
     `BatchTokenGenerator` when requests may run together, else its `TokenGenerator`.
 
-    A rotating KV cache (``max_kv_size``) does not batch, so it keeps the one-at-a-time
-    generator (and says so in the log).
+    A rotating KV cache (``max_kv_size``) and a quantized one (``kv_bits``) do not batch, so
+    they keep the one-at-a-time generator (and say so in the log). `prompt_cache_dir`: the
+    batch generator's shared caches persist in a subfolder named after the entry.
     """
     from mlx_harmony.generate import BatchTokenGenerator, TokenGenerator
 
     options = generator_options(entry)
     path: str | Path = demo_model_folder() if entry.is_demo else entry.model
-    if max_concurrency > 1 and options.max_kv_size is None:
+    unbatched = {"max_kv_size": options.max_kv_size, "kv_bits": options.kv_bits}
+    alone = {k: v for k, v in unbatched.items() if v is not None}
+    if max_concurrency > 1 and not alone:
+        if prompt_cache_dir is not None:
+            folder = Path(prompt_cache_dir).expanduser() / _folder_name(entry.id)
+            options = replace(options, prompt_cache_dir=folder)
         return BatchTokenGenerator(
             path,
             options,
@@ -117,12 +124,16 @@ def load_generator(
             prompt_cache_bytes=prompt_cache_bytes,
         )
     if max_concurrency > 1:
+        key, value = next(iter(alone.items()))
         logger.warning(
-            "max_kv_size=%s does not batch: serving %s one request at a time",
-            options.max_kv_size,
-            entry.id,
+            "%s=%s does not batch: serving %s one request at a time", key, value, entry.id
         )
     return TokenGenerator(path, options)
+
+
+def _folder_name(model_id: str) -> str:
+    """A folder name for a model id (a repo id's '/' and other odd characters become '_')."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in model_id).strip(".") or "_"
 
 
 def _is_model_folder(path: Path) -> bool:
@@ -191,7 +202,10 @@ class ModelRegistry:
                 return ModelEntry(
                     name,
                     os.fspath(folder),
-                    default.prompt_config,
+                    # the default model's adapter, template and saved cache are its own
+                    default.prompt_config.updated(
+                        adapter_path=None, chat_template=None, prompt_cache_file=None
+                    ),
                     default.prompt_config_path,
                     kind="folder",
                 )

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import ClassVar
 
-from mlx_harmony.controller import ConfigError, Profiles, PromptConfig
+from pydantic import ValidationError
+
+from mlx_harmony.controller import ConfigError, Profiles, PromptConfig, format_validation_error
 
 from .models import ModelEntry, ModelRegistry
 
@@ -78,6 +81,32 @@ class ServerSettings:
     """Seconds a stream may stay silent (waiting in the queue, prefilling) before the server
     sends an SSE comment, so that clients with read timeouts keep waiting."""
 
+    kv_bits: int | None = None
+    """Quantize the default model's KV cache to 4 or 8 bits (its prompt config's
+    ``kv_bits``); such a model serves one request at a time (the batch engine has no quantized
+    cache)."""
+    kv_group_size: int | None = None
+    quantized_kv_start: int | None = None
+    adapter_path: str | None = None
+    """An mlx-lm adapter folder applied to the default model."""
+    chat_template: str | None = None
+    """A Jinja chat template file replacing the default model's own (not gpt-oss)."""
+    prompt_cache_file: str | None = None
+    """A prompt cache file (``mlx-harmony-cache-prompt``) the default model starts from."""
+    prompt_cache_dir: str | None = None
+    """Folder where the shared prompt caches are loaded from at start and saved to at
+    shutdown (one subfolder per model)."""
+
+    MODEL_KEYS: ClassVar[tuple[str, ...]] = (
+        "kv_bits",
+        "kv_group_size",
+        "quantized_kv_start",
+        "adapter_path",
+        "chat_template",
+        "prompt_cache_file",
+    )
+    """Settings that go into the default model's prompt config (same names there)."""
+
     def __post_init__(self) -> None:
         if self.max_n < 1:
             raise ValueError(f"max_n must be >= 1, got {self.max_n}")
@@ -115,6 +144,17 @@ class ServerSettings:
             raise ValueError(f"response_store_size must be >= 1, got {self.response_store_size}")
         if self.model and self.profile:
             raise ValueError("give either a model or a profile, not both")
+        if self.prompt_cache_dir is not None and self.max_concurrency == 1:
+            raise ValueError(
+                "--prompt-cache-dir keeps the batch engine's shared prompt caches; it needs "
+                "--max-concurrency 2 or more (with one request at a time, use "
+                "--prompt-cache-file)"
+            )
+        if self.prompt_cache_dir is not None and self.kv_bits is not None:
+            raise ValueError(
+                "--prompt-cache-dir needs the batch engine, which --kv-bits turns off; give one "
+                "of them"
+            )
         if self.prompt_config_dir is not None and not Path(self.prompt_config_dir).is_dir():
             raise ValueError(
                 f"--prompt-config-dir {self.prompt_config_dir} is not a folder; give the folder "
@@ -161,12 +201,31 @@ class ServerSettings:
                 default = self._model_entry(self.model, config, config_path)
             else:
                 default = ModelEntry.demo(config, config_path)
+        overrides = self.model_overrides()
+        if overrides:
+            try:
+                config = default.prompt_config.updated(**overrides)
+            except ValidationError as error:
+                raise ConfigError(format_validation_error(error, source="the flags")) from None
+            default = replace(default, prompt_config=config)
         models_dir = self.models_dir or default.prompt_config.models_dir
         return ModelRegistry(
             default,
             models_dir=Path(models_dir).expanduser() if models_dir else None,
             profiles=profiles,
         )
+
+    def model_overrides(self) -> dict[str, object]:
+        """The model flags given (`MODEL_KEYS`), as prompt-config values; paths absolute."""
+        values: dict[str, object] = {}
+        for name in self.MODEL_KEYS:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, str):
+                value = Path(value).expanduser().resolve()
+            values[name] = value
+        return values
 
     def _model_entry(self, model: str, config: PromptConfig, config_path: str | None) -> ModelEntry:
         path = Path(model).expanduser()

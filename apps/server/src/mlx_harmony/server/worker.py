@@ -618,7 +618,7 @@ class ModelWorker:
         except BaseException as error:
             job.fail(error)
             return
-        if not job.batched or not _batches(state, self.max_concurrency):
+        if not getattr(job, "batched", False) or not _batches(state, self.max_concurrency):
             self._run_job(job, state)
             return
         with self._lock:  # `_run` waited for the free slot before taking the job

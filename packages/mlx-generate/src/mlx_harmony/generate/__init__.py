@@ -43,6 +43,7 @@ from .loop import (
 )
 from .loop_detection import LoopDetectionMode, LoopDetector, make_loop_detector
 from .shared_cache import CacheHit, SharedPromptCache
+from .speculative import DraftModel, load_draft_model
 from .stats import CacheReuseMode, GenerationStats, StopReason
 from .stop_strings import StopStringMatcher
 
@@ -66,6 +67,7 @@ __all__ = [
     "CacheReuseMode",
     "Cancel",
     "Detokenizer",
+    "DraftModel",
     "GenerationResult",
     "GenerationStats",
     "GeneratorOptions",
@@ -90,6 +92,7 @@ __all__ = [
     "generate_step",
     "generation_stream",
     "is_supported_model_type",
+    "load_draft_model",
     "load_model",
     "make_cache",
     "make_detokenizer",

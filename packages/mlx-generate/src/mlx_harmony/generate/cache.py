@@ -164,10 +164,11 @@ def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     i = 0
     while i < n:
         j = min(i + block, n)
-        if a[i:j] != b[i:j]:
-            while a[i] == b[i]:
+        if a[i:j] != b[i:j]:  # also when equal but of different types (a list, a tuple)
+            while i < j and a[i] == b[i]:
                 i += 1
-            return i
+            if i < j:
+                return i
         i = j
     return n
 

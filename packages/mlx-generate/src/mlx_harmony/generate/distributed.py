@@ -83,9 +83,12 @@ class _Watchdog:
     """Bounds the time of each guarded section; past it, reports and ends the process (a
     thread stuck in a collective cannot be interrupted any other way)."""
 
-    def __init__(self, rank: int, on_timeout: Callable[[RankFailedError], None]) -> None:
+    def __init__(
+        self, rank: int, on_timeout: Callable[[RankFailedError], None], grace_s: float = 0.0
+    ) -> None:
         self.rank = rank
         self.on_timeout = on_timeout
+        self.grace_s = grace_s
         self._lock = threading.Lock()
         self._deadline: float | None = None
         self._what = ""
@@ -96,12 +99,15 @@ class _Watchdog:
     @contextmanager
     def guard(self, what: str, timeout_s: float) -> Iterator[None]:
         with self._lock:
-            self._deadline, self._what = time.monotonic() + timeout_s, what
+            exiting = self._what == "exit"  # a pending exit outlives every later section
+            if not exiting:
+                self._deadline, self._what = time.monotonic() + timeout_s, what
         try:
             yield
         finally:
             with self._lock:
-                self._deadline = None
+                if self._what != "exit":
+                    self._deadline = None
 
     def exit_after(self, grace_s: float) -> None:
         """Whatever happens next, end the process within `grace_s`."""
@@ -125,6 +131,9 @@ class _Watchdog:
                     self.on_timeout(failure)
                 except BaseException as error:  # the exit below matters more
                     print(f"mlx-harmony: on_failure raised {error!r}", file=sys.stderr)
+                if self.grace_s > 0:  # time for the requests' error answers to go out
+                    self.exit_after(self.grace_s)
+                    continue
             os._exit(EXIT_RANK_FAILURE)
 
 
@@ -207,7 +216,7 @@ class _Lockstep:
         self._outgoing: tuple[list[list[Any]], bytes] = ([], b"")
         self._on_failure = on_failure
         self._failed = False
-        self._watchdog = _Watchdog(self.rank, self._report)
+        self._watchdog = _Watchdog(self.rank, self._report, grace_s)
 
     def _report(self, failure: RankFailedError) -> None:
         if self._failed:

@@ -25,6 +25,7 @@ from .detokenizer import token_bytes_table
 from .loading import LoadedModel, load_model
 from .loop import Cancel, LogitsProcessor, StreamEvent, stream_generate
 from .loop_detection import LoopDetectionMode, LoopDetector, make_loop_detector
+from .speculative import DEFAULT_NUM_DRAFT_TOKENS, DraftModel, speculation_options
 from .stats import GenerationStats
 
 if TYPE_CHECKING:
@@ -443,6 +444,10 @@ class TokenGenerator(ModelFacts):
     ``max_kv_size``, ``kv_bits``, ``kv_group_size``, ``quantized_kv_start``,
     ``loop_detection``, ``reseed_each_turn``, ``mlock`` and ``clear_cache`` (after every call)
     are a shorthand for it and may not be mixed with ``options``.
+
+    ``draft_model`` (loaded once; its prompt cache follows the conversation) or
+    ``prompt_lookup`` (an n-gram length) decodes speculatively, up to ``num_draft_tokens``
+    guesses per target pass (see `mlx_harmony.generate.speculative`).
     """
 
     def __init__(
@@ -462,6 +467,9 @@ class TokenGenerator(ModelFacts):
         reseed_each_turn: bool = False,
         mlock: bool = False,
         clear_cache: bool = False,
+        draft_model: DraftModel | LoadedModel | str | Path | None = None,
+        num_draft_tokens: int = DEFAULT_NUM_DRAFT_TOKENS,
+        prompt_lookup: int | None = None,
     ) -> None:
         shorthand = {
             "max_kv_size": max_kv_size,
@@ -503,6 +511,10 @@ class TokenGenerator(ModelFacts):
         self._chain: mx.array | None = None
         self._active: weakref.ref[Generator[Any, None, None]] | None = None
         self._old_wired_limit = _wire_memory(self.model) if options.mlock else None
+        # Speculative decoding (speculative.py): checked, and the draft loaded, once.
+        self._speculation = speculation_options(
+            draft_model=draft_model, num_draft_tokens=num_draft_tokens, prompt_lookup=prompt_lookup
+        )
 
     def retune(self, options: GeneratorOptions) -> None:
         """Take the per-call values of `options` (loop detection, seeds, cache clearing,
@@ -609,6 +621,12 @@ class TokenGenerator(ModelFacts):
         `ConstraintError` before any prefill. A constrained run that reaches `max_tokens` before
         the grammar completes ends with ``StopReason.LENGTH``.
         """
+        if constraint is not None and self._speculation:
+            raise ValueError(
+                "constraint cannot be combined with speculative decoding (the grammar cannot "
+                "take back rejected drafts); use a TokenGenerator without draft_model / "
+                "prompt_lookup for constrained calls"
+            )
         logits_processors = self._with_constraint(logits_processors, constraint)
         self._close_active()
         events = self._run(
@@ -673,6 +691,7 @@ class TokenGenerator(ModelFacts):
                 logprobs=logprobs,
                 prefill_step_size=self.prefill_step_size,
                 prompt_progress_callback=prompt_progress_callback,
+                **self._speculation,
             ):
                 if event.stats is not None:
                     self.last_stats = event.stats

@@ -38,7 +38,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -53,9 +53,11 @@ __all__ = [
     "DraftModel",
     "PromptLookup",
     "SpeculationCounts",
+    "SpeculationOptions",
     "check_speculation_cache",
     "load_draft_model",
     "rewind_verified",
+    "speculation_options",
     "speculative_generate_step",
 ]
 
@@ -153,6 +155,34 @@ def load_draft_model(
         f"draft_model must be a DraftModel, LoadedModel, nn.Module, path or repo id, got "
         f"{type(draft).__name__}"
     )
+
+
+class SpeculationOptions(TypedDict, total=False):
+    """`stream_generate`'s speculation keywords, checked (empty: no speculation)."""
+
+    draft_model: DraftModel
+    prompt_lookup: int
+    num_draft_tokens: int
+
+
+def speculation_options(
+    *,
+    draft_model: DraftModel | LoadedModel | nn.Module | str | Path | None = None,
+    num_draft_tokens: int = DEFAULT_NUM_DRAFT_TOKENS,
+    prompt_lookup: int | None = None,
+) -> SpeculationOptions:
+    """Check the speculation settings once (a generator's set-up) and load the draft model;
+    the result goes to every `stream_generate` call, so the draft's cache serves each turn."""
+    if not isinstance(num_draft_tokens, int) or num_draft_tokens < 1:
+        raise ValueError(f"num_draft_tokens must be a positive integer, got {num_draft_tokens!r}")
+    if draft_model is not None and prompt_lookup is not None:
+        raise ValueError("pass draft_model or prompt_lookup, not both")
+    if prompt_lookup is not None:
+        PromptLookup(prompt_lookup)  # a clear error for a bad length, now
+        return {"prompt_lookup": prompt_lookup, "num_draft_tokens": num_draft_tokens}
+    if draft_model is not None:
+        return {"draft_model": load_draft_model(draft_model), "num_draft_tokens": num_draft_tokens}
+    return {}
 
 
 class PromptLookup:
