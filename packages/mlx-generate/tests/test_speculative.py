@@ -105,6 +105,7 @@ def test_prompt_lookup_greedy_is_token_identical(
     assert stats.draft_acceptance_rate == stats.accepted_draft_tokens / stats.draft_tokens
 
 
+@pytest.mark.slow
 def test_self_draft_greedy_is_token_identical(
     tiny: LoadedModel, plain: list[int], assert_same_tokens: Any
 ) -> None:
@@ -115,6 +116,7 @@ def test_self_draft_greedy_is_token_identical(
     assert result.stats.draft_acceptance_rate > 0.9
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("draft", ["llama", "other_gpt_oss"])
 def test_other_draft_greedy_is_token_identical(
     request: pytest.FixtureRequest,
@@ -172,6 +174,7 @@ def _stream(loaded: LoadedModel, prompt: Sequence[int], n: int, **kw: Any) -> li
 # --- stops and the prompt cache ------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["lookup", "draft"])
 @pytest.mark.parametrize("turn2", ["extends", "replaces_last"])
 def test_next_turn_through_the_prompt_cache_is_token_identical(
@@ -241,6 +244,7 @@ def test_bad_options_are_refused(tiny: LoadedModel) -> None:
 # --- through TokenGenerator ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_token_generator_speculates_over_turns(tiny: LoadedModel, assert_same_tokens: Any) -> None:
     """Two chat turns with loop detection on (the default): the same tokens and stop reasons as
     without speculation, and the acceptance counts in the stats."""

@@ -29,7 +29,7 @@ from mlx_harmony.generate.distributed import (
     make_engine,
     run_follower,
 )
-from mlx_harmony.generate.generator import StreamEvent
+from mlx_harmony.generate import StreamEvent
 
 from .errors import APIError
 from .models import ModelEntry, ModelRegistry, demo_model_folder, generator_options
@@ -217,7 +217,8 @@ def _serve_http(
         f"mlx-harmony-server: OpenAI API at {where} (rank 0 of {generator.group.size()})",
         file=sys.stderr,
     )
-    uvicorn.run(app, **uvicorn_options(settings, log_level=log_level))
+    options = uvicorn_options(settings, log_level=log_level)
+    uvicorn.run(app, **options)  # pyright: ignore[reportArgumentType]
     return 0
 
 
