@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypedDict
 
 import mlx.core as mx
 
+from mlx_harmony.generate import StreamEvent
 from mlx_harmony.generate.constrain import ConstraintError
 from mlx_harmony.generate.distributed import (
     RankFailedError,
@@ -29,7 +30,6 @@ from mlx_harmony.generate.distributed import (
     make_engine,
     run_follower,
 )
-from mlx_harmony.generate import StreamEvent
 
 from .errors import APIError
 from .models import ModelEntry, ModelRegistry, demo_model_folder, generator_options
