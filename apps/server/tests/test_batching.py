@@ -93,7 +93,8 @@ def test_turns_run_together_up_to_max_concurrency(
     start_server: Any, concurrent_echo: Any, wait_for: Any
 ) -> None:
     generator = concurrent_echo(hold_after=8)
-    server = start_server(generator, max_concurrency=3, max_queue=8)
+    # one client sends all seven: its line may fill the whole queue here
+    server = start_server(generator, max_concurrency=3, max_queue=8, max_queue_per_client=8)
     results: list[int] = []
 
     def ask() -> None:
