@@ -261,11 +261,23 @@ def test_compiles_are_cached_by_canonical_schema(tokenizer: object) -> None:
     assert a is not b
 
 
-def test_compile_timeout_is_a_clear_error(tokenizer: object) -> None:
+def test_compile_timeout_is_a_clear_error(
+    tokenizer: object, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    from mlx_harmony.generate import constrain
     from mlx_harmony.generate.constrain import ConstraintTimeoutError
 
+    compile_now = constrain._compile
+
+    def slow_compile(*args: object) -> object:
+        time.sleep(0.5)  # a grammar that takes long, on any machine
+        return compile_now(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(constrain, "_compile", slow_compile)
     spec = ConstraintSpec(
         "json_schema", schema={"type": "string", "pattern": "^(a|b)*c{2,}[0-9]{3}$"}
     )
     with pytest.raises(ConstraintTimeoutError, match="took more than"):
-        compile_constraint(spec, tokenizer, timeout_s=1e-9)
+        compile_constraint(spec, tokenizer, timeout_s=0.05)

@@ -38,7 +38,7 @@ from __future__ import annotations
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypedDict, cast
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -385,7 +385,8 @@ def speculative_generate_step(
             rows = []
             for i in range(feed.size):
                 row = logits[i : i + 1]
-                context = mx.array(tokens_so_far[:fed_before] + feed[: i + 1].tolist())
+                fed = cast("list[int]", feed[: i + 1].tolist())
+                context = mx.array(tokens_so_far[:fed_before] + fed)
                 for processor in processors:
                     row = processor(context, row)
                 rows.append(row)
@@ -416,7 +417,7 @@ def speculative_generate_step(
             prompt_end_callback()
         if drafter is not None:
             drafter.prefill()
-        token = int(picked.item())
+        token = cast(int, picked.item())
         if prompt_progress_callback is not None:
             prompt_progress_callback(total, total)
         produced = 1

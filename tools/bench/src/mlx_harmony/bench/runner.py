@@ -9,7 +9,9 @@ several targets at once, prompt by prompt, so they share the machine's ups and d
 
 from __future__ import annotations
 
+import contextlib
 import queue
+import subprocess
 import sys
 import threading
 import time
@@ -97,7 +99,14 @@ def run_prompts(
 
     def check_alive() -> None:
         server = getattr(target, "server", None)
-        if server is not None and not server.alive():
+        if server is None:
+            return
+        if records and records[-1].error is not None and server.process is not None:
+            # A server that drops the connection as it exits may still be exiting: give it a
+            # moment, so its death is told apart from a failed turn.
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                server.process.wait(timeout=2)
+        if not server.alive():
             raise TargetDiedError(
                 f"{server.name} exited (status {server.process.returncode}) during the run; "
                 f"see its log {server.log_path}"
