@@ -107,7 +107,9 @@ def test_generation_flags_map_to_prompt_config_keys() -> None:
         "max_kv_size": 4096,
         "mlock": True,
     }
-    assert set(values) == set(GENERATION_FLAGS.values())
+    model_keys = {"kv_bits", "kv_group_size", "quantized_kv_start", "adapter_path"}
+    model_keys |= {"chat_template", "prompt_cache_file"}  # test_model_switches.py
+    assert set(values) | model_keys == set(GENERATION_FLAGS.values())
     assert command_line_from(parse_args(build_chat_parser(), ["--no-performance-mode"])).values == {
         "performance_mode": False
     }

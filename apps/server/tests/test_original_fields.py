@@ -299,6 +299,28 @@ def test_openai_no_op_fields_are_accepted(server: Any) -> None:
     assert response.status_code == 200, response.text
 
 
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/v1/responses", {"input": "hi", "truncation": "auto"}),
+        ("/v1/completions", {"prompt": "hi", "min_tokens": 5}),
+    ],
+)
+def test_the_other_endpoints_refuse_unknown_fields_too(
+    server: Any, path: str, body: dict[str, Any]
+) -> None:
+    unknown = next(name for name in body if name not in ("input", "prompt"))
+    response = httpx.post(f"{server.url}{path}", json=body, timeout=30)
+    error = assert_400(response, unknown, repr(unknown))
+    assert error["code"] == "unknown_parameter"
+
+
+def test_responses_accept_openai_no_op_fields(server: Any) -> None:
+    body = {"input": "hi", "service_tier": "auto", "safety_identifier": "s", "store": False}
+    response = httpx.post(f"{server.url}/v1/responses", json=body, timeout=30)
+    assert response.status_code == 200, response.text
+
+
 # -- the demo model -----------------------------------------------------------------------------
 
 

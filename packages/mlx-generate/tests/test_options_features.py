@@ -131,7 +131,7 @@ def test_chat_template_replaces_the_tokenizers(llama_model_dir: Path, tiny: Load
 
 @pytest.mark.slow
 def test_prompt_cache_file_starts_both_generators(
-    tiny: LoadedModel, tmp_path: Path, assert_same_tokens: Callable[..., None]
+    tiny_model_dir: Path, tiny: LoadedModel, tmp_path: Path, assert_same_tokens: Callable[..., None]
 ) -> None:
     path = write_prompt_cache(tmp_path / "p.safetensors", tiny, PROMPT)
     prompt = [*PROMPT, 5, 6, 7]
@@ -141,7 +141,7 @@ def test_prompt_cache_file_starts_both_generators(
     assert stats.reused_prompt_tokens == len(PROMPT)
     want, _ = _tokens(TokenGenerator(tiny), prompt)
     assert_same_tokens(tiny, got, want)
-    with BatchTokenGenerator(tiny, GeneratorOptions(prompt_cache_file=path)) as batch:
+    with BatchTokenGenerator(tiny_model_dir, GeneratorOptions(prompt_cache_file=path)) as batch:
         batch_tokens, batch_stats = _batch_stream(batch, prompt, 24)
     assert batch_stats.reused_prompt_tokens == len(PROMPT)
     assert_same_tokens(tiny, batch_tokens, want)
@@ -161,16 +161,16 @@ def test_prompt_cache_file_for_another_model_is_refused(
 
 @pytest.mark.slow
 def test_the_batch_engine_reuses_a_shared_system_and_developer_prefix(
-    tiny: LoadedModel, assert_same_tokens: Callable[..., None]
+    tiny_model_dir: Path, tiny: LoadedModel, assert_same_tokens: Callable[..., None]
 ) -> None:
     first = [*SHARED, *_message(19, [11, 12, 13]), START, 20]
     second = [*SHARED, *_message(19, [21, 22, 23, 24]), START, 20]
-    with BatchTokenGenerator(tiny, max_batch_size=2) as batch:
+    with BatchTokenGenerator(tiny_model_dir, max_batch_size=2) as batch:
         _batch_stream(batch, first)
         got, stats = _batch_stream(batch, second)
         assert batch.prompt_cache.checkpoint_nbytes > 0
     assert stats.reused_prompt_tokens == len(SHARED)  # only the user message is prefilled
-    with BatchTokenGenerator(tiny, max_batch_size=2) as fresh:
+    with BatchTokenGenerator(tiny_model_dir, max_batch_size=2) as fresh:
         want, fresh_stats = _batch_stream(fresh, second)
     assert fresh_stats.reused_prompt_tokens == 0
     assert_same_tokens(tiny, got, want)
@@ -178,15 +178,15 @@ def test_the_batch_engine_reuses_a_shared_system_and_developer_prefix(
 
 @pytest.mark.slow
 def test_prompt_cache_dir_saves_at_close_and_loads_at_start(
-    tiny: LoadedModel, tmp_path: Path
+    tiny_model_dir: Path, tiny: LoadedModel, tmp_path: Path
 ) -> None:
     folder = tmp_path / "caches"
     options = GeneratorOptions(prompt_cache_dir=folder)
     prompt = [*PROMPT, 1, 2, 3]
-    with BatchTokenGenerator(tiny, options) as batch:
+    with BatchTokenGenerator(tiny_model_dir, options) as batch:
         _batch_stream(batch, prompt)
     assert len(list(folder.glob("*.safetensors"))) == 1
-    with BatchTokenGenerator(tiny, options) as again:
+    with BatchTokenGenerator(tiny_model_dir, options) as again:
         assert len(again.prompt_cache) == 1
         _, stats = _batch_stream(again, [*prompt, 4])
     assert stats.reused_prompt_tokens >= len(prompt) - 1

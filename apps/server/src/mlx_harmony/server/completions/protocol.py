@@ -30,7 +30,10 @@ class _StreamOptions(_Model):
 
 
 class CompletionRequest(_Model):
-    """``POST /v1/completions``. Fields the server does not use are accepted and ignored."""
+    """``POST /v1/completions``. Unknown fields are kept (``extra="allow"``) so that the plan
+    can refuse them by name."""
+
+    model_config = ConfigDict(extra="allow")
 
     prompt: str | list[str] | list[int] = Field(
         description="The raw prompt: text, one text in a list, or token ids. No template."

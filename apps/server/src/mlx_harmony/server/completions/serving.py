@@ -19,6 +19,7 @@ from mlx_harmony.controller import GenerationInfo, PromptConfig
 
 from ..channel import EventChannel
 from ..errors import APIError
+from ..extras import check_unknown_fields
 from ..models import ModelEntry, ModelRegistry
 from ..planning import build_config
 from ..serving import KEEPALIVE, EventStreamResponse, Outcome, Receive
@@ -64,6 +65,7 @@ def plan_completion(
     body: CompletionRequest, entry: ModelEntry, *, max_tokens_cap: int | None
 ) -> CompletionPlan:
     """Check `body` against `entry`; `APIError` naming the field when it is wrong."""
+    check_unknown_fields(body)
     for name, value in (("n", body.n), ("best_of", body.best_of)):
         if value not in (None, 1):
             raise APIError(

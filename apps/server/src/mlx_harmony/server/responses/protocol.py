@@ -276,7 +276,10 @@ class TextOptions(_Model):
 
 
 class ResponseCreateRequest(_Model):
-    """``POST /v1/responses``. Fields the server does not use are accepted and ignored."""
+    """``POST /v1/responses``. Unknown fields are kept (``extra="allow"``) so that the service
+    can refuse them by name: a field that asks for a behaviour is never silently dropped."""
+
+    model_config = ConfigDict(extra="allow")
 
     model: str | None = Field(
         None, description="A name from GET /v1/models; empty or absent: the default model."
@@ -322,6 +325,8 @@ class ResponseCreateRequest(_Model):
     client_metadata: dict[str, Any] | None = Field(
         None, description="Accepted and not used (Codex CLI sends it)."
     )
+    service_tier: str | None = Field(None, description="Accepted; one tier here.")
+    safety_identifier: str | None = Field(None, description="Accepted and not used.")
 
 
 # -- output (documentation) -------------------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import KW_ONLY, dataclass, field
 
+from ..extras import check_unknown_fields
 from ..models import ModelRegistry
 from ..reasoning_seal import ReasoningSeal
 from ..worker import ModelWorker
@@ -29,6 +30,7 @@ class ResponsesService:
     """Seals and opens reasoning items' ``encrypted_content``."""
 
     def plan(self, body: ResponseCreateRequest) -> ResponsePlan:
+        check_unknown_fields(body)
         return plan_response(
             body, self.registry, self.store, max_tokens_cap=self.max_tokens_cap, seal=self.seal
         )
