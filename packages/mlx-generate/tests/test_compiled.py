@@ -74,6 +74,7 @@ def test_greedy_tokens_match_mlx_lm_past_the_window_and_bucket_changes(
     assert_same_tokens(tiny, got, _mlx_lm_tokens(tiny.model, prompt, n))
 
 
+@pytest.mark.slow
 def test_sampling_processors_and_logprobs_match_the_eager_loop(
     tiny: LoadedModel, steps: list[int], assert_same_tokens: Callable[..., None]
 ) -> None:
@@ -119,6 +120,7 @@ def test_seeded_sampling_and_greedy_logprobs_match_the_eager_loop(
     assert_same_tokens(tiny, *runs)
 
 
+@pytest.mark.slow
 def test_written_back_caches_equal_the_eager_loop_and_serve_the_next_turn(
     tiny: LoadedModel,
     steps: list[int],
@@ -245,6 +247,7 @@ def test_attention_spans_round_the_position_up() -> None:
     assert compiled_module._span_for(17, 32, 4) == 20
 
 
+@pytest.mark.slow
 def test_greedy_tokens_match_mlx_lm_across_attention_spans(
     tiny: LoadedModel, monkeypatch: pytest.MonkeyPatch, assert_same_tokens: Callable[..., None]
 ) -> None:
