@@ -131,3 +131,10 @@ def test_the_openai_client_reads_a_completion(server: Any) -> None:
         if c.choices
     )
     assert streamed == TEXT
+
+
+@pytest.mark.parametrize("token", [-1, 2**63, 10**30])
+def test_token_ids_outside_the_vocabulary_are_a_400(server: Any, token: int) -> None:
+    response = post(server.url, {"prompt": [token]})
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == "prompt"

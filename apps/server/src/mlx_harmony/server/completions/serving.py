@@ -181,6 +181,16 @@ class CompletionJob(Job):
             ids = list(generator.encode(plan.prompt))
         else:
             ids = list(plan.prompt)
+            vocab = state.vocab_size
+            bad = next((t for t in ids if t < 0 or (vocab is not None and t >= vocab)), None)
+            if bad is not None:
+                raise APIError(
+                    400,
+                    f"prompt holds token id {bad}, outside the model's vocabulary"
+                    + (f" (0 to {vocab - 1})" if vocab is not None else ""),
+                    param="prompt",
+                    code="invalid_value",
+                )
         config = plan.config
         window = state.context_length
         max_tokens = config.max_tokens or 16
