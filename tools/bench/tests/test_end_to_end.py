@@ -74,7 +74,7 @@ def test_every_target_on_the_demo_model_then_the_report(demo_model: Path, tmp_pa
             assert r.prompt_tokens > 0
         assert records[2].prompt_tokens > records[1].prompt_tokens, "turn 2 carries turn 1"
         run = json.loads((out / target / "run.json").read_text())
-        assert run["model"] == str(demo_model.resolve())
+        assert run["model"] == demo_model.name  # recorded without this machine's path
         assert run["aggregate_completion_tokens_per_s"] > 0
     # our stack reuses the conversation's prefix from turn to turn; so does mlx_lm.server
     for target in ("local", "server", "mlx-lm-server"):
