@@ -29,6 +29,7 @@ import sys
 import tempfile
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, cast
@@ -272,6 +273,9 @@ class PythonTool:
         if self._scratch is None:
             if self._scratch_arg is None:
                 scratch = Path(tempfile.mkdtemp(prefix="mlx-harmony-python-"))
+                # Removed by close(), or when the tool is collected or Python exits: a caller
+                # that never closes the tool leaves no folder behind.
+                weakref.finalize(self, shutil.rmtree, scratch, ignore_errors=True)
             else:
                 scratch = Path(self._scratch_arg).resolve()
                 scratch.mkdir(parents=True, exist_ok=True)
