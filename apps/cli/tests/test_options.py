@@ -165,3 +165,10 @@ def test_the_tests_cover_every_flag() -> None:
     negations = {f for f in flags if f.startswith("--no-") and "--" + f[5:] in flags}
     missing = sorted(f for f in flags - negations if f'"{f}"' not in sources)
     assert not missing, f"flags no test uses: {missing}"
+
+
+def test_python_unsandboxed_is_a_flag_of_its_own() -> None:
+    args = parse_args(build_chat_parser(), ["--python", "--python-unsandboxed"])
+    assert args.python is True
+    assert args.python_unsandboxed is True
+    assert parse_args(build_chat_parser(), []).python_unsandboxed is False

@@ -308,3 +308,20 @@ def test_the_macos_profile_denies_network_writes_and_fork() -> None:
     ]
     networked = render_macos_profile(scratch=Path("/tmp/s"), read_only=(), allow_network=True)
     assert "(deny network*)" not in networked
+
+
+def test_without_a_sandbox_the_tool_refuses_unless_told_to_run_unsandboxed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mlx_harmony.tools import sandbox
+    from mlx_harmony.tools.registry import ToolRegistry
+
+    monkeypatch.setattr(sandbox.shutil, "which", lambda name: None)  # no bwrap, no sandbox-exec
+    with pytest.raises(sandbox.SandboxUnavailableError, match="--python-unsandboxed"):
+        ToolRegistry.from_flags(python=True)
+    registry = ToolRegistry.from_flags(python=True, python_allow_unsandboxed=True)
+    try:
+        (tool,) = [t for t in registry.tools if t.name == "python"]
+        assert not tool.sandbox.confined
+    finally:
+        registry.close()

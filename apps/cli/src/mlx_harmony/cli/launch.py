@@ -309,12 +309,18 @@ def make_tools(launch: Launch) -> ToolRegistry | None:
     tools = launch.settings.tools
     if not any(tools.values()):
         return None
-    return ToolRegistry.from_flags(
-        browser=tools["browser"],
-        python=tools["python"],
-        apply_patch=tools["apply_patch"],
-        workspace=Path.cwd() if tools["apply_patch"] else None,
-    )
+    from mlx_harmony.tools.sandbox import SandboxUnavailableError
+
+    try:
+        return ToolRegistry.from_flags(
+            browser=tools["browser"],
+            python=tools["python"],
+            apply_patch=tools["apply_patch"],
+            workspace=Path.cwd() if tools["apply_patch"] else None,
+            python_allow_unsandboxed=bool(getattr(launch.args, "python_unsandboxed", False)),
+        )
+    except SandboxUnavailableError as error:
+        raise CliError(f"--python: {error}") from None
 
 
 def debug_options(

@@ -250,7 +250,13 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
         "--python",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="Let the model run Python in a limited subprocess.",
+        help="Let the model run Python in a sandbox (bubblewrap on Linux, sandbox-exec on macOS).",
+    )
+    tools.add_argument(
+        "--python-unsandboxed",
+        action="store_true",
+        help="Where no sandbox is installed, run the python tool without one: model-written "
+        "code then runs with your rights.",
     )
     tools.add_argument(
         "--apply-patch",

@@ -96,6 +96,7 @@ class ToolRegistry:
         python_memory_limit_mb: int = 2048,
         python_scratch_dir: str | os.PathLike[str] | None = None,
         python_allow_network: bool = False,
+        python_allow_unsandboxed: bool = False,
     ) -> ToolRegistry:
         """The registry for the CLI's and the server's `--browser`, `--python`, `--apply-patch`."""
         tools: list[Tool] = []
@@ -108,6 +109,7 @@ class ToolRegistry:
                     timeout_s=python_timeout_s,
                     memory_limit_mb=python_memory_limit_mb,
                     allow_network=python_allow_network,
+                    allow_unsandboxed=python_allow_unsandboxed,
                 )
             )
         if apply_patch:

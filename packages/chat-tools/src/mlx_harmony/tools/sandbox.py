@@ -54,7 +54,7 @@ _LINUX_HINT = (
 )
 _UNSAFE_HINT = (
     "or, if you accept running model-written code with your own rights, turn the sandbox off "
-    "explicitly (PythonTool(allow_unsandboxed=True))"
+    "explicitly (mlx-harmony-chat --python-unsandboxed, or PythonTool(allow_unsandboxed=True))"
 )
 
 
