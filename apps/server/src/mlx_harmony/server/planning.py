@@ -46,6 +46,7 @@ __all__ = [
     "developer_instructions",
     "format_instruction",
     "openai_calls",
+    "plan_answer_format",
     "plan_constraint",
     "plan_turn",
     "retry_policy",
@@ -283,6 +284,31 @@ def declare_tools(
             )
         instruction = f"You must call the function functions.{names.to_harmony(choice.name)} now."
     return tuple(out), instruction
+
+
+def plan_answer_format(
+    specs: Sequence[FunctionSpec],
+    names: ToolNameMap,
+    choice: ToolChoice,
+    *,
+    format_kind: object,
+    schema: object,
+    format_param: str,
+    schema_param: str,
+) -> tuple[str | None, tuple[ConstraintSpec, str] | None]:
+    """The answer format's instruction and the grammar constraint (`plan_constraint`), for
+    either API: only the fields' names differ."""
+    instruction = format_instruction(format_kind, schema, param=format_param)
+    constraint = plan_constraint(
+        specs,
+        names,
+        choice,
+        format_kind=format_kind,
+        schema=schema,
+        format_param=format_param,
+        schema_param=schema_param,
+    )
+    return instruction, constraint
 
 
 def format_instruction(kind: object, schema: object, *, param: str) -> str | None:

@@ -406,8 +406,24 @@ def stream_generate(
         prompt_done = True
         cache.checkpoint(n_prompt)
 
+    # What both step generators take: the caches, the sampling and the callbacks.
+    shared: dict[str, Any] = {
+        "cache": cache.caches,
+        "sampler": sampler,
+        "logits_processors": logits_processors,
+        "max_tokens": max_tokens,
+        "prefill_step_size": prefill_step_size,
+        "kv_bits": cache.kv_bits,
+        "kv_group_size": cache.kv_group_size,
+        "quantized_kv_start": cache.quantized_kv_start,
+        "logprobs": logprobs,
+        "prompt_progress_callback": prompt_progress_callback,
+        "prompt_end_callback": on_prompt_end,
+        "should_stop": should_stop,
+    }
     # Speculative decoding: its own step generator (speculative.py), same events and caches.
     speculation: SpeculationCounts | None = None
+    mx.reset_peak_memory()
     if draft_model is not None or prompt_lookup is not None:
         if draft_model is not None and prompt_lookup is not None:
             raise ValueError("pass draft_model or prompt_lookup, not both")
@@ -417,48 +433,24 @@ def stream_generate(
                 "tokens per pass); pass compiled=None or drop draft_model / prompt_lookup"
             )
         speculation = SpeculationCounts()
-        mx.reset_peak_memory()
         steps = speculative_generate_step(
             prompt_ids[reused:],
             model,
-            cache=cache.caches,
             history=prompt_ids[:reused],
             draft_model=None if draft_model is None else load_draft_model(draft_model),
             prompt_lookup=prompt_lookup,
             num_draft_tokens=num_draft_tokens,
-            sampler=sampler,
-            logits_processors=logits_processors,
-            max_tokens=max_tokens,
-            prefill_step_size=prefill_step_size,
-            kv_bits=cache.kv_bits,
-            kv_group_size=cache.kv_group_size,
-            quantized_kv_start=cache.quantized_kv_start,
-            logprobs=logprobs,
-            prompt_progress_callback=prompt_progress_callback,
-            prompt_end_callback=on_prompt_end,
-            should_stop=should_stop,
             counts=speculation,
+            **shared,
         )
     else:
-        mx.reset_peak_memory()
         steps = generate_step(
             mx.array(prompt_ids[reused:]),
             model,
-            cache=cache.caches,
-            sampler=sampler,
-            logits_processors=logits_processors,
-            max_tokens=max_tokens,
-            prefill_step_size=prefill_step_size,
-            kv_bits=cache.kv_bits,
-            kv_group_size=cache.kv_group_size,
-            quantized_kv_start=cache.quantized_kv_start,
             context=context,
-            logprobs=logprobs,
-            prompt_progress_callback=prompt_progress_callback,
-            prompt_end_callback=on_prompt_end,
-            should_stop=should_stop,
             compiled=compiled,
             min_bucket=min_bucket,
+            **shared,
         )
 
     committed = False

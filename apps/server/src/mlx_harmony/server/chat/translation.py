@@ -26,9 +26,8 @@ from ..planning import (
     build_config,
     declare_tools,
     developer_instructions,
-    format_instruction,
     openai_calls,
-    plan_constraint,
+    plan_answer_format,
     plan_turn,
 )
 from ..tool_names import ToolNameMap
@@ -233,8 +232,7 @@ def plan_chat(
     choice = _tool_choice(body)
     function_tools, tool_instruction = declare_tools(specs, names, choice)
     kind, schema = _response_format(body)
-    instruction = format_instruction(kind, schema, param="response_format.type")
-    constraint = plan_constraint(
+    instruction, constraint = plan_answer_format(
         specs,
         names,
         choice,

@@ -34,8 +34,7 @@ from ..planning import (
     build_config,
     declare_tools,
     developer_instructions,
-    format_instruction,
-    plan_constraint,
+    plan_answer_format,
     plan_turn,
 )
 from ..reasoning_seal import ReasoningSeal
@@ -413,8 +412,7 @@ def plan_response(
     summary = _summary(body)
     encrypted = _include(body, warnings)
     kind, schema = _text_format(body)
-    instruction = format_instruction(kind, schema, param="text.format.type")
-    constraint = plan_constraint(
+    instruction, constraint = plan_answer_format(
         specs,
         names,
         choice,
