@@ -2,19 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 __all__ = [
     "CachedTokens",
     "ErrorDetail",
     "ErrorResponse",
+    "FunctionFields",
     "Health",
     "ModelCard",
     "ModelList",
     "ReasoningTokens",
 ]
+
+
+class FunctionFields(BaseModel):
+    """A function tool's fields, the same in Chat Completions (``function``) and Responses."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(min_length=1, max_length=256)
+    description: str | None = None
+    parameters: dict[str, Any] | None = None
+    strict: bool | None = Field(
+        None,
+        description="true: a call's arguments are constrained to match parameters (also with "
+        "tool_choice auto); unset or false: constrained only when the call is forced.",
+    )
 
 
 class CachedTokens(BaseModel):

@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..extras import OriginalFields
-from ..protocol import CachedTokens, ReasoningTokens
+from ..protocol import CachedTokens, FunctionFields, ReasoningTokens
 
 __all__ = [
     "AssistantMessage",
@@ -144,15 +144,8 @@ ChatMessage = Annotated[
 ]
 
 
-class FunctionDefinition(_Model):
-    name: str = Field(min_length=1, max_length=256)
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = Field(
-        None,
-        description="true: a call's arguments are constrained to match parameters (also with "
-        "tool_choice auto); unset or false: constrained only when the call is forced.",
-    )
+class FunctionDefinition(FunctionFields):
+    """``tools[].function``."""
 
 
 class Tool(_Model):

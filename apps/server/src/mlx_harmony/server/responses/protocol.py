@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
-from ..protocol import CachedTokens, ReasoningTokens
+from ..protocol import CachedTokens, FunctionFields, ReasoningTokens
 
 __all__ = [
     "ContentPartEvent",
@@ -209,18 +209,10 @@ InputItem = Annotated[
 ]
 
 
-class FunctionToolSpec(_Model):
+class FunctionToolSpec(FunctionFields):
     """A function tool, declared to gpt-oss as a Harmony function."""
 
     type: Literal["function"]
-    name: str = Field(min_length=1, max_length=256)
-    description: str | None = None
-    parameters: dict[str, Any] | None = None
-    strict: bool | None = Field(
-        None,
-        description="true: a call's arguments are constrained to match parameters (also with "
-        "tool_choice auto); unset or false: constrained only when the call is forced.",
-    )
 
 
 class NamespaceToolSpec(_Model):
