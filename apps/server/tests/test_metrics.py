@@ -56,7 +56,7 @@ def test_a_stream_is_counted_when_it_ends(server: Any) -> None:
 
 
 def test_running_requests_show_while_a_turn_decodes(start_server: Any, echo: Any) -> None:
-    generator = echo(hold_after=1)
+    generator = echo(hold_after=4)  # past the channel header: a delta goes out
     server = start_server(generator)
     with httpx.stream(
         "POST",

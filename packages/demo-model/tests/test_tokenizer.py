@@ -111,3 +111,19 @@ def test_generation_config_stops_on_return_and_call(folder: Path) -> None:
 
     config = json.loads((folder / "generation_config.json").read_text())
     assert {200002, 200012} <= set(config["eos_token_id"])
+
+
+def test_a_second_cache_folder_in_one_process_copies_the_first_build(
+    tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The merges are built once per process: a new cache folder gets the same bytes."""
+    from mlx_harmony.demo_model import tokenizer
+
+    def rebuild(_vocab: Path) -> str:
+        raise AssertionError("the merges were built again")
+
+    monkeypatch.setattr(tokenizer, "_build_tokenizer_json", rebuild)
+    write_tokenizer_files(tmp_path / "model", cache_dir=tmp_path / "other-cache")
+    built = (tmp_path / "other-cache" / "o200k_harmony-tokenizer.json").read_bytes()
+    assert built == (folder / "tokenizer.json").read_bytes()
+    assert (tmp_path / "model" / "tokenizer.json").read_bytes() == built

@@ -107,6 +107,7 @@ def test_sampling_processors_and_logprobs_match_the_eager_loop(
         assert mx.array_equal(a.logprobs, b.logprobs)
 
 
+@pytest.mark.slow  # seconds: the quick tier stays under its budget
 @pytest.mark.parametrize("output", ["logprobs", "token"])
 def test_seeded_sampling_and_greedy_logprobs_match_the_eager_loop(
     tiny: LoadedModel, output: str, assert_same_tokens: Callable[..., None]
@@ -157,6 +158,7 @@ def test_written_back_caches_equal_the_eager_loop_and_serve_the_next_turn(
     assert caches[True].checkpoint_length == caches[False].checkpoint_length
 
 
+@pytest.mark.slow  # seconds: the quick tier stays under its budget
 def test_closing_early_writes_back_what_was_fed(tiny: LoadedModel) -> None:
     prompt = mx.array(_prompt(30, seed=4))
     caches = {}

@@ -149,6 +149,7 @@ def test_fingerprint_tells_the_parts_apart(tiny: LoadedModel) -> None:
     check_same_model(tiny, {"max_batch_size": 8}, mx.distributed.init())  # one rank: nothing
 
 
+@pytest.mark.slow  # seconds: the quick tier stays under its budget
 def test_load_sharded_one_rank_is_load_model(tiny_model_dir: Path, tiny: LoadedModel) -> None:
     loaded = load_sharded(tiny_model_dir, mx.distributed.init())
     prompt = mx.array([[5, 6, 7, 8]])
@@ -285,6 +286,7 @@ def _stream_tokens(generator: object, prompt: Sequence[int], n: int) -> list[int
     return [e.token for e in events if e.token is not None]
 
 
+@pytest.mark.slow  # seconds: the quick tier stays under its budget
 def test_sharded_token_generator_over_one_rank(tiny_model_dir: Path) -> None:
     from mlx_harmony.generate import BatchTokenGenerator
     from mlx_harmony.generate.distributed import ShardedBatchTokenGenerator

@@ -66,6 +66,7 @@ def test_boundary_checkpoints_round_trip(tiny: LoadedModel, tmp_path: Path) -> N
     assert len(saved.caches) == 2
 
 
+@pytest.mark.slow  # seconds: the quick tier stays under its budget
 def test_a_file_for_another_model_is_refused(
     cache_file: Path, tmp_path_factory: pytest.TempPathFactory, tokenizer_cache: Path
 ) -> None:

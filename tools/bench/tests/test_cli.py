@@ -34,6 +34,7 @@ def test_the_manifest_keeps_the_first_order(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "runs.json").read_text())["runs"][-1] == "mlx-lm"
 
 
+@pytest.mark.slow  # seconds: the quick tier stays under its budget
 def test_report_command_writes_the_report(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

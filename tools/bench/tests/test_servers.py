@@ -90,6 +90,7 @@ def test_a_server_that_never_answers_times_out_and_is_killed(tmp_path: Path) -> 
     assert_gone(server, port)
 
 
+@pytest.mark.slow  # seconds: the quick tier stays under its budget
 def test_a_server_that_ignores_sigint_and_sigterm_is_killed(
     fake_server: Callable[..., ServerProcess],
 ) -> None:

@@ -127,15 +127,25 @@ def _build_tokenizer_json(vocab_file: Path) -> str:
     return tokenizer.to_str()
 
 
+_built_here: list[Path] = []
+"""The tokenizer files this process built, newest last: another cache folder copies one."""
+
+
 def _cached_tokenizer_json(cache_dir: Path) -> Path:
-    """Building the merges takes seconds; do it once per machine."""
+    """Building the merges takes seconds; do it once per machine (and once per process, for a
+    process that uses several cache folders)."""
     target = cache_dir / "o200k_harmony-tokenizer.json"
     if not target.exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
-        text = _build_tokenizer_json(_vocab_path())
         with tempfile.NamedTemporaryFile("w", dir=cache_dir, delete=False, suffix=".tmp") as f:
-            f.write(text)
+            built = next((p for p in reversed(_built_here) if p.is_file()), None)
+            if built is not None:
+                f.close()
+                shutil.copyfile(built, f.name)
+            else:
+                f.write(_build_tokenizer_json(_vocab_path()))
         Path(f.name).replace(target)
+        _built_here.append(target)
     return target
 
 
