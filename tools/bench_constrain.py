@@ -1,19 +1,38 @@
-"""What structured outputs cost: decode tokens/s with and without a JSON-schema constraint at
-batch 1 (`TokenGenerator`) and at 8 streams (`BatchTokenGenerator`) on the demo model (side by
-side, alternating), and the time to first token a constraint adds (first use and cached).
-`--engines` also times llguidance against xgrammar on the o200k_harmony vocabulary (grammar
-compile, mask per token); xgrammar is optional (``pip install xgrammar``).
+"""What structured outputs cost, side by side in one run: decode tokens/s with and without a
+JSON-schema constraint at batch 1 (`TokenGenerator`) and at 8 streams (`BatchTokenGenerator`),
+alternating rounds; the time to first token a constraint adds (the tokenizer's llguidance view
+built on the first constrained request against one started at model load, then a schema's
+first use and a cached one). `--engines` also times llguidance against xgrammar on the
+o200k_harmony vocabulary (grammar compile, mask per token); xgrammar is optional
+(``pip install xgrammar``).
 
-    uv run python tools/bench_constrain.py [--model PATH] [--rounds 3] [--streams 8] [--engines]
+    python tools/bench_constrain.py                        # the demo model
+    python tools/bench_constrain.py --shape tiny           # a random tiny gpt-oss, CPU-sized
+    python tools/bench_constrain.py --shape gpt-oss-20b --bits 4 --dtype bfloat16 --json OUT
+    python tools/bench_constrain.py --model PATH [--rounds 3] [--streams 8] [--engines]
+
+A random model is built in memory by ``tools/bench_generate.py``'s builder with the demo model's
+o200k_harmony tokenizer: nothing is downloaded. Decoding starts in the final message (the
+prompt ends with ``<|channel|>final<|message|>`` and the constraint consumes that header
+first), so every constrained token is masked by the JSON schema: random weights would otherwise
+write free analysis for ever. Both variants count tokens the same way: the first constrained
+run (seed 0, at most `--max-tokens`) sets each stream's length; the free runs ignore stop tokens
+and decode exactly that many, and the constrained runs repeat the same seed (so the same
+tokens). Decode tokens/s is `GenerationStats.decode_tokens_per_s`; 8-stream rates are all
+streams' tokens over the round's wall time.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
+import sys
+import tempfile
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 SCHEMA: dict[str, Any] = {
@@ -45,133 +64,198 @@ DOC = {
     "tags": ["math", "poetry", "engines"],
     "address": {"city": "London", "zip": "12345"},
 }
+HEADER = "<|channel|>final<|message|>"
 
 
-def _decode(generator: Any, prompt: list[int], spec: Any, seed: int, max_tokens: int) -> Any:
-    """One sampled run (`spec` None: free); a free run ignores stop tokens so that it decodes
-    as many tokens as the constrained one (same seed, same length: like for like). The final
-    event's stats."""
-    from mlx_harmony.sampling import SamplingParams
+class Bench:
+    """The prompt, the compiled schema and one decode per call, for free or constrained runs."""
 
-    events = list(
-        generator.stream(
-            prompt_tokens=prompt,
-            sampling=SamplingParams(temperature=1.0, seed=seed),
-            max_tokens=max_tokens,
-            stop_tokens=None if spec is not None else (),
-            constraint=spec,
+    def __init__(self, generator: Any) -> None:
+        from mlx_harmony.generate.constrain import ConstraintSpec
+        from mlx_harmony.harmony_format import Message, render_prompt
+
+        self.spec = ConstraintSpec("json_schema", schema=SCHEMA)
+        self.prompt = render_prompt([Message.user("Describe a person as JSON.")])
+        self.header = list(generator.tokenizer.encode(HEADER, add_special_tokens=False))
+        if len(self.header) != 3:
+            raise SystemExit(f"{HEADER!r} is not 3 special tokens in this tokenizer")
+
+    def decode(
+        self, generator: Any, constrained: bool, seed: int, max_tokens: int
+    ) -> Any:  # GenerationStats
+        """One sampled run from the final header; a free run ignores stop tokens."""
+        from mlx_harmony.sampling import SamplingParams
+
+        processors = None
+        if constrained:
+            processors = [generator.compile_constraint(self.spec).new(prefix=self.header)]
+        events = list(
+            generator.stream(
+                prompt_tokens=self.prompt + self.header,
+                sampling=SamplingParams(temperature=1.0, seed=seed),
+                max_tokens=max_tokens,
+                stop_tokens=None if constrained else (),
+                logits_processors=processors,
+                detokenize=False,
+            )
+        )
+        return events[-1].stats
+
+    def first_token_s(self, generator: Any, constrained: bool) -> float:
+        """Wall time from the call to the first token, through the public path
+        (``constraint=``: compile, or cache lookup, inside the call)."""
+        from mlx_harmony.sampling import SamplingParams
+
+        start = time.perf_counter()
+        events = generator.stream(
+            prompt_tokens=self.prompt,
+            sampling=SamplingParams(temperature=1.0, seed=0),
+            max_tokens=1,
+            constraint=self.spec if constrained else None,
             detokenize=False,
         )
-    )
-    return events[-1].stats
+        next(events)
+        elapsed = time.perf_counter() - start
+        for _ in events:
+            pass
+        return elapsed
 
 
-def bench_decode(generator: Any, rounds: int) -> None:
+def _stamp(into: list[float], start: float) -> Any:
+    """A done-callback that records the seconds since `start`."""
+    return lambda _: into.append(time.perf_counter() - start)
+
+
+def bench_ttft(generator: Any, bench: Bench, rounds: int) -> dict[str, float]:
+    """Time to first token of the first constrained request after a model load, the view
+    built on that request (before) against started at load (now), and of later requests."""
     from mlx_harmony.generate.constrain import (
-        ConstraintSpec,
         clear_constraint_cache,
-        compile_constraint,
-        prepare_tokenizer,
+        prepare_tokenizer_in_background,
     )
-    from mlx_harmony.harmony_format import Message, render_prompt
 
-    prompt = render_prompt([Message.user("Describe a person as JSON.")])
-    spec = ConstraintSpec("json_schema", schema=SCHEMA)
-    start = time.perf_counter()
-    prepare_tokenizer(generator.tokenizer)
-    view_s = time.perf_counter() - start
-    first = _decode(generator, prompt, spec, 0, 400)
-    length = first.completion_tokens
-    print(f"the constrained completion (seed 0) has {length} tokens, {first.stop_reason}")
-    free, constrained, ratios = [], [], []
+    tokenizer, harmony = generator.tokenizer, generator.is_harmony
+    bench.first_token_s(generator, False)  # warm-up: kernels, prompt shapes
+    samples: dict[str, list[float]] = {
+        "free": [],
+        "view_on_request": [],
+        "view_at_load_request_at_once": [],
+        "view_at_load_request_later": [],
+        "cached_schema": [],
+        "view_build_s": [],
+    }
+    for _ in range(rounds):
+        samples["free"].append(bench.first_token_s(generator, False))
+        clear_constraint_cache(tokenizer_views=True)  # as a fresh model load: nothing built
+        samples["view_on_request"].append(bench.first_token_s(generator, True))
+        clear_constraint_cache(tokenizer_views=True)
+        future = prepare_tokenizer_in_background(tokenizer, harmony=harmony)  # as the server
+        future.add_done_callback(_stamp(samples["view_build_s"], time.perf_counter()))
+        samples["view_at_load_request_at_once"].append(bench.first_token_s(generator, True))
+        future.result()
+        clear_constraint_cache()  # the view stays: a request that comes after its build
+        samples["view_at_load_request_later"].append(bench.first_token_s(generator, True))
+        samples["cached_schema"].append(bench.first_token_s(generator, True))
+    result = {name: statistics.median(values) for name, values in samples.items()}
+    print(
+        "first constrained request after a model load, time to first token (median of "
+        f"{rounds}):\n"
+        f"  view built on the request (before)          {result['view_on_request']:8.3f} s\n"
+        f"  view started at load, request at once (now) "
+        f"{result['view_at_load_request_at_once']:8.3f} s\n"
+        f"  view started at load, request after it (now) "
+        f"{result['view_at_load_request_later']:7.3f} s\n"
+        f"  later request, schema cached                {result['cached_schema']:8.3f} s\n"
+        f"  free request                                {result['free']:8.3f} s\n"
+        f"  (the view alone: {result['view_build_s']:.2f} s)"
+    )
+    return result
+
+
+def bench_decode(generator: Any, bench: Bench, rounds: int, max_tokens: int) -> dict[str, Any]:
+    """Batch 1: free and constrained, alternating, the same number of tokens each."""
+    length = bench.decode(generator, True, 0, max_tokens).completion_tokens
+    free, constrained, ratios, counts = [], [], [], set()
     for r in range(rounds):
-        order = ["free", "constrained"] if r % 2 == 0 else ["constrained", "free"]
+        order = [False, True] if r % 2 == 0 else [True, False]
         speeds = {}
         for variant in order:
-            stats = _decode(
-                generator, prompt, spec if variant == "constrained" else None, 0, length
-            )
+            stats = bench.decode(generator, variant, 0, length)
+            counts.add(stats.completion_tokens)
             speeds[variant] = stats.decode_tokens_per_s
+            name = "constrained" if variant else "free"
             print(
-                f"round {r} {variant:11s} {stats.completion_tokens:4d} tokens "
-                f"{stats.decode_tokens_per_s:7.1f} tok/s  "
-                f"ttft {stats.time_to_first_token_s * 1e3:6.1f} ms"
+                f"round {r} {name:11s} {stats.completion_tokens:4d} tokens "
+                f"{stats.decode_tokens_per_s:8.1f} tok/s ({stats.stop_reason})"
             )
-        free.append(speeds["free"])
-        constrained.append(speeds["constrained"])
-        ratios.append(speeds["constrained"] / speeds["free"])
+        free.append(speeds[False])
+        constrained.append(speeds[True])
+        ratios.append(speeds[True] / speeds[False])
+    result = {
+        "tokens": sorted(counts),
+        "free_tok_s": statistics.median(free),
+        "constrained_tok_s": statistics.median(constrained),
+        "constrained_over_free": statistics.median(ratios),
+    }
     print(
-        f"decode tok/s, batch 1: free {statistics.median(free):.1f}, constrained "
-        f"{statistics.median(constrained):.1f}, constrained/free {statistics.median(ratios):.3f}"
+        f"decode tok/s, batch 1 ({'/'.join(map(str, result['tokens']))} tokens a run): free "
+        f"{result['free_tok_s']:.1f} | constrained {result['constrained_tok_s']:.1f} | "
+        f"constrained/free {result['constrained_over_free']:.3f}"
     )
-
-    # Added time to first token: compile (first use) or cache lookup, plus the first mask.
-    firsts, cached = [], []
-    for _ in range(rounds):
-        clear_constraint_cache()
-        t = time.perf_counter()
-        constraint = compile_constraint(spec, generator.tokenizer).new()
-        constraint.allowed_mask()
-        firsts.append(time.perf_counter() - t)
-        t = time.perf_counter()
-        constraint = compile_constraint(spec, generator.tokenizer).new()
-        constraint.allowed_mask()
-        cached.append(time.perf_counter() - t)
-    print(
-        f"added time to first token: tokenizer view once per model {view_s:.2f} s; "
-        f"first use of a schema {statistics.median(firsts) * 1e3:.2f} ms; "
-        f"cached {statistics.median(cached) * 1e3:.3f} ms"
-    )
+    return result
 
 
-def bench_streams(generator: Any, streams: int, rounds: int) -> None:
+def bench_streams(
+    batch: Any, bench: Bench, streams: int, rounds: int, max_tokens: int
+) -> dict[str, Any]:
     """`streams` requests at once in one `BatchTokenGenerator`, all free or all constrained
-    (seeds 0..streams-1, each free stream as long as its constrained twin): aggregate decode
-    tokens/s over the wall time of the round."""
-    from mlx_harmony.generate.constrain import ConstraintSpec
-    from mlx_harmony.harmony_format import Message, render_prompt
-
-    prompt = render_prompt([Message.user("Describe a person as JSON.")])
-    spec = ConstraintSpec("json_schema", schema=SCHEMA)
+    (seeds 0..streams-1): all streams' tokens over the wall time of the round."""
 
     def run(constrained: bool, lengths: list[int]) -> tuple[float, list[Any]]:
         results: list[Any] = [None] * streams
 
         def one(i: int) -> None:
-            results[i] = _decode(generator, prompt, spec if constrained else None, i, lengths[i])
+            results[i] = bench.decode(batch, constrained, i, lengths[i])
 
         threads = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
-        t = time.perf_counter()
+        start = time.perf_counter()
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        wall = time.perf_counter() - t
+        wall = time.perf_counter() - start
         return sum(r.completion_tokens for r in results) / wall, results
 
-    _, firsts = run(True, [400] * streams)
+    _, firsts = run(True, [max_tokens] * streams)
     lengths = [r.completion_tokens for r in firsts]
-    stops = [str(r.stop_reason) for r in firsts]
-    print(f"{streams} streams: constrained completions of {lengths} tokens ({stops})")
     free, constrained, ratios = [], [], []
     for r in range(rounds):
         order = [False, True] if r % 2 == 0 else [True, False]
         speeds = {}
         for variant in order:
-            speeds[variant], _ = run(variant, lengths)
+            speeds[variant], results = run(variant, lengths)
+            assert [s.completion_tokens for s in results] == lengths, "token counts differ"
             name = "constrained" if variant else "free"
-            print(f"round {r} {name:11s} {streams} streams {speeds[variant]:7.1f} tok/s in all")
+            print(f"round {r} {name:11s} {streams} streams {speeds[variant]:8.1f} tok/s in all")
         free.append(speeds[False])
         constrained.append(speeds[True])
         ratios.append(speeds[True] / speeds[False])
+    result = {
+        "streams": streams,
+        "tokens": lengths,
+        "free_tok_s": statistics.median(free),
+        "constrained_tok_s": statistics.median(constrained),
+        "constrained_over_free": statistics.median(ratios),
+    }
     print(
-        f"decode tok/s, {streams} streams (all together): free {statistics.median(free):.1f}, "
-        f"constrained {statistics.median(constrained):.1f}, constrained/free "
-        f"{statistics.median(ratios):.3f}"
+        f"decode tok/s, {streams} streams ({sum(lengths)} tokens a round): free "
+        f"{result['free_tok_s']:.1f} | constrained {result['constrained_tok_s']:.1f} | "
+        f"constrained/free {result['constrained_over_free']:.3f}"
     )
+    return result
 
 
-def bench_engines(tokenizer: Any, rounds: int) -> None:
+def bench_engines(tokenizer: Any, rounds: int) -> dict[str, Any]:
     """Compile time and mask time per token, walking DOC's tokens through the schema."""
     import llguidance
     import llguidance.hf
@@ -233,42 +317,110 @@ def bench_engines(tokenizer: Any, rounds: int) -> None:
             results[name][0].append(compile_s)
             results[name][1].extend(times)
     print(f"schema: 6 fields, nested object, array, enum; {len(ids)} tokens walked per round")
+    out: dict[str, Any] = {}
     for name, (compiles, masks) in results.items():
+        out[name] = {
+            "compile_ms": statistics.median(compiles) * 1e3,
+            "mask_us_mean": statistics.mean(masks) * 1e6,
+            "mask_us_median": statistics.median(masks) * 1e6,
+            "mask_us_max": max(masks) * 1e6,
+        }
         print(
-            f"{name:10s} compile + first mask {statistics.median(compiles) * 1e3:7.2f} ms | "
-            f"mask per token mean {statistics.mean(masks) * 1e6:6.1f} us, median "
-            f"{statistics.median(masks) * 1e6:6.1f} us, max {max(masks) * 1e6:7.1f} us"
+            f"{name:10s} compile + first mask {out[name]['compile_ms']:7.2f} ms | "
+            f"mask per token mean {out[name]['mask_us_mean']:6.1f} us, median "
+            f"{out[name]['mask_us_median']:6.1f} us, max {out[name]['mask_us_max']:7.1f} us"
         )
+    return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", help="an MLX model folder (default: the demo model)")
+def _load(args: argparse.Namespace) -> tuple[Any, str]:
+    """A model path or `LoadedModel`, and a label: `--model`, a random `--shape` (built by
+    bench_generate's builder, with the demo model's tokenizer), or the demo model."""
+    if args.shape:
+        sys.path.insert(0, str(Path(__file__).resolve().parent))
+        from bench_generate import _build
+
+        builder_args = argparse.Namespace(
+            model=None,
+            shape=args.shape,
+            dtype=args.dtype,
+            bits=args.bits,
+            mode="affine",
+            group_size=args.group_size,
+            head_dim=None,
+            cache_dir=None,
+        )
+        return _build(builder_args)
+    if args.model:
+        return args.model, Path(args.model).name
+    from mlx_harmony.demo_model import ensure_demo_model
+
+    return ensure_demo_model(), "the demo model"
+
+
+def _write_json(path: str, data: dict[str, Any]) -> None:
+    """Atomically: a temporary file in the same folder, then a rename."""
+    target = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.")
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, target)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--model", help="an MLX model folder (default: the demo model)")
+    source.add_argument("--shape", help="a random gpt-oss of this shape: tiny, gpt-oss-20b")
+    parser.add_argument("--bits", type=int, default=None, help="quantize the random model")
+    parser.add_argument("--group-size", type=int, default=32, help="with --bits")
+    parser.add_argument("--dtype", default=None, help="bfloat16, float16, float32 (--shape)")
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--engines", action="store_true", help="also compare the engines")
+    parser.add_argument("--max-tokens", type=int, default=128, help="tokens a run, at most")
     parser.add_argument(
         "--streams", type=int, default=8, help="streams at once in the batch run (0: skip it)"
     )
-    args = parser.parse_args()
+    parser.add_argument("--engines", action="store_true", help="also compare the engines")
+    parser.add_argument("--json", default=None, help="write the numbers to this file")
+    args = parser.parse_args(argv)
+    if not args.shape and (args.bits or args.dtype):
+        parser.error("--bits and --dtype build a random model: give --shape too")
+    if args.rounds < 1 or args.max_tokens < 1 or args.streams < 0:
+        parser.error("--rounds and --max-tokens must be at least 1, --streams at least 0")
+
+    import mlx.core as mx
+
     from mlx_harmony.generate import BatchTokenGenerator, GeneratorOptions, TokenGenerator
 
-    if args.model:
-        path = args.model
-    else:
-        from mlx_harmony.demo_model import ensure_demo_model
-
-        path = ensure_demo_model()
-    # Every run with a seed starts from it: a variant's rounds decode the same tokens.
+    model, label = _load(args)
+    print(f"model: {label} on {mx.default_device()} (mlx {mx.__version__})")
+    # Every run with a seed starts from it: a variant's rounds decode the same tokens. Random
+    # weights loop: loop detection is off, the runs are bounded by --max-tokens.
     options = GeneratorOptions(loop_detection="off", reseed_each_turn=True)
-    generator = TokenGenerator(path, options)
+    generator = TokenGenerator(model, options)
+    bench = Bench(generator)
+    results: dict[str, Any] = {
+        "model": label,
+        "device": str(mx.default_device()),
+        "mlx": mx.__version__,
+        "max_tokens": args.max_tokens,
+        "rounds": args.rounds,
+    }
     if args.engines:
-        bench_engines(generator.tokenizer, args.rounds)
-    bench_decode(generator, args.rounds)
+        results["engines"] = bench_engines(generator.tokenizer, args.rounds)
+    results["ttft_s"] = bench_ttft(generator, bench, args.rounds)
+    results["batch_1"] = bench_decode(generator, bench, args.rounds, args.max_tokens)
     if args.streams:
+        loaded = generator.loaded
         generator.close()
-        with BatchTokenGenerator(generator.loaded, options, max_batch_size=args.streams) as batch:
-            bench_streams(batch, args.streams, args.rounds)
+        with BatchTokenGenerator(loaded, options, max_batch_size=args.streams) as batch:
+            results["streams"] = bench_streams(
+                batch, bench, args.streams, args.rounds, args.max_tokens
+            )
+    if args.json:
+        _write_json(args.json, results)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

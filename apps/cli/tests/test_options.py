@@ -109,6 +109,8 @@ def test_generation_flags_map_to_prompt_config_keys() -> None:
     }
     model_keys = {"kv_bits", "kv_group_size", "quantized_kv_start", "adapter_path"}
     model_keys |= {"chat_template", "prompt_cache_file"}  # test_model_switches.py
+    model_keys |= {"chat_template_args"}  # test_template_kwargs_cli.py
+    model_keys |= {"draft_model", "num_draft_tokens", "prompt_lookup"}  # test_speculative_cli.py
     assert set(values) | model_keys == set(GENERATION_FLAGS.values())
     assert command_line_from(parse_args(build_chat_parser(), ["--no-performance-mode"])).values == {
         "performance_mode": False

@@ -3,7 +3,14 @@ constraint on the generation (the reasoning stays free). Fast tests check the re
 mapping and the 400s on a scripted model; slow ones run the demo model behind a real uvicorn
 server on 127.0.0.1 and the openai SDK: ``parse()`` gives a parsed object, ``tool_choice:
 "required"`` always calls a declared function with valid arguments, and generated JSON schemas
-decoded at temperature 1.0 validate whenever the reply finishes with ``stop``."""
+decoded at temperature 1.0 validate whenever the reply finishes with ``stop``.
+
+The generated schemas come from hypothesis-jsonschema (``from_schema`` over a JSON Schema of
+schemas, SCHEMAS below). Its object strategy needs hypothesis < 6.170.10: 0.23.1 (the latest
+release) calls ``many.more()``, which 6.170.10 removed ("AttributeError: 'many' object has no
+attribute 'more'"); 6.130.12 to 6.170.9 work, so the dev group pins hypothesis below 6.170.10.
+hypothesis-jsonschema has no schema-of-schemas strategy of its own (``from_schema`` is its only
+public function), hence SCHEMAS."""
 
 from __future__ import annotations
 
@@ -14,14 +21,19 @@ from pathlib import Path
 from typing import Any, Literal
 
 import httpx
+import jsonschema
 import openai
 import pytest
 from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
 from pydantic import BaseModel, Field
 
-from mlx_harmony.generate.constrain import ConstraintSpec, FunctionSpec
+from mlx_harmony.generate.constrain import (
+    ConstraintSpec,
+    FunctionSpec,
+    prepare_tokenizer,
+    tokenizer_view_state,
+)
 from mlx_harmony.generate.testing import ScriptedGenerator
 
 WEATHER = {
@@ -124,6 +136,31 @@ def test_strict_tools_under_auto_with_a_json_format_is_refused(start_server: Any
     assert "strict" in error["message"]
 
 
+def test_the_default_loader_starts_the_tokenizer_view_at_load(
+    start_server: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No constrained request yet: the view is building or built once the model has loaded."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from mlx_harmony.server import app as app_module
+
+    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens(["<|return|>", "<|call|>", "<|endoftext|>"])
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+    generator = ScriptedGenerator([FINAL])
+    generator.tokenizer = tokenizer  # type: ignore[attr-defined]
+    monkeypatch.setattr(app_module, "load_generator", lambda entry, **_: generator)
+    assert tokenizer_view_state(tokenizer) == "absent"
+    start_server(real=True, preload=True)  # the default loader, with load_generator replaced
+    assert tokenizer_view_state(tokenizer) in ("building", "ready")
+    prepare_tokenizer(tokenizer)  # the build succeeds (a failed one reads as absent)
+    assert tokenizer_view_state(tokenizer) == "ready"
+
+
 # -- the demo model behind a real server ----------------------------------------------------------
 
 
@@ -184,9 +221,29 @@ def test_parse_returns_a_parsed_object_and_bad_schemas_are_400(real: Any) -> Non
 
 
 @pytest.mark.slow
-def test_required_tool_choice_always_calls_a_declared_function(real: Any) -> None:
-    import jsonschema
+def test_the_tokenizer_view_builds_at_load_and_a_request_right_after_waits_for_it(
+    real: Any,
+) -> None:
+    """The server starts the llguidance view when the model loads, not on the first
+    constrained request; a constrained request sent at once shares that build."""
+    generator = real.app.state.worker.state.generator
+    assert tokenizer_view_state(generator.tokenizer) in ("building", "ready")
+    completion = _client(real).chat.completions.parse(
+        model=real.app.state.registry.default.id,
+        messages=[{"role": "user", "content": "Describe the moon."}],
+        response_format=Moon,
+        temperature=1.0,
+        seed=2,
+        max_tokens=400,
+    )
+    choice = completion.choices[0]
+    assert choice.finish_reason == "stop", choice.message.content
+    assert isinstance(choice.message.parsed, Moon)
+    assert tokenizer_view_state(generator.tokenizer) == "ready"
 
+
+@pytest.mark.slow
+def test_required_tool_choice_always_calls_a_declared_function(real: Any) -> None:
     client = _client(real)
     model = real.app.state.registry.default.id
     parameters = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER, TIME)}
@@ -217,48 +274,122 @@ def test_required_tool_choice_always_calls_a_declared_function(real: Any) -> Non
             jsonschema.validate(json.loads(call.function.arguments), parameters[call.function.name])
 
 
-# Generated schemas: hypothesis-jsonschema draws the names, enums and bounds; the schema objects
-# are assembled here (its own object strategy relies on a Hypothesis internal that changed).
-NAMES = from_schema({"type": "string", "pattern": "^[a-z]{1,6}$"})
-ENUMS = from_schema(
-    {
-        "type": "array",
-        "items": {"type": "string", "pattern": "^[a-z]{1,5}$"},
-        "minItems": 1,
-        "maxItems": 3,
-        "uniqueItems": True,
-    }
-)
-BOUNDS = from_schema({"type": "integer", "minimum": -50, "maximum": 50})
-SHORT = from_schema({"type": "integer", "minimum": 0, "maximum": 6})
+# Generated schemas: hypothesis-jsonschema draws them from SCHEMAS, a JSON Schema whose instances
+# are object schemas of one to three leaf or array properties; `_satisfiable` then drops required
+# names that are not properties and orders integer bounds (both would make a schema no JSON can
+# match).
+NAMES = ["name", "kind", "size", "tags", "ok"]
+LEAF: dict[str, Any] = {
+    "anyOf": [
+        {
+            "type": "object",
+            "properties": {
+                "type": {"const": "integer"},
+                "minimum": {"type": "integer", "minimum": -50, "maximum": 50},
+                "maximum": {"type": "integer", "minimum": -50, "maximum": 50},
+            },
+            "required": ["type", "minimum", "maximum"],
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "properties": {
+                "type": {"const": "string"},
+                "maxLength": {"type": "integer", "minimum": 0, "maximum": 6},
+            },
+            "required": ["type", "maxLength"],
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "properties": {"type": {"enum": ["boolean", "null"]}},
+            "required": ["type"],
+            "additionalProperties": False,
+        },
+        {
+            "type": "object",
+            "properties": {
+                "enum": {
+                    "type": "array",
+                    "items": {"type": "string", "pattern": "^[a-z]{1,5}$"},
+                    "minItems": 1,
+                    "maxItems": 3,
+                    "uniqueItems": True,
+                }
+            },
+            "required": ["enum"],
+            "additionalProperties": False,
+        },
+    ]
+}
+ARRAY: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "type": {"const": "array"},
+        "items": LEAF,
+        "maxItems": {"type": "integer", "minimum": 0, "maximum": 2},
+    },
+    "required": ["type", "items", "maxItems"],
+    "additionalProperties": False,
+}
+SCHEMAS: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "type": {"const": "object"},
+        "properties": {
+            "type": "object",
+            "propertyNames": {"enum": NAMES},
+            "additionalProperties": {"anyOf": [LEAF, ARRAY]},
+            "minProperties": 1,
+            "maxProperties": 3,
+        },
+        "required": {"type": "array", "items": {"enum": NAMES}, "uniqueItems": True},
+        "additionalProperties": {"const": False},
+    },
+    "required": ["type", "properties", "required", "additionalProperties"],
+    "additionalProperties": False,
+}
 
 
-@st.composite
-def leaf_schemas(draw: st.DrawFn) -> dict[str, Any]:
-    kind = draw(st.sampled_from(["integer", "string", "boolean", "null", "enum"]))
-    if kind == "integer":
-        low = draw(BOUNDS)
-        return {"type": "integer", "minimum": low, "maximum": low + draw(SHORT)}
-    if kind == "string":
-        return {"type": "string", "maxLength": draw(SHORT)}
-    if kind == "enum":
-        return {"enum": draw(ENUMS)}
-    return {"type": kind}
+def _satisfiable(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` with only present names required and each integer's bounds in order."""
+    schema = json.loads(json.dumps(schema))
+    schema["required"] = [name for name in schema["required"] if name in schema["properties"]]
+    for prop in schema["properties"].values():
+        for leaf in (prop, prop.get("items", {})):
+            if leaf.get("type") == "integer" and leaf["minimum"] > leaf["maximum"]:
+                leaf["minimum"], leaf["maximum"] = leaf["maximum"], leaf["minimum"]
+    return schema
 
 
-@st.composite
-def json_schemas(draw: st.DrawFn) -> dict[str, Any]:
-    """An object of one to three leaves, maybe with an array of a leaf."""
-    names = draw(st.lists(NAMES, min_size=1, max_size=3, unique=True))
-    properties = {name: draw(leaf_schemas()) for name in names}
-    if draw(st.booleans()):
-        properties["items"] = {"type": "array", "items": draw(leaf_schemas()), "maxItems": 2}
-    return {
-        "type": "object",
-        "properties": properties,
-        "required": [name for name in properties if draw(st.booleans())],
-        "additionalProperties": False,
-    }
+def _generated_schemas(count: int) -> list[dict[str, Any]]:
+    """The first `count` distinct schemas hypothesis-jsonschema draws from SCHEMAS."""
+    drawn: dict[str, dict[str, Any]] = {}
+
+    @settings(
+        max_examples=count + count // 10,
+        deadline=None,
+        database=None,
+        derandomize=True,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(from_schema(SCHEMAS))
+    def collect(schema: dict[str, Any]) -> None:
+        jsonschema.Draft202012Validator.check_schema(schema)
+        fixed = _satisfiable(schema)
+        drawn.setdefault(json.dumps(fixed, sort_keys=True), fixed)
+
+    collect()
+    assert len(drawn) >= count, f"hypothesis-jsonschema drew only {len(drawn)} distinct schemas"
+    return list(drawn.values())[:count]
+
+
+def test_generated_schemas_are_valid_and_each_has_instances() -> None:
+    from hypothesis import find
+
+    for schema in _generated_schemas(12):
+        instance = find(from_schema(schema), lambda _: True, settings=settings(database=None))
+        jsonschema.validate(instance, schema)
 
 
 SCHEMA_COUNT = int(os.environ.get("MLX_HARMONY_SCHEMA_COUNT", "200"))
@@ -266,11 +397,11 @@ SCHEMA_COUNT = int(os.environ.get("MLX_HARMONY_SCHEMA_COUNT", "200"))
 
 @pytest.mark.slow
 def test_generated_schemas_validate_whenever_the_reply_stops(real: Any) -> None:
-    """SCHEMA_COUNT schemas (200), decoded at temperature 1.0, eight at a time."""
-    import jsonschema
-
+    """SCHEMA_COUNT (200) schemas from hypothesis-jsonschema, decoded at temperature 1.0, eight
+    at a time: every reply that stops is JSON valid for its schema."""
     client = _client(real)
     model = real.app.state.registry.default.id
+    schemas = _generated_schemas(SCHEMA_COUNT)
 
     def ask(job: tuple[int, dict[str, Any]]) -> tuple[dict[str, Any], Any]:
         seed, schema = job
@@ -285,23 +416,15 @@ def test_generated_schemas_validate_whenever_the_reply_stops(real: Any) -> None:
         )
         return schema, completion.choices[0]
 
-    @settings(
-        max_examples=1,
-        deadline=None,
-        database=None,
-        derandomize=True,
-        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
-    )
-    @given(schemas=st.lists(json_schemas(), min_size=SCHEMA_COUNT, max_size=SCHEMA_COUNT))
-    def check(schemas: list[dict[str, Any]]) -> None:
-        with ThreadPoolExecutor(8) as pool:
-            answers = list(pool.map(ask, enumerate(schemas)))
-        stopped = 0
-        for schema, choice in answers:
-            assert choice.finish_reason in ("stop", "length"), choice
-            if choice.finish_reason == "stop":
-                stopped += 1
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, enumerate(schemas)))
+    stopped = 0
+    for schema, choice in answers:
+        assert choice.finish_reason in ("stop", "length"), choice
+        if choice.finish_reason == "stop":
+            stopped += 1
+            try:
                 jsonschema.validate(json.loads(choice.message.content), schema)
-        assert stopped >= len(schemas) // 2, f"only {stopped} of {len(schemas)} replies finished"
-
-    check()
+            except (ValueError, jsonschema.ValidationError) as error:
+                pytest.fail(f"{json.dumps(schema)}\n{choice.message.content!r}\n{error}")
+    assert stopped >= len(schemas) // 2, f"only {stopped} of {len(schemas)} replies finished"

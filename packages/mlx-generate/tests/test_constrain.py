@@ -4,6 +4,8 @@ tokens, and the processor advances per request."""
 
 from __future__ import annotations
 
+import threading
+
 import mlx.core as mx
 import numpy as np
 import pytest
@@ -14,8 +16,12 @@ from mlx_harmony.generate.constrain import (
     ConstraintSpec,
     FunctionSpec,
     apply_mask,
+    clear_constraint_cache,
     compile_constraint,
     make_constraint,
+    prepare_tokenizer,
+    prepare_tokenizer_in_background,
+    tokenizer_view_state,
 )
 
 SPECIALS = [
@@ -41,9 +47,8 @@ WEATHER = FunctionSpec(
 TIME = FunctionSpec("get_time", {"type": "object", "properties": {}}, strict=False)
 
 
-@pytest.fixture(scope="module")
-def tokenizer() -> object:
-    """256 byte tokens plus Harmony's special tokens: built in milliseconds."""
+def _byte_tokenizer(specials: list[str] = SPECIALS) -> object:
+    """256 byte tokens plus `specials`: built in milliseconds."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
@@ -51,8 +56,14 @@ def tokenizer() -> object:
     tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(alphabet)}, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.add_special_tokens(SPECIALS)
-    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|endoftext|>")
+    tok.add_special_tokens(specials)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=specials[-1])
+
+
+@pytest.fixture(scope="module")
+def tokenizer() -> object:
+    """256 byte tokens plus Harmony's special tokens."""
+    return _byte_tokenizer()
 
 
 def _ids(tokenizer: object, text: str) -> list[int]:
@@ -281,3 +292,76 @@ def test_compile_timeout_is_a_clear_error(
     )
     with pytest.raises(ConstraintTimeoutError, match="took more than"):
         compile_constraint(spec, tokenizer, timeout_s=0.05)
+
+
+# -- the tokenizer view, built ahead in the background -----------------------------------------
+
+
+def test_the_background_view_is_the_one_requests_use() -> None:
+    tok = _byte_tokenizer()
+    assert tokenizer_view_state(tok) == "absent"
+    future = prepare_tokenizer_in_background(tok)
+    assert tokenizer_view_state(tok) in ("building", "ready")
+    assert prepare_tokenizer_in_background(tok) is future  # one build per tokenizer
+    view = prepare_tokenizer(tok)
+    assert view is future.result()
+    assert tokenizer_view_state(tok) == "ready"
+    assert tokenizer_view_state(tok, harmony=False) == "absent"  # another view: its own build
+
+
+def test_a_request_during_the_build_waits_for_it_instead_of_building_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from mlx_harmony.generate import constrain
+
+    real = constrain._make_view
+    release = threading.Event()
+    calls: list[int] = []
+
+    def slow(tokenizer: object, harmony: bool) -> object:
+        calls.append(1)
+        release.wait(10)
+        return real(tokenizer, harmony)
+
+    monkeypatch.setattr(constrain, "_make_view", slow)
+    tok = _byte_tokenizer()
+    future = prepare_tokenizer_in_background(tok)
+    got: list[object] = []
+    request = threading.Thread(target=lambda: got.append(prepare_tokenizer(tok)))
+    request.start()
+    request.join(0.2)
+    assert request.is_alive()  # waiting on the build, not done, not building its own
+    assert tokenizer_view_state(tok) == "building"
+    release.set()
+    request.join(10)
+    assert got == [future.result()]
+    assert len(calls) == 1
+
+
+def test_a_failed_background_build_is_raised_by_the_first_request() -> None:
+    tok = _byte_tokenizer(["<|endoftext|>"])  # no <|return|> / <|call|>: not Harmony
+    future = prepare_tokenizer_in_background(tok)
+    assert isinstance(future.exception(10), ConstraintError)
+    assert tokenizer_view_state(tok) == "absent"
+    with pytest.raises(ConstraintError, match="not a Harmony tokenizer"):
+        prepare_tokenizer(tok)
+    assert tokenizer_view_state(tok, harmony=False) == "absent"
+    prepare_tokenizer(tok, harmony=False)  # the plain view works: EOS ends the output
+    assert tokenizer_view_state(tok, harmony=False) == "ready"
+
+
+def test_a_prefix_opens_the_answer_in_the_prompt(tokenizer: object) -> None:
+    compiled = compile_constraint(ConstraintSpec("json_schema", schema=SCHEMA), tokenizer)
+    constraint = compiled.new(prefix=_ids(tokenizer, FINAL))
+    assert constraint.consumed == 0  # the prefix is the prompt's, not generated
+    constraint.advance(_ids(tokenizer, '{"a": 3, "tag": "x"}<|return|>'))
+    assert constraint.is_finished
+    with pytest.raises(ConstraintError, match="refuses prefix token"):
+        compiled.new(prefix=_ids(tokenizer, "{"))  # JSON before any channel header
+
+
+def test_clearing_the_views_makes_the_next_use_build_again(tokenizer: object) -> None:
+    view = prepare_tokenizer(tokenizer)
+    clear_constraint_cache(tokenizer_views=True)
+    assert tokenizer_view_state(tokenizer) == "absent"
+    assert prepare_tokenizer(tokenizer) is not view

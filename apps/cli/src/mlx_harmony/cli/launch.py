@@ -357,7 +357,20 @@ def make_backend(
     except ValueError as error:  # a prompt cache file for another model, a kv_bits misfit, ...
         raise CliError(str(error), exit_status=2) from None
     on_close(generator.close)
+    if launch.config.chat_template_args:  # gpt-oss takes only its Harmony settings
+        from mlx_harmony.controller import TemplateKwargsError, with_template_kwargs
+
+        try:
+            with_template_kwargs(launch.config, {}, harmony=generator.is_harmony)
+        except TemplateKwargsError as error:
+            raise CliError(f"chat_template_args: {error}", exit_status=2) from None
     constraint = getattr(launch.args, "constraint", None)  # --json-schema / --grammar
+    if constraint is not None and generator.speculates:  # set by the prompt config
+        raise CliError(
+            "--json-schema and --grammar cannot be combined with speculative decoding (the "
+            "prompt config sets draft_model or prompt_lookup); drop one of them",
+            exit_status=2,
+        )
     if constraint is not None:
         from .constrained import constrain_generator
 

@@ -54,7 +54,11 @@ GENERATION_FLAGS: dict[str, str] = {
     "--quantized-kv-start": "quantized_kv_start",
     "--adapter-path": "adapter_path",
     "--chat-template": "chat_template",
+    "--chat-template-args": "chat_template_args",
     "--prompt-cache-file": "prompt_cache_file",
+    "--draft-model": "draft_model",
+    "--num-draft-tokens": "num_draft_tokens",
+    "--prompt-lookup": "prompt_lookup",
 }
 """Flags that set other prompt-config keys."""
 
@@ -65,7 +69,11 @@ _MODEL_FLAGS = (
     "--quantized-kv-start",
     "--adapter-path",
     "--chat-template",
+    "--chat-template-args",
     "--prompt-cache-file",
+    "--draft-model",
+    "--num-draft-tokens",
+    "--prompt-lookup",
 )
 """Flags that set how a local model is loaded (refused with --server)."""
 
@@ -94,6 +102,19 @@ def _container(annotation: Any) -> Any:
             if found is not None:
                 return found
     return None
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    """A JSON object from the command line (``--chat-template-args``, as mlx-lm's)."""
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object such as '{{\"enable_thinking\": false}}', got {text!r}"
+        )
+    return value
 
 
 def _logit_bias_item(text: str) -> tuple[int, float]:
@@ -231,10 +252,44 @@ def add_common_options(parser: argparse.ArgumentParser) -> None:
         help="A Jinja chat template file that replaces the model's own (not gpt-oss).",
     )
     gen.add_argument(
+        "--chat-template-args",
+        type=_json_object,
+        metavar="JSON",
+        help="Keyword arguments for the chat template, e.g. '{\"enable_thinking\": false}' "
+        "(mlx-lm's flag); for gpt-oss only reasoning_effort, model_identity, knowledge_cutoff, "
+        "conversation_start_date.",
+    )
+    gen.add_argument(
         "--prompt-cache-file",
         metavar="FILE",
         help="A prompt cache written by mlx-harmony-cache-prompt for this model: prompts that "
         "start with its tokens prefill only the rest.",
+    )
+
+    speculative = parser.add_argument_group(
+        "speculative decoding",
+        "Guess several tokens cheaply and let the model check them in one pass: greedy output "
+        "is the model's own, sampled output keeps its distribution. Not with --json-schema or "
+        "--grammar.",
+    )
+    speculative.add_argument(
+        "--draft-model",
+        metavar="PATH_OR_REPO",
+        help="A small model (folder or Hugging Face repo id) with the same tokenizer that "
+        "proposes the tokens (mlx-lm's --draft-model).",
+    )
+    speculative.add_argument(
+        "--num-draft-tokens",
+        type=int,
+        metavar="N",
+        help="Guesses verified per pass with --draft-model or --prompt-lookup (default 3).",
+    )
+    speculative.add_argument(
+        "--prompt-lookup",
+        type=int,
+        metavar="N",
+        help="Draft without a second model: propose what followed the last N tokens where "
+        "they occurred earlier in the context (editing, quoting code). Not with --draft-model.",
     )
 
     tools = parser.add_argument_group(
@@ -379,6 +434,25 @@ def _check(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         value = getattr(args, GENERATION_FLAGS[flag])
         if value is not None and value < 1:
             parser.error(f"{flag} must be at least 1, got {value}")
+    for flag in ("--num-draft-tokens", "--prompt-lookup"):
+        value = getattr(args, GENERATION_FLAGS[flag])
+        if value is not None and value < 1:
+            parser.error(f"{flag} must be at least 1, got {value}")
+    if args.draft_model is not None and args.prompt_lookup is not None:
+        parser.error(
+            "--draft-model and --prompt-lookup cannot be combined (each is a way to draft); "
+            "give one of them"
+        )
+    if args.draft_model is not None and (args.json_schema or args.grammar):
+        parser.error(
+            "--json-schema and --grammar cannot be combined with --draft-model (a grammar "
+            "cannot take back rejected guesses); drop one of them"
+        )
+    if args.prompt_lookup is not None and (args.json_schema or args.grammar):
+        parser.error(
+            "--json-schema and --grammar cannot be combined with --prompt-lookup (a grammar "
+            "cannot take back rejected guesses); drop one of them"
+        )
     if args.quantized_kv_start is not None and args.quantized_kv_start < 0:
         parser.error(f"--quantized-kv-start must be at least 0, got {args.quantized_kv_start}")
     if args.kv_bits is not None and args.max_kv_size is not None:

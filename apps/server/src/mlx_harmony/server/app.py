@@ -7,9 +7,12 @@ import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
+
+from mlx_harmony.generate.constrain import prepare_tokenizer_in_background
 
 from .chat import ChatService, chat_router
 from .completions import completions_router
@@ -23,7 +26,7 @@ from .middleware import (
     RequestLogMiddleware,
     make_request_logger,
 )
-from .models import ModelRegistry, load_generator
+from .models import ModelEntry, ModelRegistry, load_generator
 from .reasoning_seal import load_reasoning_seal
 from .responses import ResponsesService, ResponseStore, responses_router
 from .routes import health_router, models_router
@@ -34,6 +37,17 @@ from .worker import ModelLoader, ModelWorker
 __all__ = ["create_app"]
 
 logger = logging.getLogger("mlx_harmony.server")
+
+
+def _load_and_prepare(entry: ModelEntry, **kwargs: Any) -> Any:
+    """`load_generator`, then the tokenizer's structured-output view starts building on a
+    background thread: the first constrained request waits only for what is left of it, not
+    for the whole build (seconds for gpt-oss's 200k vocabulary). A speculating model refuses
+    constrained requests, so it builds none."""
+    generator = load_generator(entry, **kwargs)
+    if not getattr(generator, "speculates", False):
+        prepare_tokenizer_in_background(generator.tokenizer, harmony=generator.is_harmony)
+    return generator
 
 
 def create_app(
@@ -59,7 +73,7 @@ def create_app(
         worker = ModelWorker(
             loader
             or functools.partial(
-                load_generator,
+                _load_and_prepare,
                 max_concurrency=settings.max_concurrency,
                 prompt_cache_size=settings.prompt_cache_size,
                 prompt_cache_bytes=settings.prompt_cache_bytes,

@@ -39,6 +39,21 @@ def _count(text: str) -> int:
     return value
 
 
+def _json_object(text: str) -> dict[str, object]:
+    """A JSON object from the command line (mlx-lm's ``--chat-template-args``)."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(
+            f"expected a JSON object such as '{{\"enable_thinking\": false}}', got {text!r}"
+        )
+    return value
+
+
 def _seconds(text: str) -> float:
     try:
         value = float(text)
@@ -283,10 +298,42 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         help="a Jinja chat template file replacing the model's own (not gpt-oss)",
     )
     model.add_argument(
+        "--chat-template-args",
+        type=_json_object,
+        metavar="JSON",
+        help="default keyword arguments for the chat template, e.g. "
+        "'{\"enable_thinking\": false}' (a request's chat_template_kwargs update them); for "
+        "gpt-oss only reasoning_effort, model_identity, knowledge_cutoff, "
+        "conversation_start_date",
+    )
+    model.add_argument(
         "--prompt-cache-file",
         metavar="FILE",
         help="a prompt cache written by mlx-harmony-cache-prompt for this model: requests whose "
         "prompt starts with its tokens prefill only the rest",
+    )
+    model.add_argument(
+        "--draft-model",
+        metavar="PATH_OR_REPO",
+        help="speculative decoding: a small model (folder or Hugging Face repo id) with the same "
+        "tokenizer proposes tokens the model checks in one pass (greedy output unchanged); the "
+        "model then serves one request at a time (the batch engine does not speculate), and "
+        "requests with structured output (response_format json_schema, tool_choice required, "
+        "strict tools) get a 400",
+    )
+    model.add_argument(
+        "--num-draft-tokens",
+        type=_positive,
+        metavar="N",
+        help="guesses verified per pass with --draft-model or --prompt-lookup (default 3)",
+    )
+    model.add_argument(
+        "--prompt-lookup",
+        type=_positive,
+        metavar="N",
+        help="speculative decoding without a draft model: propose what followed the last N "
+        "tokens earlier in the context (editing, quoting code); one request at a time and no "
+        "structured output, as with --draft-model",
     )
     model.add_argument(
         "--prompt-cache-dir",
@@ -335,10 +382,16 @@ def main(argv: list[str] | None = None) -> int:
             quantized_kv_start=args.quantized_kv_start,
             adapter_path=args.adapter_path,
             chat_template=args.chat_template,
+            chat_template_args=args.chat_template_args,
             prompt_cache_file=args.prompt_cache_file,
             prompt_cache_dir=args.prompt_cache_dir,
+            draft_model=args.draft_model,
+            num_draft_tokens=args.num_draft_tokens,
+            prompt_lookup=args.prompt_lookup,
         )
         group = _sharding_group(args)
+        if group is not None:
+            _refuse_sharded_speculation(settings)
         if group is None:
             from .app import create_app
 
@@ -376,6 +429,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"mlx-harmony-server: OpenAI API at {where}", file=sys.stderr)
     uvicorn.run(app, **uvicorn_options(settings, log_level=args.log_level))
     return 0
+
+
+def _refuse_sharded_speculation(settings: ServerSettings) -> None:
+    """A sharded model runs only the batch engine, which does not speculate."""
+    config = settings.registry().default.prompt_config
+    if config.draft_model is not None or config.prompt_lookup is not None:
+        raise ValueError(
+            "draft_model / prompt_lookup (--draft-model, --prompt-lookup or the prompt config): "
+            "a sharded model runs only the batch engine, which does not speculate; drop them"
+        )
 
 
 def _sharding_group(args: argparse.Namespace) -> mx.distributed.Group | None:

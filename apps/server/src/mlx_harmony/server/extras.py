@@ -61,6 +61,9 @@ LOAD_TIME_KEYS: tuple[str, ...] = (
     "clear_cache_interval",
     "clear_cache_generation",
     "log_memory_stats",
+    "draft_model",
+    "num_draft_tokens",
+    "prompt_lookup",
 )
 """Prompt-config keys that set the model up when it loads: a request's ``prompt_config``
 cannot change them for one request."""

@@ -102,15 +102,21 @@ def load_generator(
     """The generator for `entry`, set up from its prompt config: mlx-generate's
     `BatchTokenGenerator` when requests may run together, else its `TokenGenerator`.
 
-    A rotating KV cache (``max_kv_size``) and a quantized one (``kv_bits``) do not batch, so
-    they keep the one-at-a-time generator (and say so in the log). `prompt_cache_dir`: the
+    A rotating KV cache (``max_kv_size``), a quantized one (``kv_bits``) and speculative
+    decoding (``draft_model``, ``prompt_lookup``) do not batch, so they keep the one-at-a-time
+    generator (and say so in the log). `prompt_cache_dir`: the
     batch generator's shared caches persist in a subfolder named after the entry.
     """
     from mlx_harmony.generate import BatchTokenGenerator, TokenGenerator
 
     options = generator_options(entry)
     path: str | Path = demo_model_folder() if entry.is_demo else entry.model
-    unbatched = {"max_kv_size": options.max_kv_size, "kv_bits": options.kv_bits}
+    unbatched = {
+        "max_kv_size": options.max_kv_size,
+        "kv_bits": options.kv_bits,
+        "draft_model": options.draft_model,
+        "prompt_lookup": options.prompt_lookup,
+    }
     alone = {k: v for k, v in unbatched.items() if v is not None}
     if max_concurrency > 1 and not alone:
         if prompt_cache_dir is not None:
@@ -202,9 +208,12 @@ class ModelRegistry:
                 return ModelEntry(
                     name,
                     os.fspath(folder),
-                    # the default model's adapter, template and saved cache are its own
+                    # the default model's adapter, template, saved cache and draft are its own
                     default.prompt_config.updated(
-                        adapter_path=None, chat_template=None, prompt_cache_file=None
+                        adapter_path=None,
+                        chat_template=None,
+                        prompt_cache_file=None,
+                        draft_model=None,
                     ),
                     default.prompt_config_path,
                     kind="folder",

@@ -37,17 +37,19 @@ from .worker import Finished, TurnPlan
 __all__ = [
     "SERVER_RETRY_POLICY",
     "STRICT_RETRY_POLICY",
+    "AnswerFormat",
     "FunctionChoice",
     "FunctionSpec",
     "TokenCounts",
     "ToolChoice",
+    "ToolsAndFormat",
     "build_config",
     "declare_tools",
     "developer_instructions",
     "format_instruction",
     "openai_calls",
-    "plan_answer_format",
     "plan_constraint",
+    "plan_tools_and_format",
     "plan_turn",
     "retry_policy",
     "was_cut",
@@ -286,29 +288,55 @@ def declare_tools(
     return tuple(out), instruction
 
 
-def plan_answer_format(
+@dataclass(frozen=True, slots=True)
+class AnswerFormat:
+    """A request's answer format (``kind``: text, json_object or json_schema) and the names of
+    the fields that gave it, for errors."""
+
+    kind: object = None
+    schema: object = None
+    kind_param: str = "response_format.type"
+    schema_param: str = "response_format.json_schema.schema"
+
+
+@dataclass(frozen=True, slots=True)
+class ToolsAndFormat:
+    """What a request's tools, tool choice and answer format make of its turn."""
+
+    function_tools: tuple[FunctionTool, ...]
+    instructions: str | None
+    """The developer instructions: the request's own (else the config's), then the tool
+    choice's and the answer format's."""
+    constraint: tuple[ConstraintSpec, str] | None
+
+
+def plan_tools_and_format(
     specs: Sequence[FunctionSpec],
     names: ToolNameMap,
     choice: ToolChoice,
-    *,
-    format_kind: object,
-    schema: object,
-    format_param: str,
-    schema_param: str,
-) -> tuple[str | None, tuple[ConstraintSpec, str] | None]:
-    """The answer format's instruction and the grammar constraint (`plan_constraint`), for
-    either API: only the fields' names differ."""
-    instruction = format_instruction(format_kind, schema, param=format_param)
+    own_instructions: str | None,
+    entry: ModelEntry,
+    answer: AnswerFormat,
+    extra_tools: Sequence[FunctionTool] = (),
+) -> ToolsAndFormat:
+    """Declare the tools (`extra_tools` after the functions, unless the choice is none), and
+    plan the answer format's instruction and grammar constraint (`plan_constraint`), for either
+    API: only the fields' names differ."""
+    function_tools, tool_instruction = declare_tools(specs, names, choice)
+    if choice != "none":
+        function_tools += tuple(extra_tools)
+    instruction = format_instruction(answer.kind, answer.schema, param=answer.kind_param)
     constraint = plan_constraint(
         specs,
         names,
         choice,
-        format_kind=format_kind,
-        schema=schema,
-        format_param=format_param,
-        schema_param=schema_param,
+        format_kind=answer.kind,
+        schema=answer.schema,
+        format_param=answer.kind_param,
+        schema_param=answer.schema_param,
     )
-    return instruction, constraint
+    instructions = developer_instructions(own_instructions, (tool_instruction, instruction), entry)
+    return ToolsAndFormat(function_tools, instructions, constraint)
 
 
 def format_instruction(kind: object, schema: object, *, param: str) -> str | None:
@@ -351,6 +379,10 @@ class TokenCounts:
     completion: int
     cached: int
     reasoning: int
+    drafted: int = 0
+    """Speculative decoding: tokens proposed (a draft model or prompt lookup)."""
+    accepted: int = 0
+    """Speculative decoding: proposed tokens the model kept."""
 
     @classmethod
     def of(cls, finished: Finished) -> TokenCounts:
@@ -361,7 +393,19 @@ class TokenCounts:
             completion=completion,
             cached=sum(g.reused_prompt_tokens for g in generations),
             reasoning=min(finished.reasoning_tokens, completion),
+            drafted=sum(g.draft_tokens for g in generations),
+            accepted=sum(g.accepted_draft_tokens for g in generations),
         )
+
+    def prediction_details(self) -> dict[str, int]:
+        """OpenAI's ``accepted_prediction_tokens`` / ``rejected_prediction_tokens`` of the
+        speculative guesses (empty without speculation, so the usage leaves them out)."""
+        if not self.drafted:
+            return {}
+        return {
+            "accepted_prediction_tokens": self.accepted,
+            "rejected_prediction_tokens": self.drafted - self.accepted,
+        }
 
 
 def openai_calls(result: TurnResult, names: ToolNameMap) -> list[tuple[str, str]]:

@@ -91,11 +91,23 @@ class ServerSettings:
     """An mlx-lm adapter folder applied to the default model."""
     chat_template: str | None = None
     """A Jinja chat template file replacing the default model's own (not gpt-oss)."""
+    chat_template_args: dict[str, object] | None = None
+    """Default chat-template keywords (mlx-lm's ``--chat-template-args``); a request's
+    ``chat_template_kwargs`` update them key by key."""
     prompt_cache_file: str | None = None
     """A prompt cache file (``mlx-harmony-cache-prompt``) the default model starts from."""
     prompt_cache_dir: str | None = None
     """Folder where the shared prompt caches are loaded from at start and saved to at
     shutdown (one subfolder per model)."""
+    draft_model: str | None = None
+    """Speculative decoding for the default model with this draft model (a folder or a
+    Hugging Face repo id with the same tokenizer); such a model serves one request at a time
+    (the batch engine does not speculate)."""
+    num_draft_tokens: int | None = None
+    """Guesses the default model verifies per pass (default 3)."""
+    prompt_lookup: int | None = None
+    """Speculative decoding for the default model by prompt lookup with this n-gram length;
+    one request at a time, as with `draft_model`."""
 
     MODEL_KEYS: ClassVar[tuple[str, ...]] = (
         "kv_bits",
@@ -103,7 +115,11 @@ class ServerSettings:
         "quantized_kv_start",
         "adapter_path",
         "chat_template",
+        "chat_template_args",
         "prompt_cache_file",
+        "draft_model",
+        "num_draft_tokens",
+        "prompt_lookup",
     )
     """Settings that go into the default model's prompt config (same names there)."""
 
@@ -154,6 +170,22 @@ class ServerSettings:
             raise ValueError(
                 "--prompt-cache-dir needs the batch engine, which --kv-bits turns off; give one "
                 "of them"
+            )
+        if self.draft_model is not None and self.prompt_lookup is not None:
+            raise ValueError(
+                "--draft-model and --prompt-lookup cannot be combined (each is a way to draft); "
+                "give one of them"
+            )
+        for name in ("num_draft_tokens", "prompt_lookup"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+        if self.prompt_cache_dir is not None and (
+            self.draft_model is not None or self.prompt_lookup is not None
+        ):
+            raise ValueError(
+                "--prompt-cache-dir needs the batch engine, which --draft-model and "
+                "--prompt-lookup turn off; give one of them"
             )
         if self.prompt_config_dir is not None and not Path(self.prompt_config_dir).is_dir():
             raise ValueError(
@@ -222,7 +254,11 @@ class ServerSettings:
             value = getattr(self, name)
             if value is None:
                 continue
-            if isinstance(value, str):
+            if name == "draft_model":
+                assert isinstance(value, str)
+                local = Path(value).expanduser()  # a folder, else a Hugging Face repo id
+                value = str(local.resolve()) if local.exists() else value
+            elif isinstance(value, str):
                 value = Path(value).expanduser().resolve()
             values[name] = value
         return values

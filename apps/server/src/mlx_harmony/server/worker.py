@@ -35,6 +35,7 @@ from mlx_harmony.controller import (
     ContextOverflowError,
     PromptConfig,
     RetryPolicy,
+    TemplateKwargsError,
     ThinkingDelta,
     ToolDeclarations,
     Turn,
@@ -44,6 +45,7 @@ from mlx_harmony.controller import (
     adapter_for,
     context_length_of,
     stream_chat_turn,
+    with_template_kwargs,
 )
 from mlx_harmony.generate.constrain import ConstraintError, ConstraintSpec
 from mlx_harmony.harmony_format import FIRST_SPECIAL, FunctionTool, StreamParser
@@ -280,6 +282,10 @@ class CountJob(_PlanJob[PromptCount]):
 
     def run(self, state: LoadedState, worker: ModelWorker) -> None:
         plan = self.plan
+        problem = _template_kwargs_problem(plan, state)
+        if problem is not None:
+            self.channel.close(problem)
+            return
         cfg = plan.config.effective()
         turns = [*plan.history, plan.turn]
         try:
@@ -314,8 +320,21 @@ def _compile_constraint(plan: TurnPlan, state: LoadedState) -> APIError | None:
     """Compile the plan's constraint for this model before the turn starts (cached per
     schema), so a schema the engine cannot handle is a 400, not a failed stream. Test doubles
     without `compile_constraint` take the spec as it is."""
+    if plan.constraint is None:
+        return None
+    if getattr(state.generator, "speculates", False):
+        return APIError(
+            400,
+            f"{plan.constraint_param or 'this request'} asks for structured output, which this "
+            "model cannot give while it decodes speculatively (the server was started with "
+            "--draft-model or --prompt-lookup, or its prompt config sets draft_model or "
+            "prompt_lookup): drop the constraint from the request, or serve the model without "
+            "speculation",
+            param=plan.constraint_param,
+            code="unsupported_value",
+        )
     compile_for = getattr(state.generator, "compile_constraint", None)
-    if plan.constraint is None or compile_for is None:
+    if compile_for is None:
         return None
     try:
         compile_for(plan.constraint)
@@ -327,6 +346,9 @@ def _compile_constraint(plan: TurnPlan, state: LoadedState) -> APIError | None:
 def _check_against_model(plan: TurnPlan, state: LoadedState) -> APIError | None:
     """What only the loaded model can say: tools for a model that cannot call them, token ids
     beyond its vocabulary."""
+    problem = _template_kwargs_problem(plan, state)
+    if problem is not None:
+        return problem
     if plan.function_tools and not state.adapter.supports_tools:
         return APIError(
             400,
@@ -355,6 +377,24 @@ def _check_against_model(plan: TurnPlan, state: LoadedState) -> APIError | None:
             f"top_k must be below the vocabulary size {vocab} (0 turns it off), got {top_k}",
             param="top_k",
             code="invalid_value",
+        )
+    return None
+
+
+def _template_kwargs_problem(plan: TurnPlan, state: LoadedState) -> APIError | None:
+    """gpt-oss takes only the chat-template keywords that are Harmony settings: a 400 for
+    any other (from the request's ``chat_template_kwargs`` or the server's
+    ``--chat-template-args``)."""
+    if not plan.config.chat_template_args or not _is_harmony(state):
+        return None
+    try:
+        with_template_kwargs(plan.config, {}, harmony=True)
+    except TemplateKwargsError as error:
+        return APIError(
+            400,
+            f"chat_template_kwargs: {error}",
+            param=f"chat_template_kwargs.{error.key}",
+            code="unsupported_value",
         )
     return None
 

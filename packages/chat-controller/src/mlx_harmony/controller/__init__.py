@@ -85,6 +85,12 @@ from .retries import (
     decide_retry,
     looks_complete,
 )
+from .template_kwargs import (
+    HARMONY_TEMPLATE_KEYS,
+    TemplateKwargsError,
+    with_request_template_kwargs,
+    with_template_kwargs,
+)
 from .turn import (
     DEFAULT_MAX_TOOL_ROUNDS,
     TokenStreamer,
@@ -114,6 +120,7 @@ __all__ = [
     "DEFAULT_MAX_TOKENS",
     "DEFAULT_MAX_TOOL_ROUNDS",
     "DEFAULT_RETRY_POLICY",
+    "HARMONY_TEMPLATE_KEYS",
     "SETTINGS",
     "SETTING_NAMES",
     "TIME_TOKENS",
@@ -158,6 +165,7 @@ __all__ = [
     "RetryRecord",
     "SessionState",
     "StatsEvent",
+    "TemplateKwargsError",
     "ThinkingDelta",
     "TokenCount",
     "TokenStreamer",
@@ -196,6 +204,8 @@ __all__ = [
     "time_token_values",
     "timing_line",
     "turns_from_log",
+    "with_request_template_kwargs",
+    "with_template_kwargs",
     "with_xtc_special_tokens",
     "xtc_special_tokens",
 ]

@@ -43,6 +43,7 @@ from mlx_harmony.tools import ToolDeclarations, ToolResult
 
 from .config import PromptConfig
 from .events import AnswerDelta, CommentaryDelta, ThinkingDelta
+from .template_kwargs import with_template_kwargs
 from .turns import Turn
 
 __all__ = [
@@ -290,6 +291,8 @@ class HarmonyAdapter:
         function_tools: Sequence[FunctionTool] = (),
         force_final: bool = False,
     ) -> list[int]:
+        if config.chat_template_args:  # the Harmony settings among them, others refused
+            config = with_template_kwargs(config, {}, harmony=True)
         system = SystemConfig(
             model_identity=config.system_model_identity,
             reasoning_effort=HarmonyReasoningEffort(config.reasoning_effort),
@@ -633,9 +636,10 @@ class NativeAdapter:
                 elif m.role is Role.ASSISTANT and m.channel in (None, "final") and not m.recipient:
                     messages.append({"role": "assistant", "content": m.text})
         declared = [_template_tool(t) for t in function_tools] if with_tools else []
+        kwargs = config.chat_template_args  # with_template_kwargs refused the reserved keys
         if declared:
-            return list(self._apply_chat_template(messages, tools=declared))
-        return list(self._apply_chat_template(messages))
+            return list(self._apply_chat_template(messages, tools=declared, **kwargs))
+        return list(self._apply_chat_template(messages, **kwargs))
 
     def make_stream_parser(self, *, force_final: bool = False) -> OutputParser:
         return _NativeParser(self._stop_tokens, self.markers, thinking=self._opens_thinking)

@@ -79,6 +79,20 @@ def _lower(value: Any) -> Any:
 
 
 CLEAR_CACHE_EVERY_TOKENS = 256
+RESERVED_TEMPLATE_ARGS = frozenset(
+    {
+        "conversation",
+        "tools",
+        "tokenize",
+        "add_generation_prompt",
+        "continue_final_message",
+        "return_dict",
+        "return_tensors",
+        "chat_template",
+    }
+)
+"""Arguments of ``apply_chat_template`` the controller sets itself (the messages, the
+tools, the generation prompt): refused in ``chat_template_args``."""
 """What ``clear_cache_generation: true`` means: mlx-lm's interval."""
 
 
@@ -306,11 +320,40 @@ class PromptConfig(BaseModel):
         description="A Jinja chat template file that replaces the model's own (models other "
         "than gpt-oss, whose prompts Harmony renders); relative to the config file's folder.",
     )
+    chat_template_args: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments for the chat template (mlx-lm's --chat-template-args), "
+        'e.g. {"enable_thinking": false}. For gpt-oss only the keys that are Harmony '
+        "settings: reasoning_effort, model_identity (system_model_identity), "
+        "knowledge_cutoff, conversation_start_date; any other key is an error.",
+    )
     prompt_cache_file: Path | None = Field(
         default=None,
         description="A prompt cache file written by mlx-harmony-cache-prompt for this model: "
         "prompts that start with its tokens prefill only the rest. Relative to the config "
         "file's folder.",
+    )
+    draft_model: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Speculative decoding with a draft model (mlx-lm's --draft-model): a small "
+        "model folder or Hugging Face repo id with the same tokenizer; a relative folder is "
+        "taken from the config file's folder when it is there. Greedy output is the model's "
+        "own; not with prompt_lookup nor with structured output. A batching server runs such "
+        "a model one request at a time.",
+    )
+    num_draft_tokens: int = Field(
+        default=3,
+        ge=1,
+        description="Speculative decoding: guesses the model verifies per pass (mlx-lm's "
+        "--num-draft-tokens).",
+    )
+    prompt_lookup: int | None = Field(
+        default=None,
+        ge=1,
+        description="Speculative decoding without a draft model: guess the tokens that followed "
+        "the last N tokens where they occurred earlier in the context (pays off when the "
+        "answer repeats its input: editing, quoting code); null: off. Not with draft_model.",
     )
     models_dir: Path | None = Field(
         default=None,
@@ -417,6 +460,28 @@ class PromptConfig(BaseModel):
             value = Path(base) / value
         return value
 
+    @field_validator("draft_model", mode="after")
+    @classmethod
+    def _resolve_draft_model(cls, value: str | None, info: ValidationInfo) -> str | None:
+        """A folder relative to the config file's folder when it is there; else as given (a
+        folder from the current one, or a Hugging Face repo id)."""
+        if value is None:
+            return None
+        path = Path(value).expanduser()
+        base = (info.context or {}).get("base_dir")
+        if not path.is_absolute() and base is not None and (Path(base) / path).exists():
+            return os.fspath(Path(base) / path)
+        return os.fspath(path) if value.startswith("~") else value
+
+    @model_validator(mode="after")
+    def _one_way_to_speculate(self) -> PromptConfig:
+        if self.draft_model is not None and self.prompt_lookup is not None:
+            raise ValueError(
+                "draft_model and prompt_lookup cannot be combined (each is a way to draft); "
+                "set one of them to null"
+            )
+        return self
+
     @model_validator(mode="after")
     def _kv_bits_without_rotating_cache(self) -> PromptConfig:
         if self.kv_bits is not None and self.max_kv_size is not None:
@@ -425,6 +490,17 @@ class PromptConfig(BaseModel):
                 "quantized); set one of them to null"
             )
         return self
+
+    @field_validator("chat_template_args", mode="after")
+    @classmethod
+    def _check_template_args(cls, value: dict[str, Any]) -> dict[str, Any]:
+        reserved = sorted(RESERVED_TEMPLATE_ARGS.intersection(value))
+        if reserved:
+            raise ValueError(
+                f"{reserved[0]!r} is an argument of apply_chat_template that the chat sets "
+                "itself (from the messages and tools); leave it out"
+            )
+        return value
 
     @field_validator("placeholders", mode="after")
     @classmethod
@@ -549,6 +625,9 @@ class PromptConfig(BaseModel):
             adapter_path=cfg.adapter_path,
             chat_template=cfg.chat_template_text(),
             prompt_cache_file=cfg.prompt_cache_file,
+            draft_model=cfg.draft_model,
+            num_draft_tokens=cfg.num_draft_tokens,
+            prompt_lookup=cfg.prompt_lookup,
         )
 
     def chat_template_text(self) -> str | None:
@@ -711,7 +790,7 @@ def _type_text(prop: dict[str, Any], schema: dict[str, Any]) -> str:
         kind = "object"
     elif prop.get("type") == "array":
         kind = f"list of {_type_text(prop.get('items', {}), schema)}"
-    elif prop.get("type") == "object" and "additionalProperties" in prop:
+    elif prop.get("type") == "object" and isinstance(prop.get("additionalProperties"), dict):
         kind = f"map to {_type_text(prop['additionalProperties'], schema)}"
     else:
         kind = prop.get("type", "any")

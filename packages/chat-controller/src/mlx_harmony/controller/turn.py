@@ -112,7 +112,7 @@ def hyperparameters_of(config: PromptConfig) -> dict[str, Any]:
     return values
 
 
-def xtc_special_tokens(generator: Any, adapter: ChatAdapter) -> tuple[int, ...]:
+def xtc_special_tokens(generator: object, adapter: ChatAdapter) -> tuple[int, ...]:
     """The tokens XTC must never exclude, as mlx-lm's ``generate`` (and mlx-harmony 0.4)
     derive them: the newline's ids, then the end-of-sequence ids (the adapter's stop tokens).
     The newline comes from the generator's tokenizer, else from the Harmony vocabulary."""
@@ -127,7 +127,7 @@ def xtc_special_tokens(generator: Any, adapter: ChatAdapter) -> tuple[int, ...]:
 
 
 def with_xtc_special_tokens(
-    sampling: SamplingParams, generator: Any, adapter: ChatAdapter
+    sampling: SamplingParams, generator: object, adapter: ChatAdapter
 ) -> SamplingParams:
     """`sampling` with ``xtc_special_tokens`` filled in when XTC is on and none were given."""
     if sampling.xtc_probability <= 0 or sampling.xtc_special_tokens:

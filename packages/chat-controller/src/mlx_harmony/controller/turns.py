@@ -89,6 +89,10 @@ class GenerationInfo:
     stop_reason: str = "stop"
     cache_reuse: str | None = None
     stop_string: str | None = None
+    draft_tokens: int = 0
+    """Speculative decoding: tokens the draft model or prompt lookup proposed."""
+    accepted_draft_tokens: int = 0
+    """Speculative decoding: proposed tokens the model kept."""
 
     @property
     def prefilled_tokens(self) -> int:
@@ -113,6 +117,8 @@ class GenerationInfo:
             stop_reason=str(getattr(stats.stop_reason, "value", stats.stop_reason)),
             cache_reuse=str(getattr(stats.cache_reuse, "value", stats.cache_reuse)),
             stop_string=getattr(stats, "stop_string", None),
+            draft_tokens=getattr(stats, "draft_tokens", 0),
+            accepted_draft_tokens=getattr(stats, "accepted_draft_tokens", 0),
         )
 
 
@@ -195,11 +201,23 @@ class TurnResult:
 
     def timing(self) -> dict[str, Any]:
         """The chat log's `TimingStats` values (mlx-lm's names) plus ``reused_prompt_tokens``
-        and ``generations``; prompt numbers are those of the last generation."""
+        and ``generations`` (and, when speculating, ``draft_tokens`` and
+        ``accepted_draft_tokens`` over every generation); prompt numbers are those of the last
+        generation."""
         if not self.generations:
             return {"total_time": round(self.total_s, 4)}
         first, last = self.generations[0], self.generations[-1]
+        drafted = sum(g.draft_tokens for g in self.generations)
+        speculation = (
+            {
+                "draft_tokens": drafted,
+                "accepted_draft_tokens": sum(g.accepted_draft_tokens for g in self.generations),
+            }
+            if drafted
+            else {}
+        )
         return {
+            **speculation,
             "prompt_tokens": last.prompt_tokens,
             "prompt_tps": round(last.prompt_tokens_per_s, 3),
             "generation_tokens": self.completion_tokens,
@@ -224,6 +242,9 @@ def timing_line(timing: dict[str, Any]) -> str:
     ]
     if timing.get("reused_prompt_tokens"):
         parts.insert(1, f"{timing['reused_prompt_tokens']} reused")
+    if timing.get("draft_tokens"):
+        drafted, accepted = timing["draft_tokens"], timing.get("accepted_draft_tokens", 0)
+        parts.insert(2, f"drafts accepted {accepted}/{drafted} ({100 * accepted / drafted:.0f}%)")
     if timing.get("generations", 1) > 1:
         parts.append(f"{timing['generations']} generations")
     return "timing: " + ", ".join(parts)

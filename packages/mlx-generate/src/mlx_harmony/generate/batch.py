@@ -387,27 +387,32 @@ class BatchGenerator:
             if budget <= 0:
                 break
             row = rotation.popleft()
-            target = len(row.prompt) - 1
-            if row.done < target:
-                assert row.cache is not None  # `_start` gave the row its cache
-                n = min(self.prefill_step_size, target - row.done, budget)
-                n = row.marks.clip(row.done, n)
-                chunk = mx.array(row.prompt[row.done : row.done + n])
-                self.model(chunk[None], cache=row.cache)
-                mx.eval([c.state for c in row.cache])
-                mx.clear_cache()
-                row.done += n
-                row.marks.after_chunk(row.done, row.cache)
-                row.last_chunk = n
-                budget -= n
-                self.stats.prefilled_tokens += n
-                if row.cancelled():
-                    outputs.append(self._cancelled(row))
-                    continue
+            try:
+                target = len(row.prompt) - 1
                 if row.done < target:
-                    rotation.append(row)  # the back of the rotation
-                    continue
-            self._join(row)
+                    assert row.cache is not None  # `_start` gave the row its cache
+                    n = min(self.prefill_step_size, target - row.done, budget)
+                    n = row.marks.clip(row.done, n)
+                    chunk = mx.array(row.prompt[row.done : row.done + n])
+                    self.model(chunk[None], cache=row.cache)
+                    mx.eval([c.state for c in row.cache])
+                    mx.clear_cache()
+                    row.done += n
+                    row.marks.after_chunk(row.done, row.cache)
+                    row.last_chunk = n
+                    budget -= n
+                    self.stats.prefilled_tokens += n
+                    if row.cancelled():
+                        outputs.append(self._cancelled(row))
+                        continue
+                    if row.done < target:
+                        rotation.append(row)  # the back of the rotation
+                        continue
+                self._join(row)
+            except BaseException:
+                if not any(r is row for r in self._rows):
+                    rotation.appendleft(row)  # still a request: `fail_all` must end it too
+                raise
             if budget < self.prefill_step_size:
                 break  # the newcomer decodes at the next step, before another chunk
         return outputs
@@ -424,7 +429,12 @@ class BatchGenerator:
             if row.cancelled():
                 outputs.append(self._cancelled(row))
                 continue
-            self._start(row)
+            try:
+                self._start(row)
+            except BaseException:
+                self._waiting.appendleft(row)  # `fail_all` ends it with the others
+                self._prefilling.extendleft(reversed(admitted))
+                raise
             admitted.append(row)
         self._prefilling.extendleft(reversed(admitted))
         return outputs
@@ -558,6 +568,12 @@ class BatchTokenGenerator(ModelFacts):
                 f"kv_bits={options.kv_bits}: the batch engine has no quantized KV cache; "
                 "use TokenGenerator (one request at a time), or leave kv_bits unset"
             )
+        if options.speculates:
+            which = "draft_model" if options.draft_model is not None else "prompt_lookup"
+            raise ValueError(
+                f"{which}: the batch engine does not decode speculatively; use TokenGenerator "
+                f"(one request at a time), or leave {which} unset"
+            )
         self.options = options
         self.max_batch_size = max_batch_size
         self.prompt_cache = SharedPromptCache(
@@ -568,6 +584,9 @@ class BatchTokenGenerator(ModelFacts):
         self._ready = threading.Event()
         self._error: BaseException | None = None
         self._closed = False
+        self._submit_lock = threading.Lock()
+        self._stopped: BaseException | None = None
+        """Why the engine thread ended; requests submitted after it fail with this."""
         self.engine: BatchGenerator | None = None
         self._thread = threading.Thread(
             target=self._serve,
@@ -637,9 +656,9 @@ class BatchTokenGenerator(ModelFacts):
         finally:
             self._ready.set()
         try:
-            self._serve_requests(engine)
+            clean = self._serve_requests(engine)
             folder = self.options.prompt_cache_dir
-            if folder is not None:
+            if clean and folder is not None:
                 saved = self.prompt_cache.save(folder, loaded=self.loaded)
                 logger.info("saved %d prompt caches to %s", len(saved), folder)
         finally:
@@ -674,18 +693,33 @@ class BatchTokenGenerator(ModelFacts):
             logger.warning("skipped %s: %s", path, why)
         logger.info("loaded %d prompt caches from %s", result.loaded, folder)
 
-    def _serve_requests(self, engine: BatchGenerator) -> None:
+    def _serve_requests(self, engine: BatchGenerator) -> bool:
+        """Run the engine until `close`; False when it died of an error instead (logged, and
+        every request, waiting or later, ends with it)."""
+        outboxes: dict[int, queue.SimpleQueue[BatchOutput]] = {}
+        end: BaseException = RuntimeError("the batch generator was closed")
+        try:
+            self._run_engine(engine, outboxes)
+            return True
+        except BaseException as error:  # the thread dies: no request may wait for it
+            logger.exception("the batch engine stopped")
+            end = RuntimeError(f"the batch engine stopped: {error!r}; start the generator again")
+            end.__cause__ = error
+            return False
+        finally:
+            self._end_all(engine, outboxes, end)
+
+    def _run_engine(
+        self, engine: BatchGenerator, outboxes: dict[int, queue.SimpleQueue[BatchOutput]]
+    ) -> None:
         housekeeping = _Housekeeping(self.options)
         every_tokens = self.options.clear_cache_tokens
-        outboxes: dict[int, queue.SimpleQueue[BatchOutput]] = {}
-        stopping = False
-        while not stopping:
+        while True:
             try:
                 item = self._inbox.get(block=not engine.has_work)
                 while True:
                     if item is None:
-                        stopping = True
-                        break
+                        return
                     try:
                         outboxes[engine.insert(item.request)] = item.outbox
                     except BaseException as error:
@@ -693,8 +727,6 @@ class BatchTokenGenerator(ModelFacts):
                     item = self._inbox.get_nowait()
             except queue.Empty:
                 pass
-            if stopping:
-                break
             try:
                 outputs = engine.step()
             except BaseException as error:  # the model failed: end every request with it
@@ -709,11 +741,31 @@ class BatchTokenGenerator(ModelFacts):
                     housekeeping.after_generation()
             if every_tokens:
                 housekeeping.after_tokens(engine.stats.generated_tokens)
-        shutdown = RuntimeError("the batch generator was closed")
-        for output in engine.fail_all(shutdown):
+
+    def _end_all(
+        self,
+        engine: BatchGenerator,
+        outboxes: dict[int, queue.SimpleQueue[BatchOutput]],
+        error: BaseException,
+    ) -> None:
+        """End every request with `error`: those in the engine, those still in the inbox, and
+        (under the lock `_consume` submits under) every later one."""
+        with self._submit_lock:
+            self._stopped = error
+        for output in engine.fail_all(error):
             box = outboxes.pop(output.uid, None)
             if box is not None:
                 box.put(output)
+        for box in outboxes.values():
+            box.put(BatchOutput(-1, None, error=error))
+        outboxes.clear()
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            if item is not None:
+                item.outbox.put(BatchOutput(-1, None, error=error))
 
     # -- generation -----------------------------------------------------------------------------
 
@@ -796,7 +848,10 @@ class BatchTokenGenerator(ModelFacts):
         info: PrefillInfo | None = None
         t_first = t_end = 0.0
         try:
-            self._inbox.put(submission)
+            with self._submit_lock:
+                if self._stopped is not None:
+                    raise self._stopped
+                self._inbox.put(submission)
             get = submission.outbox.get
             while True:
                 output = get()

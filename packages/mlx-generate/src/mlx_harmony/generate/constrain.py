@@ -10,7 +10,9 @@ drops the GIL), and only then adds the mask to the logits.
 Compiling is cached: `compile_constraint` keeps an LRU of compiled grammars keyed by the
 canonical JSON of (mode, schema or grammar) and the tokenizer; each request then takes a fresh
 matcher from it (microseconds). The tokenizer's llguidance view is built once per tokenizer
-(seconds for a 200k vocabulary; `prepare_tokenizer` does it ahead of the first request).
+(seconds for a 200k vocabulary). It is lazy here, built on first use, so a program that never
+constrains never pays for it; a server starts it at model load with
+`prepare_tokenizer_in_background`, and the first constrained request waits only for what is left.
 """
 
 from __future__ import annotations
@@ -52,6 +54,8 @@ __all__ = [
     "json_grammar",
     "make_constraint",
     "prepare_tokenizer",
+    "prepare_tokenizer_in_background",
+    "tokenizer_view_state",
 ]
 
 ConstraintMode = Literal["json_schema", "json_object", "tool_call", "grammar"]
@@ -143,10 +147,13 @@ class ConstraintSpec:
 
 # -- the tokenizer's llguidance view, once per tokenizer -----------------------------------------
 
-_tokenizers: weakref.WeakKeyDictionary[Any, dict[bool, llguidance.LLTokenizer]] = (
-    weakref.WeakKeyDictionary()
-)
-_tokenizers_lock = threading.Lock()
+ViewState = Literal["absent", "building", "ready"]
+
+# One future per (tokenizer, harmony): whoever asks first builds the view, later askers wait on
+# the same future (a request that comes while the background build runs waits only for the rest).
+_ViewFuture = concurrent.futures.Future[llguidance.LLTokenizer]
+_views: weakref.WeakKeyDictionary[Any, dict[bool, _ViewFuture]] = weakref.WeakKeyDictionary()
+_views_lock = threading.Lock()
 
 
 def _hf_tokenizer(tokenizer: Any) -> Any:
@@ -175,25 +182,81 @@ def _stop_ids(tokenizer: Any, harmony: bool) -> list[int]:
     return sorted({int(i) for i in ([ids] if isinstance(ids, int) else ids)})
 
 
+def _make_view(tokenizer: Any, harmony: bool) -> llguidance.LLTokenizer:
+    try:
+        return llguidance.hf.from_tokenizer(
+            _hf_tokenizer(tokenizer), eos_token=_stop_ids(tokenizer, harmony)
+        )
+    except ConstraintError:
+        raise
+    except Exception as error:  # the library's errors are plain exceptions
+        raise ConstraintError(
+            f"structured outputs need a Hugging Face fast tokenizer (tokenizer.json); "
+            f"{type(tokenizer).__name__} cannot be used: {error}"
+        ) from error
+
+
+def _view_future(tokenizer: Any, harmony: bool) -> tuple[_ViewFuture, bool]:
+    """The view's future and whether the caller must build it (it is the first to ask). A
+    failed build is forgotten, so the next caller tries again and gets the error itself."""
+    with _views_lock:
+        futures = _views.setdefault(tokenizer, {})
+        future = futures.get(harmony)
+        if future is not None and not (future.done() and future.exception() is not None):
+            return future, False
+        future = concurrent.futures.Future()
+        futures[harmony] = future
+        return future, True
+
+
+def _build_view(tokenizer: Any, harmony: bool, future: _ViewFuture) -> None:
+    future.set_running_or_notify_cancel()
+    try:
+        future.set_result(_make_view(tokenizer, harmony))
+    except BaseException as error:  # kept for whoever waits on the future
+        future.set_exception(error)
+
+
 def prepare_tokenizer(tokenizer: Any, *, harmony: bool = True) -> llguidance.LLTokenizer:
     """The llguidance view of `tokenizer` (mlx-lm's wrapper or a Hugging Face fast tokenizer),
-    built once and kept as long as the tokenizer lives. Call it at model load to keep its cost
-    (seconds for a 200k vocabulary) out of the first constrained request."""
-    with _tokenizers_lock:
-        views = _tokenizers.setdefault(tokenizer, {})
-        cached = views.get(harmony)
-        if cached is None:
-            try:
-                cached = llguidance.hf.from_tokenizer(
-                    _hf_tokenizer(tokenizer), eos_token=_stop_ids(tokenizer, harmony)
-                )
-            except Exception as error:  # the library's errors are plain exceptions
-                raise ConstraintError(
-                    f"structured outputs need a Hugging Face fast tokenizer (tokenizer.json); "
-                    f"{type(tokenizer).__name__} cannot be used: {error}"
-                ) from error
-            views[harmony] = cached
-        return cached
+    built once and kept as long as the tokenizer lives (seconds for a 200k vocabulary). Raises
+    `ConstraintError` for a tokenizer that cannot be used. If `prepare_tokenizer_in_background`
+    started the build, this waits only for what is left of it."""
+    future, mine = _view_future(tokenizer, harmony)
+    if mine:
+        _build_view(tokenizer, harmony, future)
+    return future.result()
+
+
+def prepare_tokenizer_in_background(tokenizer: Any, *, harmony: bool = True) -> _ViewFuture:
+    """Start building the llguidance view on a daemon thread and return its future, so that the
+    first constrained request does not pay for it (a server calls this when it loads a model).
+
+    Nothing calls it by default: a program that never constrains never pays the seconds and
+    memory the view costs. The build holds the GIL most of the time (llguidance and tokenizers
+    do not release it), so other Python threads run slower until it ends. A build error stays in
+    the future; the first constrained request raises it again as a `ConstraintError`."""
+    future, mine = _view_future(tokenizer, harmony)
+    if mine:
+        threading.Thread(
+            target=_build_view,
+            args=(tokenizer, harmony, future),
+            name="llguidance-tokenizer",
+            daemon=True,
+        ).start()
+    return future
+
+
+def tokenizer_view_state(tokenizer: Any, *, harmony: bool = True) -> ViewState:
+    """Whether `tokenizer`'s llguidance view is ``absent`` (never asked for, or its build
+    failed), ``building`` or ``ready``."""
+    with _views_lock:
+        future = _views.get(tokenizer, {}).get(harmony)
+    if future is None:
+        return "absent"
+    if not future.done():
+        return "building"
+    return "ready" if future.exception() is None else "absent"
 
 
 # -- compiling, cached ---------------------------------------------------------------------------
@@ -210,10 +273,19 @@ class CompiledConstraint:
     compile_s: float = 0.0
     _template: llguidance.LLMatcher | None = field(default=None, repr=False, compare=False)
 
-    def new(self) -> Constraint:
-        """A fresh matcher state for one request."""
+    def new(self, *, prefix: Sequence[int] = ()) -> Constraint:
+        """A fresh matcher state for one request. `prefix`: tokens at the end of the prompt
+        that the grammar consumes first (a prompt that already opens the answer, such as
+        ``<|channel|>final<|message|>``); a prefix the grammar refuses is a `ConstraintError`."""
         assert self._template is not None
-        return Constraint(self._template.deep_copy(), self.tokenizer.vocab_size)
+        matcher = self._template.deep_copy()
+        for i, token in enumerate(prefix):
+            if not matcher.consume_token(int(token)):
+                raise ConstraintError(
+                    f"the grammar refuses prefix token {int(token)} at position {i}: "
+                    f"{matcher.get_error()}"
+                )
+        return Constraint(matcher, self.tokenizer.vocab_size)
 
 
 class _LRU:
@@ -241,10 +313,14 @@ _cache = _LRU(_CACHE_SIZE)
 _pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="constrain")
 
 
-def clear_constraint_cache() -> None:
-    """Forget every compiled grammar (the tokenizer views stay)."""
+def clear_constraint_cache(*, tokenizer_views: bool = False) -> None:
+    """Forget every compiled grammar, and with `tokenizer_views` the tokenizers' llguidance
+    views too (a benchmark measuring first use)."""
     with _cache.lock:
         _cache.items.clear()
+    if tokenizer_views:
+        with _views_lock:
+            _views.clear()
 
 
 def _compile(

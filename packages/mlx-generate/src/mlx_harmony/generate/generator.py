@@ -92,6 +92,13 @@ class GeneratorOptions:
     prompt_cache_dir: str | Path | None = None
     """`BatchTokenGenerator` only: its shared prompt cache is loaded from this folder at start
     (files for another model are skipped with a log line) and saved there when it closes."""
+    draft_model: str | Path | None = None
+    """`TokenGenerator` only: a draft model (folder or Hugging Face repo id with the target's
+    tokenizer) for speculative decoding, loaded with the target."""
+    num_draft_tokens: int = DEFAULT_NUM_DRAFT_TOKENS
+    """Speculative decoding: guesses the target verifies per pass."""
+    prompt_lookup: int | None = None
+    """`TokenGenerator` only: speculate with prompt lookup, drafting from this n-gram length."""
 
     LOAD_TIME: ClassVar[tuple[str, ...]] = (
         "mlock",
@@ -103,6 +110,9 @@ class GeneratorOptions:
         "chat_template",
         "prompt_cache_file",
         "prompt_cache_dir",
+        "draft_model",
+        "num_draft_tokens",
+        "prompt_lookup",
     )
     """The options fixed when the model loads (`TokenGenerator.retune` cannot change them)."""
 
@@ -125,6 +135,17 @@ class GeneratorOptions:
             if value < 0:
                 raise ValueError(f"{name} must be >= 0 (0: never), got {value}")
         self.loop_detector()  # a clear error for an unknown mode, now
+        if self.draft_model is not None and self.prompt_lookup is not None:
+            raise ValueError("draft_model and prompt_lookup cannot be combined; set one of them")
+        for name in ("num_draft_tokens", "prompt_lookup"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or value < 1):
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+    @property
+    def speculates(self) -> bool:
+        """Whether these options decode speculatively (a draft model or prompt lookup)."""
+        return self.draft_model is not None or self.prompt_lookup is not None
 
     def loop_detector(self) -> LoopDetector:
         if isinstance(self.loop_detection, LoopDetector):
@@ -512,6 +533,19 @@ class TokenGenerator(ModelFacts):
         self._active: weakref.ref[Generator[Any, None, None]] | None = None
         self._old_wired_limit = _wire_memory(self.model) if options.mlock else None
         # Speculative decoding (speculative.py): checked, and the draft loaded, once.
+        if options.speculates or options.num_draft_tokens != DEFAULT_NUM_DRAFT_TOKENS:
+            if (
+                draft_model is not None
+                or prompt_lookup is not None
+                or num_draft_tokens != DEFAULT_NUM_DRAFT_TOKENS
+            ):
+                raise TypeError(
+                    "pass draft_model / num_draft_tokens / prompt_lookup inside "
+                    "GeneratorOptions or as keywords, not both"
+                )
+            draft_model = options.draft_model
+            num_draft_tokens = options.num_draft_tokens
+            prompt_lookup = options.prompt_lookup
         self._speculation = speculation_options(
             draft_model=draft_model, num_draft_tokens=num_draft_tokens, prompt_lookup=prompt_lookup
         )
@@ -533,6 +567,11 @@ class TokenGenerator(ModelFacts):
         self.loop_detector = options.loop_detector()
         self.reseed_each_turn = options.reseed_each_turn
         self._housekeeping.options = options
+
+    @property
+    def speculates(self) -> bool:
+        """Whether this generator decodes speculatively (it then refuses constraints)."""
+        return bool(self._speculation)
 
     @property
     def clear_cache(self) -> bool:

@@ -282,6 +282,20 @@ def _apply_adapters(model: nn.Module, folder: Path) -> None:
     model.eval()
 
 
+def _materialize(model: nn.Module, *, weights: bool) -> None:
+    """Evaluate the model's private arrays (gpt-oss's YaRN rope frequencies, made lazily in
+    ``__init__``) and, with `weights`, its parameters. An array left lazy belongs to the
+    loading thread's stream: an engine thread that runs the model first would fail with
+    "There is no Stream(cpu, 0) in current thread"."""
+    private = [
+        value
+        for module in model.modules()
+        for key, value in module.items()
+        if key.startswith("_") and isinstance(value, mx.array)
+    ]
+    mx.eval(model.parameters() if weights else [], private)
+
+
 def load_model(
     path_or_repo: str | Path,
     *,
@@ -294,9 +308,10 @@ def load_model(
     """Load a model folder or a Hugging Face repo id with mlx-lm's classes and weights.
 
     ``lazy=True`` maps the weights without reading them (they load on first use); the default
-    reads them now so the first token is not slowed by disk reads. ``adapter_path`` is a local
-    mlx-lm adapter folder (LoRA, DoRA or full fine-tune, as `mlx_lm.lora` writes it), applied
-    with mlx-lm's `load_adapters`, as `mlx_lm.load(adapter_path=...)` does.
+    reads them now so the first token is not slowed by disk reads. Lazy weights belong to the
+    loading thread's stream: load lazily in the thread that runs the model. ``adapter_path``
+    is a local mlx-lm adapter folder (LoRA, DoRA or full fine-tune, as `mlx_lm.lora` writes
+    it), applied with mlx-lm's `load_adapters`, as `mlx_lm.load(adapter_path=...)` does.
     """
     from mlx_lm.utils import load_model as _mlx_load_model
     from mlx_lm.utils import load_tokenizer
@@ -312,8 +327,7 @@ def load_model(
         _apply_adapters(model, adapters)
     if model_type in HARMONY_MODEL_TYPES and mx.default_device() == mx.cpu:
         _cast_for_cpu(model)
-    if not lazy:
-        mx.eval(model.parameters())
+    _materialize(model, weights=not lazy)
     try:
         tokenizer = load_tokenizer(
             folder, tokenizer_config, eos_token_ids=config.get("eos_token_id")

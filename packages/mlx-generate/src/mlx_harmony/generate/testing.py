@@ -7,19 +7,29 @@ event shapes and the stats fields.
 
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from .cache import common_prefix_len
 from .generator import HARMONY_STOP_TOKENS
-from .loop import Cancel, StreamEvent, _as_cancel_check
+from .loop import Cancel, LogitsProcessor, StreamEvent, _as_cancel_check
 from .loop_detection import LoopDetectionMode, LoopDetector, make_loop_detector
 from .stats import CacheReuseMode, GenerationStats, StopReason
+
+if TYPE_CHECKING:
+    from mlx_harmony.sampling import SamplingParams
+
+    from .constrain import ConstraintSpec
 from .stop_strings import StopStringMatcher
 
-__all__ = ["ScriptedCall", "ScriptedGenerator"]
+__all__ = ["ScriptedCall", "ScriptedGenerator", "free_ports", "start_ranks", "stop_ranks"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,11 +37,11 @@ class ScriptedCall:
     """What a `ScriptedGenerator` was asked, for assertions."""
 
     prompt_tokens: list[int]
-    sampling: Any
+    sampling: SamplingParams | None
     max_tokens: int
     stop_tokens: frozenset[int]
     stop_strings: tuple[str, ...]
-    constraint: Any = None
+    constraint: ConstraintSpec | None = None
     """The `ConstraintSpec` the call asked for (not applied: the script plays as written)."""
 
 
@@ -114,13 +124,13 @@ class ScriptedGenerator:
         self,
         *,
         prompt_tokens: Sequence[int],
-        sampling: Any = None,
+        sampling: SamplingParams | None = None,
         max_tokens: int = 512,
         stop_tokens: Iterable[int] | None = None,
         stop_strings: Sequence[str] = (),
         cancel: Cancel = None,
-        logits_processors: Any = None,
-        constraint: Any = None,
+        logits_processors: Sequence[LogitsProcessor] | None = None,
+        constraint: ConstraintSpec | None = None,
         loop_detection: LoopDetector | LoopDetectionMode | str | None = None,
     ) -> Iterator[int]:
         for event in self.stream(
@@ -142,13 +152,13 @@ class ScriptedGenerator:
         self,
         *,
         prompt_tokens: Sequence[int],
-        sampling: Any = None,
+        sampling: SamplingParams | None = None,
         max_tokens: int = 512,
         stop_tokens: Iterable[int] | None = None,
         stop_strings: Sequence[str] = (),
         cancel: Cancel = None,
-        logits_processors: Any = None,
-        constraint: Any = None,
+        logits_processors: Sequence[LogitsProcessor] | None = None,
+        constraint: ConstraintSpec | None = None,
         loop_detection: LoopDetector | LoopDetectionMode | str | None = None,
         detokenize: bool = True,
         logprobs: bool = False,
@@ -276,3 +286,51 @@ class ScriptedGenerator:
         self.last_stats = stats
         token = None if reason is StopReason.CANCELLED else last
         yield StreamEvent(token, text if detokenize else "", None, reason, stats)
+
+
+# -- several ranks on localhost ----------------------------------------------------------------
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` TCP ports free on 127.0.0.1 right now."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def start_ranks(
+    command: Callable[[int], Sequence[str]],
+    folder: Path,
+    *,
+    n: int = 2,
+    env: Mapping[str, str] | None = None,
+    popen: Callable[[int], Mapping[str, Any]] | None = None,
+) -> list[subprocess.Popen[bytes]]:
+    """`n` ranks of ``command(rank)`` on 127.0.0.1, started by hand as ``mlx.launch --backend
+    ring`` starts them (a hostfile in `folder`, ``MLX_HOSTFILE`` and ``MLX_RANK``), so that a
+    test owns each rank's pid, stdin and exit status. ``popen(rank)`` gives `subprocess.Popen`'s
+    other arguments (default: stdout and stderr piped)."""
+    hostfile = folder / "hosts.json"
+    hostfile.write_text(json.dumps([[f"127.0.0.1:{p}"] for p in free_ports(n)]))
+    ranks = []
+    for rank in range(n):
+        rank_env = {**os.environ, **(env or {}), "MLX_HOSTFILE": str(hostfile)}
+        rank_env["MLX_RANK"] = str(rank)
+        options = dict(popen(rank)) if popen is not None else {}
+        options.setdefault("stdout", subprocess.PIPE)
+        options.setdefault("stderr", subprocess.PIPE)
+        ranks.append(subprocess.Popen(list(command(rank)), env=rank_env, **options))
+    return ranks
+
+
+def stop_ranks(ranks: Sequence[subprocess.Popen[bytes]]) -> None:
+    """Kill the ranks still running and reap them all."""
+    for p in ranks:
+        if p.poll() is None:
+            p.kill()
+        p.wait(10)

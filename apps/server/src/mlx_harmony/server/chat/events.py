@@ -255,9 +255,20 @@ def sum_usage(usages: Sequence[Usage]) -> Usage:
             cached_tokens=sum(u.prompt_tokens_details.cached_tokens for u in usages)
         ),
         completion_tokens_details=CompletionTokensDetails(
-            reasoning_tokens=sum(u.completion_tokens_details.reasoning_tokens for u in usages)
+            reasoning_tokens=sum(u.completion_tokens_details.reasoning_tokens for u in usages),
+            **_prediction_sums([u.completion_tokens_details for u in usages]),
         ),
     )
+
+
+def _prediction_sums(details: Sequence[CompletionTokensDetails]) -> dict[str, int]:
+    """The choices' speculative-decoding counts summed (none when no choice speculated)."""
+    sums: dict[str, int] = {}
+    for name in ("accepted_prediction_tokens", "rejected_prediction_tokens"):
+        values = [v for d in details if (v := getattr(d, name)) is not None]
+        if values:
+            sums[name] = sum(values)
+    return sums
 
 
 def merge_completions(completions: Sequence[ChatCompletion]) -> ChatCompletion:

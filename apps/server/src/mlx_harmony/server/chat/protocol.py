@@ -196,6 +196,13 @@ class ChatCompletionRequest(OriginalFields):
         None, ge=1, description="Choices to generate, up to the server's --max-n (default 1)."
     )
     reasoning_effort: Literal["low", "medium", "high"] | None = None
+    chat_template_kwargs: dict[str, Any] | None = Field(
+        None,
+        description="Keyword arguments for the model's chat template, over the server's "
+        "--chat-template-args (vLLM's and mlx-lm's field). gpt-oss has no template: only "
+        "reasoning_effort, model_identity, knowledge_cutoff and conversation_start_date, which "
+        "set those Harmony settings; any other key is a 400.",
+    )
     include_reasoning: bool = Field(
         True, description="false leaves `reasoning` and `reasoning_content` out."
     )
@@ -249,7 +256,17 @@ class PromptTokensDetails(CachedTokens):
 
 
 class CompletionTokensDetails(ReasoningTokens):
-    """``usage.completion_tokens_details``."""
+    """``usage.completion_tokens_details``; the prediction counts only while speculating."""
+
+    accepted_prediction_tokens: int | None = Field(
+        default=None,
+        description="Speculative decoding (--draft-model, --prompt-lookup): guessed tokens the "
+        "model kept.",
+    )
+    rejected_prediction_tokens: int | None = Field(
+        default=None,
+        description="Speculative decoding: guessed tokens the model rejected.",
+    )
 
 
 class Usage(BaseModel):

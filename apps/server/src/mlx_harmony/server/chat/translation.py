@@ -13,21 +13,26 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
-from mlx_harmony.controller import FinishReason, TurnResult
+from mlx_harmony.controller import (
+    FinishReason,
+    PromptConfig,
+    TemplateKwargsError,
+    TurnResult,
+    with_request_template_kwargs,
+)
 
 from ..conversation import AssistantCall, Conversation, ConversationBuilder, join_text
 from ..errors import APIError
 from ..models import ModelEntry
 from ..planning import (
+    AnswerFormat,
     FunctionChoice,
     FunctionSpec,
     TokenCounts,
     ToolChoice,
     build_config,
-    declare_tools,
-    developer_instructions,
     openai_calls,
-    plan_answer_format,
+    plan_tools_and_format,
     plan_turn,
 )
 from ..tool_names import ToolNameMap
@@ -186,13 +191,28 @@ def _tool_choice(body: ChatCompletionRequest) -> ToolChoice:
     return choice
 
 
-def _response_format(body: ChatCompletionRequest) -> tuple[object, object]:
+def _response_format(body: ChatCompletionRequest) -> AnswerFormat:
     """The format's type and its JSON schema (None when there is none)."""
     fmt = body.response_format
     if not fmt:
-        return None, None
+        return AnswerFormat()
     spec = fmt.get("json_schema")
-    return fmt.get("type"), spec.get("schema") if isinstance(spec, dict) else None
+    return AnswerFormat(fmt.get("type"), spec.get("schema") if isinstance(spec, dict) else None)
+
+
+def _with_template_kwargs(config: PromptConfig, body: ChatCompletionRequest) -> PromptConfig:
+    """`config` with the request's ``chat_template_kwargs`` over the server's
+    (``--chat-template-args``; see `with_request_template_kwargs`). gpt-oss turns them into
+    Harmony settings when it renders; the worker refuses the keys it cannot (it knows the
+    model type)."""
+    try:
+        return with_request_template_kwargs(
+            config, body.chat_template_kwargs or {}, reasoning_effort=body.reasoning_effort
+        )
+    except TemplateKwargsError as error:
+        raise APIError(
+            400, str(error), param=f"chat_template_kwargs.{error.key}", code="invalid_value"
+        ) from error
 
 
 def plan_chat(
@@ -229,31 +249,20 @@ def plan_chat(
         )
         for i, t in enumerate(body.tools or ())
     ]
-    choice = _tool_choice(body)
-    function_tools, tool_instruction = declare_tools(specs, names, choice)
-    kind, schema = _response_format(body)
-    instruction, constraint = plan_answer_format(
-        specs,
-        names,
-        choice,
-        format_kind=kind,
-        schema=schema,
-        format_param="response_format.type",
-        schema_param="response_format.json_schema.schema",
-    )
-    instructions = developer_instructions(
-        conversation.instructions, (tool_instruction, instruction), entry
+    planned = plan_tools_and_format(
+        specs, names, _tool_choice(body), conversation.instructions, entry, _response_format(body)
     )
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or ())
     config = build_config(
         entry.prompt_config,
         sampling={name: getattr(body, name) for name in _SAMPLING_FIELDS},
         reasoning_effort=body.reasoning_effort,
-        instructions=instructions,
+        instructions=planned.instructions,
         max_tokens=body.max_completion_tokens or body.max_tokens,
         max_tokens_cap=max_tokens_cap,
         stops=stops,
     )
+    config = _with_template_kwargs(config, body)
     explicit = (
         body.max_tokens is not None
         or body.max_completion_tokens is not None
@@ -263,10 +272,10 @@ def plan_chat(
         entry,
         conversation,
         config,
-        function_tools,
+        planned.function_tools,
         explicit_limit=explicit,
         top_logprobs=(body.top_logprobs or 0) if body.logprobs else None,
-        constraint=constraint,
+        constraint=planned.constraint,
     )
     return ChatPlan(
         turn_plan=plan,
@@ -290,7 +299,9 @@ def chat_usage(counts: TokenCounts) -> Usage:
         completion_tokens=counts.completion,
         total_tokens=counts.prompt + counts.completion,
         prompt_tokens_details=PromptTokensDetails(cached_tokens=counts.cached),
-        completion_tokens_details=CompletionTokensDetails(reasoning_tokens=counts.reasoning),
+        completion_tokens_details=CompletionTokensDetails(
+            reasoning_tokens=counts.reasoning, **counts.prediction_details()
+        ),
     )
 
 

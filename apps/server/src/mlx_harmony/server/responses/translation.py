@@ -24,17 +24,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
+from mlx_harmony.controller import with_request_template_kwargs
+
 from ..conversation import AssistantCall, Conversation, ConversationBuilder, join_text
 from ..errors import APIError
 from ..models import ModelRegistry
 from ..planning import (
+    AnswerFormat,
     FunctionChoice,
     FunctionSpec,
     ToolChoice,
     build_config,
-    declare_tools,
-    developer_instructions,
-    plan_answer_format,
+    plan_tools_and_format,
     plan_turn,
 )
 from ..reasoning_seal import ReasoningSeal
@@ -301,12 +302,11 @@ def _type_of(value: object) -> object:
     return value.get("type") if isinstance(value, dict) else None
 
 
-def _text_format(body: ResponseCreateRequest) -> tuple[object, object]:
+def _text_format(body: ResponseCreateRequest) -> AnswerFormat:
     """The text format's type and its JSON schema (None when there is none)."""
     fmt = body.text.format if body.text is not None else None
-    if not fmt:
-        return None, None
-    return fmt.get("type"), fmt.get("schema")
+    kind, schema = (fmt.get("type"), fmt.get("schema")) if fmt else (None, None)
+    return AnswerFormat(kind, schema, "text.format.type", "text.format.schema")
 
 
 def _effort(body: ResponseCreateRequest) -> Literal["low", "medium", "high"] | None:
@@ -405,43 +405,33 @@ def plan_response(
         unseal=seal.open if seal is not None else None,
         warnings=warnings,
     )
-    choice = _tool_choice(body.tool_choice)
-    function_tools, tool_instruction = declare_tools(specs, names, choice)
-    if choice != "none":
-        function_tools += tools.namespaced
     summary = _summary(body)
     encrypted = _include(body, warnings)
-    kind, schema = _text_format(body)
-    instruction, constraint = plan_answer_format(
-        specs,
-        names,
-        choice,
-        format_kind=kind,
-        schema=schema,
-        format_param="text.format.type",
-        schema_param="text.format.schema",
-    )
-    instructions = developer_instructions(
-        conversation.instructions, (tool_instruction, instruction), entry
+    choice = _tool_choice(body.tool_choice)
+    planned = plan_tools_and_format(
+        specs, names, choice, conversation.instructions, entry, _text_format(body), tools.namespaced
     )
     config = build_config(
         entry.prompt_config,
         sampling={"temperature": body.temperature, "top_p": body.top_p},
         reasoning_effort=_effort(body),
-        instructions=instructions,
+        instructions=planned.instructions,
         max_tokens=body.max_output_tokens,
         max_tokens_cap=max_tokens_cap,
         params=_PARAMS,
     )
+    # The server's --chat-template-args (Responses has no per-request field): reasoning.effort
+    # wins over their reasoning_effort, and theirs is the effort the response reports.
+    config = with_request_template_kwargs(config, {}, reasoning_effort=_effort(body))
     explicit = body.max_output_tokens is not None or max_tokens_cap is not None
     turn_plan = plan_turn(
         entry,
         conversation,
         config,
-        function_tools,
+        planned.function_tools,
         explicit_limit=explicit,
         conversation_param="input",
-        constraint=constraint,
+        constraint=planned.constraint,
     )
     settings = ResponseSettings(
         instructions=body.instructions,
