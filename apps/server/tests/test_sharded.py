@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ import openai
 import pytest
 
 from mlx_harmony.generate.distributed import EXIT_RANK_FAILURE
+from mlx_harmony.generate.testing import free_ports, start_ranks
 
 pytestmark = pytest.mark.slow
 
@@ -63,17 +63,6 @@ def prompt_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 @dataclass
 class Launch:
     """Two ranks of ``mlx-harmony-server``; rank 0 serves `url`."""
@@ -93,19 +82,18 @@ class Launch:
 
 
 def _launch(folder: Path, model: Path, config: Path, *extra: str) -> Launch:
-    ring, http = _free_ports(2), _free_ports(1)[0]
-    hostfile = folder / "hosts.json"
-    hostfile.write_text(json.dumps([[f"127.0.0.1:{p}"] for p in ring]))
-    ranks, logs = [], []
-    for rank in range(2):
-        env = {**os.environ, "MLX_HOSTFILE": str(hostfile), "MLX_RANK": str(rank)}
-        env.pop("MLX_HARMONY_API_KEY", None)
-        cmd = [sys.executable, "-m", "mlx_harmony.server", "--model", str(model)]
-        cmd += ["--prompt-config", str(config), "--port", str(http), "--log-level", "warning"]
-        cmd += ["--log-file", str(folder / "requests.log"), *extra]
-        logs.append(folder / f"rank{rank}.log")
-        with logs[-1].open("wb") as out:
-            ranks.append(subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT))
+    http = free_ports(1)[0]
+    cmd = [sys.executable, "-m", "mlx_harmony.server", "--model", str(model)]
+    cmd += ["--prompt-config", str(config), "--port", str(http), "--log-level", "warning"]
+    cmd += ["--log-file", str(folder / "requests.log"), *extra]
+    logs = [folder / f"rank{rank}.log" for rank in range(2)]
+
+    def to_log(rank: int) -> dict[str, Any]:
+        return {"stdout": logs[rank].open("wb"), "stderr": subprocess.STDOUT}
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.delenv("MLX_HARMONY_API_KEY", raising=False)
+        ranks = start_ranks(lambda _: cmd, folder, popen=to_log)
     launch = Launch(f"http://127.0.0.1:{http}", ranks, logs)
     deadline = time.monotonic() + 150
     while True:

@@ -3,7 +3,8 @@ constraint on the generation (the reasoning stays free). Fast tests check the re
 mapping and the 400s on a scripted model; slow ones run the demo model behind a real uvicorn
 server on 127.0.0.1 and the openai SDK: ``parse()`` gives a parsed object, ``tool_choice:
 "required"`` always calls a declared function with valid arguments, and generated JSON schemas
-decoded at temperature 1.0 validate whenever the reply finishes with ``stop``.
+decoded at temperature 1.0 through ``parse()`` with a pydantic model built from each schema give a
+parsed object and valid JSON whenever the reply finishes with ``stop``.
 
 The generated schemas come from hypothesis-jsonschema (``from_schema`` over a JSON Schema of
 schemas, SCHEMAS below). Its object strategy needs hypothesis < 6.170.10: 0.23.1 (the latest
@@ -17,16 +18,19 @@ from __future__ import annotations
 import json
 import os
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import httpx
 import jsonschema
 import openai
+import pydantic
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, create_model
 
 from mlx_harmony.generate.constrain import (
     ConstraintSpec,
@@ -392,39 +396,206 @@ def test_generated_schemas_are_valid_and_each_has_instances() -> None:
         jsonschema.validate(instance, schema)
 
 
+def _leaf_type(leaf: dict[str, Any]) -> Any:
+    """The pydantic type of one leaf or array of SCHEMAS (the JSON Schema of `leaf`)."""
+    if "enum" in leaf:
+        return Literal.__getitem__(tuple(leaf["enum"]))
+    kind = leaf["type"]
+    if kind == "integer":
+        return Annotated[int, Field(ge=leaf["minimum"], le=leaf["maximum"])]
+    if kind == "string":
+        return Annotated[str, Field(max_length=leaf["maxLength"])]
+    if kind == "boolean":
+        return bool
+    if kind == "null":
+        return None
+    if kind == "array":
+        item = _leaf_type(leaf["items"])
+        return Annotated[list[item], Field(max_length=leaf["maxItems"])]  # type: ignore[valid-type]
+    raise ValueError(f"SCHEMAS has no leaf {json.dumps(leaf)}; add its type to _leaf_type")
+
+
+def _model_of(schema: dict[str, Any]) -> type[BaseModel]:
+    """A pydantic model for a generated object schema, for ``parse(response_format=...)``.
+
+    A required property is its leaf type; a property that is not required is ``leaf | None``
+    with default None, the SDK's strict-mode form of an optional field (see `_absent_for_null`).
+    ``strict=True`` keeps validation to JSON Schema's types (no "1" for 1, no "true" for true);
+    ``extra="forbid"`` is the schema's ``additionalProperties: false``."""
+    fields: dict[str, Any] = {}
+    for name, leaf in schema["properties"].items():
+        kind = _leaf_type(leaf)
+        if name in schema["required"]:
+            fields[name] = (kind, ...)
+        else:
+            fields[name] = (kind if kind is None else kind | None, None)
+    config = ConfigDict(extra="forbid", strict=True)
+    return create_model("Generated", __config__=config, **fields)
+
+
+def _absent_for_null(instance: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """`instance` without the null properties that `schema` does not require.
+
+    The SDK's ``to_strict_json_schema`` makes every property required, and ``leaf | None = None``
+    sends an optional property as ``{"anyOf": [leaf, {"type": "null"}]}`` (the None default is
+    dropped), so null stands for absent. Dropping a property that is not required never makes an
+    instance of a generated schema invalid (none has ``minProperties`` or dependencies)."""
+    return {k: v for k, v in instance.items() if v is not None or k in schema["required"]}
+
+
+# One leaf of each kind in LEAF and ARRAY, with a value out of its bounds.
+LEAF_CASES: list[tuple[dict[str, Any], Any]] = [
+    ({"type": "integer", "minimum": -3, "maximum": 4}, 5),
+    ({"type": "integer", "minimum": -3, "maximum": 4}, -4),
+    ({"type": "string", "maxLength": 3}, "abcd"),
+    ({"type": "string", "maxLength": 0}, "a"),
+    ({"type": "boolean"}, "true"),
+    ({"type": "null"}, 0),
+    ({"enum": ["ab", "c"]}, "abc"),
+    ({"enum": ["x"]}, "y"),
+    (
+        {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 2}, "maxItems": 2},
+        [0, 1, 2],
+    ),
+    (
+        {"type": "array", "items": {"type": "integer", "minimum": 0, "maximum": 2}, "maxItems": 2},
+        [3],
+    ),
+    ({"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 1}, ["c"]),
+    ({"type": "array", "items": {"type": "null"}, "maxItems": 0}, [None]),
+]
+
+
+def _two_of(leaf: dict[str, Any]) -> dict[str, Any]:
+    """An object schema of SCHEMAS' shape: `leaf` as a required and as an optional property."""
+    return {
+        "type": "object",
+        "properties": {"name": leaf, "kind": leaf},
+        "required": ["name"],
+        "additionalProperties": False,
+    }
+
+
+def test_the_leaf_cases_are_in_the_schema_space_and_cover_each_kind() -> None:
+    for leaf, _ in LEAF_CASES:
+        jsonschema.validate(leaf, {"anyOf": [LEAF, ARRAY]})
+    for branch in [*LEAF["anyOf"], ARRAY]:
+        assert any(jsonschema.Draft202012Validator(branch).is_valid(c) for c, _ in LEAF_CASES)
+
+
+@pytest.mark.parametrize(("leaf", "bad"), LEAF_CASES, ids=lambda v: json.dumps(v))
+@settings(max_examples=15, deadline=None, database=None, derandomize=True)
+@given(data=st.data())
+def test_the_model_of_a_schema_accepts_its_instances_and_rejects_out_of_bounds(
+    leaf: dict[str, Any], bad: Any, data: st.DataObject
+) -> None:
+    schema = _two_of(leaf)
+    model = _model_of(schema)
+    instance = data.draw(from_schema(schema))
+    assert model.model_validate_json(json.dumps(instance))  # what parse() does with the content
+    for wrong in ({**instance, "name": bad}, {**instance, "kind": bad}, {"kind": instance["name"]}):
+        assert not jsonschema.Draft202012Validator(schema).is_valid(wrong)
+        with pytest.raises(pydantic.ValidationError):
+            model.model_validate_json(json.dumps(wrong))
+
+
+def test_parse_sends_optional_properties_as_required_and_nullable(start_server: Any) -> None:
+    """What the SDK sends for `_model_of`: every property required, the optional ones nullable."""
+    schema = _two_of({"type": "integer", "minimum": 0, "maximum": 9})
+    content = '{"name": 3, "kind": null}'
+    generator = ScriptedGenerator([f"<|channel|>final<|message|>{content}<|return|>"])
+    server = start_server(generator)
+    model = _model_of(schema)
+    completion = _client(server).chat.completions.parse(
+        model=server.app.state.registry.default.id,
+        messages=[{"role": "user", "content": "hi"}],
+        response_format=model,
+    )
+    parsed = completion.choices[0].message.parsed
+    assert isinstance(parsed, model)
+    assert parsed.model_dump() == {"name": 3, "kind": None}
+    constraint = generator.calls[0].constraint
+    assert constraint is not None
+    assert constraint.schema is not None
+    sent = constraint.schema
+    assert sorted(sent["required"]) == ["kind", "name"]
+    assert sent["properties"]["kind"]["anyOf"][1] == {"type": "null"}
+    assert sent["additionalProperties"] is False
+    jsonschema.validate(json.loads(content), sent)
+    jsonschema.validate(_absent_for_null(json.loads(content), schema), schema)
+
+
 SCHEMA_COUNT = int(os.environ.get("MLX_HARMONY_SCHEMA_COUNT", "200"))
+
+
+@dataclass(frozen=True)
+class _Reply:
+    """One generated schema's request through ``parse()`` and what came back."""
+
+    schema: dict[str, Any]
+    model: type[BaseModel]
+    sent: dict[str, Any]  # the schema in the request body, as the SDK sent it
+    finish_reason: str
+    content: str | None
+    parsed: object  # message.parsed, or the error parse() raised on a stopped reply
 
 
 @pytest.mark.slow
 def test_generated_schemas_validate_whenever_the_reply_stops(real: Any) -> None:
-    """SCHEMA_COUNT (200) schemas from hypothesis-jsonschema, decoded at temperature 1.0, eight
-    at a time: every reply that stops is JSON valid for its schema."""
+    """SCHEMA_COUNT (200) schemas from hypothesis-jsonschema, each sent through
+    ``chat.completions.parse(response_format=_model_of(schema))`` at temperature 1.0, eight at a
+    time. Strict mode changes what is sent: the SDK's ``to_strict_json_schema`` makes every
+    property required, so a property the generated schema does not require goes out as
+    ``{"anyOf": [leaf, {"type": "null"}]}`` and null stands for absent; a schema whose
+    properties are all required goes out unchanged in meaning (pydantic adds titles, and
+    ``"type": "string"`` to enums of strings). For every reply that stops: ``message.parsed`` is
+    an instance of the model, the content is valid for the schema sent (read back from the
+    request) and, with the nulls of optional properties dropped (`_absent_for_null`, a no-op
+    when all are required), for the generated schema."""
     client = _client(real)
-    model = real.app.state.registry.default.id
+    model_id = real.app.state.registry.default.id
     schemas = _generated_schemas(SCHEMA_COUNT)
 
-    def ask(job: tuple[int, dict[str, Any]]) -> tuple[dict[str, Any], Any]:
+    def ask(job: tuple[int, dict[str, Any]]) -> _Reply:
         seed, schema = job
-        fmt = {"type": "json_schema", "json_schema": {"name": "s", "schema": schema}}
-        completion = client.chat.completions.create(
-            model=model,
+        model = _model_of(schema)
+        raw = client.chat.completions.with_raw_response.parse(
+            model=model_id,
             messages=[{"role": "user", "content": "Describe the moon as JSON."}],
-            response_format=fmt,  # type: ignore[arg-type]
+            response_format=model,
             temperature=1.0,
             seed=seed,
             max_tokens=120,
         )
-        return schema, completion.choices[0]
+        sent = json.loads(raw.http_request.content)["response_format"]["json_schema"]["schema"]
+        choice = raw.http_response.json()["choices"][0]
+        parsed: object = None
+        if choice["finish_reason"] == "stop":
+            try:
+                parsed = raw.parse().choices[0].message.parsed
+            except (pydantic.ValidationError, openai.OpenAIError) as error:
+                parsed = error
+        content = choice["message"]["content"]
+        return _Reply(schema, model, sent, choice["finish_reason"], content, parsed)
 
     with ThreadPoolExecutor(8) as pool:
-        answers = list(pool.map(ask, enumerate(schemas)))
+        replies = list(pool.map(ask, enumerate(schemas)))
     stopped = 0
-    for schema, choice in answers:
-        assert choice.finish_reason in ("stop", "length"), choice
-        if choice.finish_reason == "stop":
-            stopped += 1
-            try:
-                jsonschema.validate(json.loads(choice.message.content), schema)
-            except (ValueError, jsonschema.ValidationError) as error:
-                pytest.fail(f"{json.dumps(schema)}\n{choice.message.content!r}\n{error}")
+    for reply in replies:
+        where = f"{json.dumps(reply.schema)}\nsent {json.dumps(reply.sent)}\n{reply.content!r}"
+        assert reply.finish_reason in ("stop", "length"), where
+        assert sorted(reply.sent["required"]) == sorted(reply.schema["properties"]), where
+        if reply.finish_reason != "stop":
+            continue
+        stopped += 1
+        if not isinstance(reply.parsed, reply.model):
+            pytest.fail(f"{where}\nparse() gave {reply.parsed!r}")
+        try:
+            instance = json.loads(reply.content or "")
+            jsonschema.validate(instance, reply.sent)
+            jsonschema.validate(_absent_for_null(instance, reply.schema), reply.schema)
+        except (ValueError, jsonschema.ValidationError) as error:
+            pytest.fail(f"{where}\n{error}")
+    optional = sum(set(r.schema["required"]) != set(r.schema["properties"]) for r in replies)
+    print(f"{stopped} of {len(replies)} stopped; {optional} schemas have optional properties")
     assert stopped >= len(schemas) // 2, f"only {stopped} of {len(schemas)} replies finished"

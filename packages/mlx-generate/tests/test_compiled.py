@@ -270,3 +270,16 @@ def test_greedy_tokens_match_mlx_lm_across_attention_spans(
         assert offset < span <= bucket
         assert span - offset <= max(bucket // compiled_module.SPANS_PER_BUCKET, 2)
     assert any(span < bucket for _, span, bucket in seen)
+
+
+def test_on_cuda_the_default_is_eager_and_compiled_true_still_compiles(
+    tiny: LoadedModel, steps: list[int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from mlx_harmony.generate import loop
+
+    monkeypatch.setattr(loop, "on_cuda", lambda: True)
+    prompt = _prompt(10)
+    eager = _tokens(tiny.model, prompt, 12)
+    assert steps[0] == 0
+    assert _tokens(tiny.model, prompt, 12, compiled=True) == eager
+    assert steps[0] > 0

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ from mlx_harmony.generate.sharded import (
     load_sharded,
     model_fingerprint,
 )
+from mlx_harmony.generate.testing import start_ranks, stop_ranks
 from mlx_harmony.sampling import SamplingParams
 
 WORKER = Path(__file__).parent / "distributed" / "lockstep_worker.py"
@@ -160,17 +160,6 @@ def test_load_sharded_one_rank_is_load_model(tiny_model_dir: Path, tiny: LoadedM
 # -- two ranks on localhost ------------------------------------------------------------------
 
 
-def _free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
-
-
 def _start_ranks(
     tmp_path: Path,
     model: Path,
@@ -178,30 +167,10 @@ def _start_ranks(
     extra: Sequence[str] = (),
     env: dict[str, str] | None = None,
 ) -> list[subprocess.Popen[bytes]]:
-    """Two ranks started by hand (what `mlx.launch --backend ring` does), so the test owns
-    each rank's pid and exit status."""
-    hostfile = tmp_path / "hosts.json"
-    hostfile.write_text(json.dumps([[f"127.0.0.1:{p}"] for p in _free_ports(2)]))
-    procs = []
-    for rank in range(2):
-        rank_env = {
-            **os.environ,
-            **(env or {}),
-            "MLX_HOSTFILE": str(hostfile),
-            "MLX_RANK": str(rank),
-        }
-        cmd = [sys.executable, str(WORKER), "--model", str(model), "--out", str(out), *extra]
-        procs.append(
-            subprocess.Popen(cmd, env=rank_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        )
-    return procs
-
-
-def _stop(procs: Sequence[subprocess.Popen[bytes]]) -> None:
-    for p in procs:
-        if p.poll() is None:
-            p.kill()
-        p.wait(10)
+    """Two ranks of the worker started by hand (what `mlx.launch --backend ring` does), so
+    the test owns each rank's pid and exit status."""
+    cmd = [sys.executable, str(WORKER), "--model", str(model), "--out", str(out), *extra]
+    return start_ranks(lambda _: cmd, tmp_path, env=env)
 
 
 @pytest.mark.slow
@@ -241,7 +210,7 @@ def test_start_up_check_names_the_rank_that_differs(tmp_path: Path, demo_model: 
     try:
         errs = [p.communicate(timeout=120)[1].decode() for p in procs]
     finally:
-        _stop(procs)
+        stop_ranks(procs)
     assert [p.returncode for p in procs] == [3, 3]
     assert "rank 1 differs from rank 0 in options" in errs[0]
 
@@ -269,7 +238,7 @@ def test_rank_failure_ends_rank_zero(tmp_path: Path, demo_model: Path, how: str)
     finally:
         if how == "hang":
             os.kill(procs[1].pid, signal.SIGKILL)
-        _stop(procs)
+        stop_ranks(procs)
     assert procs[0].returncode == EXIT_RANK_FAILURE
     assert took < (10 if how == "kill" else timeout + 10), took
     failure = json.loads(out.read_text())["failure"]

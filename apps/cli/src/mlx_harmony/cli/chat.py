@@ -6,13 +6,14 @@ the same session on any terminal, which is how the tests drive the real app.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prompt_toolkit.history import FileHistory, History
 from prompt_toolkit.input import Input
-from prompt_toolkit.output import Output
+from prompt_toolkit.output import DummyOutput, Output
 from rich.console import Console
 
 from mlx_harmony.cli.frontend import ChatFrontend
@@ -30,12 +31,22 @@ from .launch import (
 from .options import build_chat_parser, parse_args
 from .render import RenderOptions
 from .session import ChatSession, make_chat_session
+from .sharding import add_sharding_options, check_sharding_flags, line_input
+
+if TYPE_CHECKING:
+    from .sharding import RankZero
 
 __all__ = ["BackendFactory", "create_chat_session", "default_history", "main"]
 
 DEMO_NOTE = (
     "No --model, --profile or chat to resume: chatting with the tiny demo model (it knows a "
     "few canned answers). Try --model openai/gpt-oss-20b for a real one."
+)
+
+
+LINE_MODE_NOTE = (
+    "Under mlx.launch the chat reads one message per line: Enter sends it, \\quit quits "
+    "(the launcher does not pass Ctrl-D on)."
 )
 
 
@@ -75,13 +86,18 @@ def create_chat_session(
     console: Console | None = None,
     history: History | None = None,
     backend_factory: BackendFactory | None = None,
+    line_mode: bool = False,
 ) -> ChatSession:
     """Parse `argv`, read the files it names, find the model and build the session; the
     model itself loads on the session's worker thread once `run()` starts.
 
+    `line_mode` says that `input` brings one message per line (rank 0 under ``mlx.launch``).
     Raises `CliError` for a problem the user can fix and `SystemExit` for usage errors.
     """
-    args = parse_args(build_chat_parser(), argv)
+    parser = build_chat_parser()
+    add_sharding_options(parser)
+    args = parse_args(parser, argv)
+    check_sharding_flags(args)
     launch = prepare(args)
     location = locate_model(launch)
     factory = backend_factory or make_backend
@@ -120,38 +136,68 @@ def create_chat_session(
         render_options=RenderOptions(markdown=args.markdown, show_thinking=not args.hide_thinking),
         model_label=location.label,
         config=launch.config,
-        intro=_intro(launch, location),
+        intro=[*_intro(launch, location), *([LINE_MODE_NOTE] if line_mode else [])],
         greeting=None if _turns(launch) else launch.config.assistant_greeting,
         on_close=[close],
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the chat; the exit status (0, 1 for an error, 2 for a usage error)."""
-    from .sharding import several_ranks_error
+    """Run the chat; the exit status (0, 1 for an error, 2 for a usage error, 75 when a rank
+    of a sharded model was lost).
 
-    problem = several_ranks_error("mlx-harmony-chat")
-    if problem is not None:
-        print(f"mlx-harmony-chat: error: {problem}", file=sys.stderr)
-        return 2
+    Under ``mlx.launch`` with several ranks the model is sharded over them (see `sharding`):
+    rank 0 chats, the other ranks follow it. The launcher hands rank 0 its input through a
+    pipe, so there the chat reads one message per line (no prompt line editing).
+    """
+    from .sharding import RankZero, launched_group, run_other_rank
+
+    group = launched_group()
+    if group is not None and group.rank() != 0:
+        return run_other_rank(group, "mlx-harmony-chat")
+    lead = RankZero(group, "mlx-harmony-chat") if group is not None else None
     try:
-        session = create_chat_session(argv)
-    except SystemExit as exit_:
-        return exit_.code if isinstance(exit_.code, int) else 1
-    except CliError as error:
-        print(f"mlx-harmony-chat: error: {error}", file=sys.stderr)
-        return error.exit_status
-    except KeyboardInterrupt:
-        return 130
-    if not sys.stdin.isatty():
-        session.close()
-        print(
-            "mlx-harmony-chat: error: the chat needs a terminal; to answer a prompt from a pipe "
-            "use mlx-harmony-generate",
-            file=sys.stderr,
-        )
-        return 1
-    try:
-        return session.run()
-    except KeyboardInterrupt:
-        return 130
+        status = _run_chat(argv, lead)
+    finally:
+        if lead is not None:
+            lead.finish()
+    if lead is not None and lead.failure is not None:
+        from mlx_harmony.generate.distributed import EXIT_RANK_FAILURE
+
+        return EXIT_RANK_FAILURE
+    return status
+
+
+def _run_chat(argv: Sequence[str] | None, lead: RankZero | None) -> int:
+    with contextlib.ExitStack() as stack:
+        input: Input | None = None
+        output: Output | None = None
+        if lead is not None and not sys.stdin.isatty():  # mlx.launch's pipe
+            input, output = stack.enter_context(line_input(sys.stdin)), DummyOutput()
+        try:
+            session = create_chat_session(
+                argv,
+                input=input,
+                output=output,
+                backend_factory=lead.backend_factory if lead is not None else None,
+                line_mode=input is not None,
+            )
+        except SystemExit as exit_:
+            return exit_.code if isinstance(exit_.code, int) else 1
+        except CliError as error:
+            print(f"mlx-harmony-chat: error: {error}", file=sys.stderr)
+            return error.exit_status
+        except KeyboardInterrupt:
+            return 130
+        if input is None and not sys.stdin.isatty():
+            session.close()
+            print(
+                "mlx-harmony-chat: error: the chat needs a terminal; to answer a prompt from a "
+                "pipe use mlx-harmony-generate",
+                file=sys.stderr,
+            )
+            return 1
+        try:
+            return session.run()
+        except KeyboardInterrupt:
+            return 130

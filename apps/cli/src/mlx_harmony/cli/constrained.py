@@ -7,7 +7,7 @@ schema (or matches the grammar) while the reasoning stays free.
 
 from __future__ import annotations
 
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
 from typing import Any
 
 from mlx_harmony.generate import StreamEvent, TokenGenerator
@@ -32,11 +32,13 @@ class ConstrainedGenerator:
     def stream(self, **kwargs: Any) -> Generator[StreamEvent, None, None]:
         return self.generator.stream(**kwargs, constraint=self.constraint)
 
-    def generate(self, **kwargs: Any) -> Any:
+    def generate(self, **kwargs: Any) -> Iterator[int]:
         return self.generator.generate(**kwargs, constraint=self.constraint)
 
 
-def constrain_generator(generator: TokenGenerator, constraint: ConstraintSpec) -> Any:
+def constrain_generator(
+    generator: TokenGenerator, constraint: ConstraintSpec
+) -> ConstrainedGenerator:
     """Compile `constraint` for the model's tokenizer now (a schema or grammar the engine cannot
     handle is a usage error, exit status 2, naming the keyword or rule) and wrap `generator`."""
     try:

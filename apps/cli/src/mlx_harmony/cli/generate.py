@@ -14,7 +14,7 @@ import signal
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 from mlx_harmony.cli.frontend import ChatFrontend
 from mlx_harmony.controller import (
@@ -32,6 +32,10 @@ from mlx_harmony.controller import (
 from .launch import BackendFactory, CliError, locate_model, make_backend, prepare
 from .options import build_generate_parser, parse_args
 from .render import one_line
+from .sharding import add_sharding_options, check_sharding_flags
+
+if TYPE_CHECKING:
+    from .sharding import RankZero
 
 __all__ = ["main", "result_json", "run_generate"]
 
@@ -71,14 +75,26 @@ def run_generate(
     stdout: TextIO | None = None,
     stderr: TextIO | None = None,
     backend_factory: BackendFactory | None = None,
+    prompt_from_stdin: bool = True,
 ) -> int:
-    """`main` with its streams and backend given (tests); returns the exit status."""
+    """`main` with its streams and backend given (tests); returns the exit status.
+    ``prompt_from_stdin=False`` (under ``mlx.launch``, whose stdin pipe never ends) asks for
+    ``--prompt``."""
     stdin = _stream(stdin, sys.stdin, "stdin")
     stdout = _stream(stdout, sys.stdout, "stdout")
     stderr = _stream(stderr, sys.stderr, "stderr")
-    args = parse_args(build_generate_parser(), argv)
+    parser = build_generate_parser()
+    add_sharding_options(parser)
+    args = parse_args(parser, argv)
+    check_sharding_flags(args)
     prompt = args.prompt
     if prompt is None:
+        if not prompt_from_stdin:
+            raise CliError(
+                "give the prompt with --prompt TEXT: under mlx.launch, stdin is the launcher's "
+                "pipe, which does not end",
+                exit_status=2,
+            )
         if stdin.isatty():
             raise CliError("give the prompt with --prompt TEXT, or pipe it on stdin")
         prompt = stdin.read()
@@ -155,15 +171,34 @@ def _run(
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Answer one prompt; the exit status (0, 1 for an error, 2 for a usage error, 130 when
-    cancelled with Ctrl-C)."""
-    from .sharding import several_ranks_error
+    cancelled with Ctrl-C, 75 when a rank of a sharded model was lost).
 
-    problem = several_ranks_error("mlx-harmony-generate")
-    if problem is not None:
-        print(f"mlx-harmony-generate: error: {problem}", file=sys.stderr)
-        return 2
+    Under ``mlx.launch`` with several ranks the model is sharded over them (see `sharding`):
+    rank 0 reads the prompt and prints the answer, the other ranks follow it.
+    """
+    from .sharding import RankZero, launched_group, run_other_rank
+
+    group = launched_group()
+    if group is not None and group.rank() != 0:
+        return run_other_rank(group, "mlx-harmony-generate")
+    lead = RankZero(group, "mlx-harmony-generate") if group is not None else None
     try:
-        return run_generate(argv)
+        status = _main(argv, lead)
+    finally:
+        if lead is not None:
+            lead.finish()
+    if lead is not None and lead.failure is not None:
+        from mlx_harmony.generate.distributed import EXIT_RANK_FAILURE
+
+        return EXIT_RANK_FAILURE
+    return status
+
+
+def _main(argv: Sequence[str] | None, lead: RankZero | None) -> int:
+    try:
+        if lead is None:
+            return run_generate(argv)
+        return run_generate(argv, backend_factory=lead.backend_factory, prompt_from_stdin=False)
     except SystemExit as exit_:
         return exit_.code if isinstance(exit_.code, int) else 1
     except CliError as error:

@@ -91,7 +91,7 @@ def _scalar(annotation: Any) -> type:
     return type(None)
 
 
-def _container(annotation: Any) -> Any:
+def _container(annotation: object) -> type | None:
     """tuple or dict when the field holds one (possibly inside Annotated / Optional)."""
     origin = get_origin(annotation)
     if origin in (tuple, dict):
@@ -156,7 +156,7 @@ def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, dest=name, type=kind, metavar=metavar, help=help_text)
 
 
-def _jsonable(value: Any) -> Any:
+def _jsonable(value: object) -> object:
     return list(value) if isinstance(value, tuple) else value
 
 

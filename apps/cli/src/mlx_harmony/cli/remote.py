@@ -14,9 +14,10 @@ It lives in the CLI, not in the api-client (which stays free of MLX) nor in the 
 from __future__ import annotations
 
 import itertools
+import threading
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, cast
 
 from mlx_harmony.api_client import Client
 from mlx_harmony.api_client.types import ContentDelta, ReasoningDelta
@@ -55,14 +56,14 @@ _SAMPLING = (
 _FINISH = {"stop": FinishReason.STOP, "length": FinishReason.LENGTH}
 
 
-def _cancelled(cancel: Any) -> bool:
+def _cancelled(cancel: threading.Event | Callable[[], bool] | None) -> bool:
     if cancel is None:
         return False
-    is_set = getattr(cancel, "is_set", None)
-    return bool(is_set() if callable(is_set) else cancel())
+    is_set = getattr(cancel, "is_set", None)  # an Event, or anything with is_set()
+    return bool(is_set() if callable(is_set) else cast("Callable[[], bool]", cancel)())
 
 
-def _text(message: Any) -> str:
+def _text(message: object) -> str:
     return message.text if isinstance(message, Message) else str(message or "")
 
 

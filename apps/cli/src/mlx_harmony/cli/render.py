@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console, ConsoleOptions, RenderResult
 from rich.segment import Segment
@@ -45,6 +45,7 @@ from mlx_harmony.controller import (
 
 if TYPE_CHECKING:
     from rich.live import Live
+    from rich.markdown import Markdown
 
 __all__ = ["THINKING_HEADING", "RenderOptions", "Renderer", "one_line"]
 
@@ -132,7 +133,7 @@ class Renderer:
 
     # -- public -----------------------------------------------------------------------------
 
-    def show(self, event: Any) -> None:
+    def show(self, event: object) -> None:
         """Render one front-end event."""
         if isinstance(event, ThinkingDelta):
             self._thinking(event.text)
@@ -276,7 +277,7 @@ class Renderer:
         else:
             self._write(text)
 
-    def _full_markdown(self, text: str) -> Any:
+    def _full_markdown(self, text: str) -> Text | Markdown:
         if _LONE_NUMBER.fullmatch(text):  # markdown reads "42." as an empty list item
             return Text(text.strip())
         from rich.markdown import Markdown

@@ -21,6 +21,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from types import FrameType
 from typing import Any
 
 from prompt_toolkit import PromptSession
@@ -335,7 +336,7 @@ class ChatSession:
         self.renderer.error(f"Cannot start the chat: {error}")
         return 1
 
-    def _first_render(self, _: Any) -> None:
+    def _first_render(self, _: object) -> None:
         # Load the model once the prompt is drawn: before, its imports would slow the drawing.
         self.prompt_session.app.after_render -= self._first_render
         self._worker.start()
@@ -419,7 +420,8 @@ class ChatSession:
             yield
             return
 
-        def interrupt(signum: int, frame: Any) -> None:  # no printing here: rich is not reentrant
+        # no printing here: rich is not reentrant
+        def interrupt(signum: int, frame: FrameType | None) -> None:
             self._interrupts += 1
             self._worker.cancel.set()
             if self._interrupts >= 3:

@@ -27,6 +27,8 @@ from mlx_harmony.controller import ChatBackend
 from mlx_harmony.controller.testing import FakeBackend
 
 from .chat import create_chat_session
+from .frontend import ChatFrontend
+from .launch import Launch, ModelLocation
 from .session import ChatSession
 
 __all__ = ["CTRL_D", "ENTER", "ESC_ENTER", "TAB", "UP", "ChatRun", "run_chat"]
@@ -48,7 +50,7 @@ class ChatRun:
     calls: list[dict[str, Any]] = field(default_factory=list)
 
     @property
-    def frontend(self) -> Any:
+    def frontend(self) -> ChatFrontend | None:
         return self.session.frontend
 
 
@@ -56,7 +58,7 @@ def run_chat(
     argv: Sequence[str],
     keys: str | Sequence[str],
     *,
-    backend: ChatBackend | Callable[[Any], ChatBackend] | None = None,
+    backend: ChatBackend | Callable[[Launch], ChatBackend] | None = None,
     history: History | None = None,
     width: int = 100,
     pause: float = 0.3,
@@ -70,7 +72,9 @@ def run_chat(
     console = Console(file=buffer, width=width, color_system=None, force_terminal=False)
     calls: list[dict[str, Any]] = []
 
-    def factory(launch: Any, location: Any, *, on_close: Callable[..., Any]) -> ChatBackend:
+    def factory(
+        launch: Launch, location: ModelLocation, *, on_close: Callable[..., Any]
+    ) -> ChatBackend:
         calls.append({"launch": launch, "location": location, "on_close": on_close})
         return backend(launch) if callable(backend) else backend
 

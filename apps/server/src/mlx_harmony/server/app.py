@@ -7,7 +7,7 @@ import functools
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI
 from starlette.middleware.cors import CORSMiddleware
@@ -34,12 +34,15 @@ from .settings import ServerSettings
 from .version import __version__
 from .worker import ModelLoader, ModelWorker
 
+if TYPE_CHECKING:
+    from mlx_harmony.generate import BatchTokenGenerator, TokenGenerator
+
 __all__ = ["create_app"]
 
 logger = logging.getLogger("mlx_harmony.server")
 
 
-def _load_and_prepare(entry: ModelEntry, **kwargs: Any) -> Any:
+def _load_and_prepare(entry: ModelEntry, **kwargs: Any) -> TokenGenerator | BatchTokenGenerator:
     """`load_generator`, then the tokenizer's structured-output view starts building on a
     background thread: the first constrained request waits only for what is left of it, not
     for the whole build (seconds for gpt-oss's 200k vocabulary). A speculating model refuses

@@ -5,14 +5,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 from .settings import DEFAULT_MAX_BODY_BYTES, ServerSettings
 
 if TYPE_CHECKING:
+    import asyncio
+
     import mlx.core as mx
 
-__all__ = ["build_parser", "main", "uvicorn_options"]
+__all__ = ["UvicornOptions", "build_parser", "main", "uvicorn_options"]
 
 
 def _env_flag(name: str) -> bool:
@@ -392,13 +394,8 @@ def main(argv: list[str] | None = None) -> int:
         group = _sharding_group(args)
         if group is not None:
             _refuse_sharded_speculation(settings)
-        if group is None:
-            from .app import create_app
-
-            app = create_app(settings)
     except (ConfigError, ValueError) as error:
-        print(f"mlx-harmony-server: {error}", file=sys.stderr)
-        return 2
+        return _usage_error(error)
     if group is not None:
         from .sharding import serve_sharded
 
@@ -409,6 +406,12 @@ def main(argv: list[str] | None = None) -> int:
             step_timeout_s=args.step_timeout or 60.0,
             log_level=args.log_level,
         )
+    from .app import create_app
+
+    try:
+        app = create_app(settings)
+    except (ConfigError, ValueError) as error:
+        return _usage_error(error)
     import uvicorn
 
     if settings.serves_demo:
@@ -429,6 +432,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"mlx-harmony-server: OpenAI API at {where}", file=sys.stderr)
     uvicorn.run(app, **uvicorn_options(settings, log_level=args.log_level))
     return 0
+
+
+def _usage_error(error: Exception) -> int:
+    print(f"mlx-harmony-server: {error}", file=sys.stderr)
+    return 2
 
 
 def _refuse_sharded_speculation(settings: ServerSettings) -> None:
@@ -456,7 +464,19 @@ def _sharding_group(args: argparse.Namespace) -> mx.distributed.Group | None:
     return group
 
 
-def uvicorn_options(settings: ServerSettings, *, log_level: str = "info") -> dict[str, object]:
+class UvicornOptions(TypedDict):
+    """The keyword arguments `uvicorn_options` gives ``uvicorn.run`` / ``uvicorn.Config``."""
+
+    host: str
+    port: int
+    log_level: str
+    access_log: bool
+    http: type[asyncio.Protocol]
+    timeout_keep_alive: int
+    backlog: int
+
+
+def uvicorn_options(settings: ServerSettings, *, log_level: str = "info") -> UvicornOptions:
     """``uvicorn.run``'s arguments for `settings`: the address, and an h11 protocol with header
     and body read timeouts and a connection cap (within the open-files limit, raised to the
     hard limit here)."""

@@ -95,7 +95,7 @@ def _param(loc: tuple[Any, ...]) -> str | None:
     """``("body", "messages", 0, "user", "content", "str")`` -> ``messages[0].content``:
     pydantic's union branch labels (a role tag, a type name) are left out."""
     text = ""
-    previous: Any = None
+    previous: object = None
     for part in loc:
         if part == "body" and not text:
             continue
@@ -188,6 +188,6 @@ def install_error_handlers(app: FastAPI) -> None:
         ).response()
 
 
-def json_dumps(value: Any) -> str:
+def json_dumps(value: object) -> str:
     """Compact JSON with non-ASCII kept (what the SSE and JSON bodies use)."""
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))

@@ -150,7 +150,9 @@ class _LimitedH11(H11Protocol):
         """Close the connection that has waited longest for its request headers."""
         oldest: _LimitedH11 | None = None
         for connection in self.connections:
-            since = getattr(connection, "waiting_since", None)
+            if not isinstance(connection, _LimitedH11):
+                continue
+            since = connection.waiting_since
             if since is not None and (oldest is None or since < (oldest.waiting_since or 0.0)):
                 oldest = connection
         if oldest is None:

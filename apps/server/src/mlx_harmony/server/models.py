@@ -12,7 +12,7 @@ import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from mlx_harmony.controller import ConfigError, Profiles, PromptConfig
 
@@ -20,7 +20,7 @@ from .errors import APIError
 from .protocol import ModelCard
 
 if TYPE_CHECKING:
-    from mlx_harmony.generate import GeneratorOptions
+    from mlx_harmony.generate import BatchTokenGenerator, GeneratorOptions, TokenGenerator
 
 __all__ = [
     "DEMO_MODEL_ID",
@@ -98,7 +98,7 @@ def load_generator(
     prompt_cache_size: int = 16,
     prompt_cache_bytes: int | None = None,
     prompt_cache_dir: str | Path | None = None,
-) -> Any:
+) -> TokenGenerator | BatchTokenGenerator:
     """The generator for `entry`, set up from its prompt config: mlx-generate's
     `BatchTokenGenerator` when requests may run together, else its `TokenGenerator`.
 

@@ -18,7 +18,7 @@ import argparse
 import sys
 from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any, TypedDict
+from typing import TYPE_CHECKING, Any, NoReturn, TypedDict
 
 import mlx.core as mx
 
@@ -76,7 +76,7 @@ class ShardedServerGenerator(ShardedBatchTokenGenerator):
     503 when a rank is lost, and which refuses constrained decoding (the server answers 400: a
     grammar mask is a Python callable that cannot travel to the other ranks)."""
 
-    def compile_constraint(self, constraint: ConstraintSpec) -> Any:
+    def compile_constraint(self, constraint: ConstraintSpec) -> NoReturn:
         raise ConstraintError(
             "structured outputs (response_format, strict or forced tool calls) are not "
             "available on a sharded model: the grammar mask cannot travel to the other ranks; "
@@ -218,7 +218,7 @@ def _serve_http(
         file=sys.stderr,
     )
     options = uvicorn_options(settings, log_level=log_level)
-    uvicorn.run(app, **options)  # pyright: ignore[reportArgumentType]
+    uvicorn.run(app, **options)
     return 0
 
 

@@ -22,10 +22,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Generic, NamedTuple, TypedDict, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, Protocol, TypedDict, TypeVar, cast
 
 from mlx_harmony.controller import (
     AnswerDelta,
@@ -55,6 +55,12 @@ from .channel import EventChannel
 from .errors import APIError, constraint_error
 from .models import ModelEntry
 
+if TYPE_CHECKING:
+    import mlx.core as mx
+
+    from mlx_harmony.generate import Cancel, StreamEvent
+    from mlx_harmony.sampling import SamplingParams
+
 __all__ = [
     "CountJob",
     "Finished",
@@ -63,6 +69,7 @@ __all__ = [
     "LogprobEntry",
     "ModelWorker",
     "PromptCount",
+    "ServingGenerator",
     "TokenLogprobs",
     "TopLogprob",
     "TurnJob",
@@ -75,7 +82,32 @@ logger = logging.getLogger("mlx_harmony.server")
 
 ItemT = TypeVar("ItemT")
 
-ModelLoader = Callable[[ModelEntry], Any]
+
+class ServingGenerator(Protocol):
+    """What the worker asks of every generator: mlx-generate's `TokenGenerator` and
+    `BatchTokenGenerator` have it, test doubles copy it. The optional parts (``is_harmony``,
+    ``max_batch_size``, ``compile_constraint``, ``close``, ...) are looked up with getattr."""
+
+    def stream(
+        self,
+        *,
+        prompt_tokens: Sequence[int],
+        sampling: SamplingParams | None = None,
+        max_tokens: int = 512,
+        stop_tokens: Iterable[int] | None = None,
+        stop_strings: Sequence[str] = (),
+        cancel: Cancel = None,
+        constraint: ConstraintSpec | None = None,
+        loop_detection: str | None = None,
+        logprobs: bool = False,
+    ) -> Iterator[StreamEvent]: ...
+
+    def encode(self, text: str) -> list[int]: ...
+
+    def decode(self, tokens: Sequence[int]) -> str: ...
+
+
+ModelLoader = Callable[[ModelEntry], ServingGenerator]
 """Loads a model entry: returns a `TokenGenerator` (or a test double with its API)."""
 
 
@@ -166,7 +198,7 @@ class LoadedState:
     """The model the worker holds now."""
 
     entry: ModelEntry
-    generator: Any
+    generator: ServingGenerator
     adapter: ChatAdapter
     context_length: int | None
     vocab_size: int | None
@@ -415,7 +447,7 @@ class _TokenTap:
 
     def __init__(
         self,
-        generator: Any,
+        generator: ServingGenerator,
         *,
         top: int | None,
         harmony: bool,
@@ -430,10 +462,10 @@ class _TokenTap:
         self._waiting: list[LogprobEntry] = []
         self._parser = StreamParser() if harmony and top is not None else None
 
-    def __getattr__(self, name: str) -> Any:
+    def __getattr__(self, name: str) -> object:
         return getattr(self.generator, name)
 
-    def stream(self, **kwargs: Any) -> Iterator[Any]:
+    def stream(self, **kwargs: Any) -> Iterator[StreamEvent]:
         if self.constraint is not None:
             kwargs["constraint"] = self.constraint
         if self.top is None:
@@ -480,7 +512,7 @@ class _TokenTap:
         self._content.clear()
         return out
 
-    def _entry(self, token: int, logprobs: Any) -> LogprobEntry:
+    def _entry(self, token: int, logprobs: mx.array | None) -> LogprobEntry:
         text, raw = self._token_text(token)
         if logprobs is None:
             return {"token": text, "logprob": 0.0, "bytes": raw, "top_logprobs": []}
@@ -502,7 +534,7 @@ class _TokenTap:
                 top.append({"token": t, "logprob": _finite(v), "bytes": b})
         return {
             "token": text,
-            "logprob": _finite(scores[token].item()),
+            "logprob": _finite(cast(float, scores[token].item())),
             "bytes": raw,
             "top_logprobs": top,
         }
@@ -733,7 +765,7 @@ def _batches(state: LoadedState, max_concurrency: int) -> bool:
     return max_concurrency > 1 and getattr(state.generator, "max_batch_size", 1) > 1
 
 
-def _vocab_size(generator: Any) -> int | None:
+def _vocab_size(generator: object) -> int | None:
     config = getattr(getattr(generator, "loaded", None), "config", None)
     value = config.get("vocab_size") if isinstance(config, dict) else None
     return value if isinstance(value, int) and value > 0 else None

@@ -381,7 +381,7 @@ class NativeMarkers:
     tool_parser_name: str | None = None
 
     @classmethod
-    def from_tokenizer(cls, tokenizer: Any) -> NativeMarkers:
+    def from_tokenizer(cls, tokenizer: object) -> NativeMarkers:
         """From mlx-lm's ``TokenizerWrapper`` (any object with its attributes)."""
         think = bool(getattr(tokenizer, "has_thinking", False))
         tools = bool(getattr(tokenizer, "has_tool_calling", False))
@@ -552,7 +552,7 @@ def _template_call(message: Message) -> dict[str, Any]:
     """An assistant tool-call message as the chat templates expect it (arguments as an
     object when they are JSON, as Hugging Face's convention has it)."""
     try:
-        arguments: Any = json.loads(message.text)
+        arguments: object = json.loads(message.text)
     except ValueError:
         arguments = message.text
     name = (message.recipient or "").removeprefix("functions.")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from mlx_harmony.harmony_format import FunctionTool
 from mlx_harmony.tools import ToolDeclarations, ToolRegistry
@@ -86,7 +86,7 @@ class ChatBackend(Protocol):
         ...
 
 
-def context_length_of(generator: Any) -> int | None:
+def context_length_of(generator: object) -> int | None:
     """The model's context window from its config (``max_position_embeddings``), if known."""
     explicit = getattr(generator, "context_length", None)
     if isinstance(explicit, int):

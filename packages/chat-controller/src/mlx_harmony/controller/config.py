@@ -74,7 +74,7 @@ OBSOLETE_KEYS: Mapping[str, str] = {
 """Keys of mlx-harmony 0.4 that load with a warning and are then dropped."""
 
 
-def _lower(value: Any) -> Any:
+def _lower(value: object) -> object:
     return value.lower() if isinstance(value, str) else value
 
 
@@ -96,19 +96,19 @@ tools, the generation prompt): refused in ``chat_template_args``."""
 """What ``clear_cache_generation: true`` means: mlx-lm's interval."""
 
 
-def _tokens_from_flag(value: Any) -> Any:
+def _tokens_from_flag(value: object) -> object:
     """The original tool's ``clear_cache_generation`` was a flag: true is every 256 tokens."""
     if isinstance(value, bool):
         return CLEAR_CACHE_EVERY_TOKENS if value else 0
     return value
 
 
-def _off_when_false(value: Any) -> Any:
+def _off_when_false(value: object) -> object:
     """mlx-harmony 0.4 wrote ``false`` for "off" in numeric keys: read it as null."""
     return None if value is False else value
 
 
-def _json(value: Any) -> str:
+def _json(value: object) -> str:
     return json.dumps(list(value) if isinstance(value, tuple) else value)
 
 
@@ -570,7 +570,7 @@ class PromptConfig(BaseModel):
         }
         return self.model_copy(update=update) if update else self
 
-    def sampling_params(self, **overrides: Any) -> SamplingParams:
+    def sampling_params(self, **overrides: object) -> SamplingParams:
         """The sampling values, then `overrides` (e.g. CLI flags; None values there are
         ignored)."""
         changes = {k: v for k, v in overrides.items() if v is not None}
@@ -589,7 +589,7 @@ class PromptConfig(BaseModel):
         """The flat names of the settings given explicitly (sampling keys by their own name)."""
         return (self.model_fields_set - {"sampling"}) | set(self.sampling.model_fields_set)
 
-    def updated(self, **changes: Any) -> PromptConfig:
+    def updated(self, **changes: object) -> PromptConfig:
         """A copy with `changes` validated like a loaded file (ValidationError when not valid).
         Sampling keys may be given flat; None puts one back to its default."""
         data = self.model_dump(exclude_unset=True)

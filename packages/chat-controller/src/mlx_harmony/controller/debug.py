@@ -115,7 +115,7 @@ class DebugWriter:
         decode: Callable[[Sequence[int]], str],
         output: TurnOutput,
         stop_reason: str,
-        decision: Mapping[str, Any],
+        decision: Mapping[str, object],
     ) -> None:
         """After a generation: what came out, how it was read, and what the turn does next."""
         options = self.options

@@ -221,7 +221,7 @@ class ScriptedGenerator:
         stop_strings: Sequence[str] = (),
         cancel: Cancel | None = None,
         loop_detection: str | None = None,
-        **_: Any,
+        **_: object,
     ) -> Iterator[StreamEvent]:
         stops = frozenset(self.default_stop_tokens if stop_tokens is None else stop_tokens)
         prompt = list(prompt_tokens)

@@ -481,7 +481,7 @@ def _run_tools(state: _TurnState, calls: Sequence[ToolCall]) -> Generator[TurnEv
     return "tool_round"
 
 
-def _debug_completion(state: _TurnState, attempt: _Attempt, **decision: Any) -> None:
+def _debug_completion(state: _TurnState, attempt: _Attempt, **decision: object) -> None:
     if state.debug is None:
         return
     state.debug.completion(

@@ -40,7 +40,7 @@ def generate_v1_log(n_messages: int, *, seed: int = 0) -> dict[str, Any]:
     clock = datetime(2025, 3, 1, 9, 0, 0)
     messages: list[dict[str, Any]] = []
 
-    def add(role: str, content: str, **fields: Any) -> None:
+    def add(role: str, content: str, **fields: object) -> None:
         nonlocal clock
         clock += timedelta(seconds=rng.randint(1, 30), microseconds=rng.randint(0, 999_999))
         message = {"role": role, "content": content, "timestamp": clock.isoformat(), **fields}

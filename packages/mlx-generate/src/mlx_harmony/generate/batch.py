@@ -55,6 +55,7 @@ from .loading import LoadedModel
 from .loop import (
     Cancel,
     LogitsProcessor,
+    Sampler,
     _as_cancel_check,
     _new_generation_stream,
     release_thread_streams,
@@ -156,7 +157,7 @@ class _Row:
     reuse_mode: CacheReuseMode = CacheReuseMode.FRESH
     prefill_started: float = 0.0
     prefill_s: float = 0.0
-    sampler: Any = None
+    sampler: Sampler | None = None
     processors: list[LogitsProcessor] = field(default_factory=list)
     history: TokenBuffer | None = None
     generated: int = 0
@@ -185,7 +186,7 @@ class BatchGenerator:
         max_batch_size: int = 8,
         prefill_step_size: int = 1024,
         prompt_cache: SharedPromptCache | None = None,
-        stream: Any = None,
+        stream: mx.Stream | mx.ThreadLocalStream | None = None,
         reseed_each_turn: bool = True,
     ) -> None:
         if max_batch_size < 1:

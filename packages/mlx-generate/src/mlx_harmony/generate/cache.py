@@ -173,7 +173,7 @@ def common_prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def _fresh(state: Any) -> Any:
+def _fresh(state: object) -> object:
     """New handles on the same arrays, so in-place assignment in one cache leaves the other."""
     if isinstance(state, mx.array):
         return mx.array(state)
@@ -194,7 +194,7 @@ def _snapshot(cache: Any) -> Any:
     return snap
 
 
-def _offset(cache: Any) -> int | None:
+def _offset(cache: object) -> int | None:
     if isinstance(cache, CacheList):
         offsets = {_offset(c) for c in cache.caches} - {None}
         return offsets.pop() if len(offsets) == 1 else None
@@ -202,7 +202,7 @@ def _offset(cache: Any) -> int | None:
     return offset if isinstance(offset, int) else None
 
 
-def _can_drop(cache: Any, n: int, single_tail: bool) -> bool:
+def _can_drop(cache: object, n: int, single_tail: bool) -> bool:
     """Whether `cache` can drop its last `n` tokens and still serve the next ones exactly."""
     if isinstance(cache, _ALWAYS_TRIMMABLE):
         return n <= cache.offset

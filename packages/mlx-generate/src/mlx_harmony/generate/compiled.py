@@ -26,6 +26,7 @@ cache and its sliding-window checkpoints see exactly what the eager loop leaves.
 
 from __future__ import annotations
 
+import logging
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -57,6 +58,8 @@ StepOutput = Literal["token", "logprobs", "logits"]
 (a sampler or `logprobs=True`: the sampler then runs outside the graph, on its own PRNG key),
 or raw logits (logits processors run outside the graph, on the token history)."""
 
+logger = logging.getLogger("mlx_harmony.generate")
+
 _Arrays = list[mx.array]
 _StepFn = Callable[[mx.array, mx.array, mx.array, _Arrays, _Arrays], tuple[Any, ...]]
 
@@ -82,6 +85,7 @@ def compiled_decode_unsupported_reason(model: nn.Module, cache: Sequence[Any]) -
         return f"{len(cache)} caches for {len(inner.layers)} layers"
     for i, (layer, c, kind) in enumerate(zip(inner.layers, cache, inner.layer_types, strict=True)):
         if layer.mlp.sharding_group is not None:
+            _notice_sharded(model)
             return "the model is sharded"
         if kind == "full_attention":
             if type(c) is not KVCache:
@@ -94,6 +98,22 @@ def compiled_decode_unsupported_reason(model: nn.Module, cache: Sequence[Any]) -
         if c.keys is not None and c.keys.shape[0] != 1:
             return f"batch size {c.keys.shape[0]} (the compiled step decodes one sequence)"
     return None
+
+
+_NOTICED: set[int] = set()
+"""The models (by identity, as `_COMPILED`) already told about; a model's entry goes with it."""
+
+
+def _notice_sharded(model: nn.Module) -> None:
+    """Say once per model that a sharded gpt-oss decodes eagerly: the lockstep engine of a
+    sharded model is the batch engine, so no one drives this step on every rank alike."""
+    if id(model) not in _NOTICED:
+        _NOTICED.add(id(model))
+        weakref.finalize(model, _NOTICED.discard, id(model))
+        logger.warning(
+            "the compiled decode step does not run on a sharded (tensor-parallel) model; "
+            "decoding with the eager step"
+        )
 
 
 def _bucket_for(length: int, min_bucket: int) -> int:

@@ -54,6 +54,7 @@ __all__ = [
     "DistributedEngine",
     "RankFailedError",
     "ShardedBatchTokenGenerator",
+    "broadcast_bytes",
     "make_engine",
     "run_follower",
 ]
@@ -157,6 +158,18 @@ def _exchange_payload(data: bytes | None, size: int, group: mx.distributed.Group
     summed = mx.distributed.all_sum(array, group=group)
     mx.eval(summed)
     return bytes(memoryview(cast(Any, summed)))
+
+
+def broadcast_bytes(data: bytes | None, group: mx.distributed.Group) -> bytes:
+    """Rank 0's `data` on every rank (the others pass None): its length, then its bytes, each
+    one `all_sum`. Every rank must call it, in the same order; for one-off
+    messages before the engine runs (a launch plan), not per step. It runs on the default
+    stream, as the engine's control messages do."""
+    if (data is None) != (group.rank() != 0):
+        raise ValueError(f"rank {group.rank()} passes {'no ' if data is None else ''}data")
+    size = mx.distributed.all_sum(mx.array([len(data or b"")], dtype=mx.int32), group=group)
+    (n,) = cast(list[int], size.tolist())
+    return _exchange_payload(data, n, group) if n else b""
 
 
 def _request_message(uid: int, request: BatchRequest) -> list[Any]:
@@ -301,6 +314,21 @@ class _Lockstep:
             except BaseException as error:
                 raise self._fail(f"step {self.steps}", error) from error
 
+    def confirm(self) -> None:
+        """Rank 0, idle: wait for the last header's all_sum, which every healthy rank ended
+        long ago. Rank 0 never waits for a header otherwise, so without this a follower that
+        died while the group idles would be found only by the next request."""
+        header = self._header
+        if header is None or self.shut_down:
+            return
+        what = f"the heartbeat after step {self.steps}"
+        with self._watchdog.guard(what, self.step_timeout_s):
+            try:
+                with mx.stream(self.engine.stream):
+                    mx.eval(header)
+            except BaseException as error:
+                raise self._fail(what, error) from error
+
     @property
     def in_flight(self) -> bool:
         """Messages sent but not applied yet: one more step applies them."""
@@ -438,6 +466,7 @@ class DistributedEngine:
         """An empty step when none ran for ``heartbeat_s``: call it while idle, so followers
         know rank 0 lives and a dead follower is found without waiting for a request."""
         if time.monotonic() - self._last_exchange >= self._lockstep.heartbeat_s:
+            self._lockstep.confirm()
             self.step()
 
     def fail_all(self, error: BaseException) -> list[BatchOutput]:
@@ -525,8 +554,9 @@ class ShardedBatchTokenGenerator(BatchTokenGenerator):
     the same engine options.
 
     When a rank dies or hangs, every request in flight (and every later one) ends with the
-    `RankFailedError` as its error, `failure` holds it, and the process exits with
-    `EXIT_RANK_FAILURE` within ``grace_s``.
+    `RankFailedError` as its error, `failure` holds it, ``on_failure(error)`` runs (say so to
+    the user; it must not block), and the process exits with `EXIT_RANK_FAILURE` within
+    ``grace_s``.
     """
 
     def __init__(
@@ -542,6 +572,7 @@ class ShardedBatchTokenGenerator(BatchTokenGenerator):
         prefill_step_size: int = 1024,
         prompt_cache_size: int = 16,
         prompt_cache_bytes: int | None = None,
+        on_failure: Callable[[RankFailedError], None] | None = None,
     ) -> None:
         if not isinstance(model, LoadedModel):
             raise TypeError(
@@ -550,6 +581,9 @@ class ShardedBatchTokenGenerator(BatchTokenGenerator):
             )
         self.group = group if group is not None else mx.distributed.init()
         self.failure: RankFailedError | None = None
+        self._on_failure = on_failure
+        # The engine thread's; retune() changes its options.
+        self._housekeeping = _Housekeeping(options if options is not None else GeneratorOptions())
         self._timeouts = {
             "step_timeout_s": step_timeout_s,
             "heartbeat_s": heartbeat_s,
@@ -566,6 +600,22 @@ class ShardedBatchTokenGenerator(BatchTokenGenerator):
             prompt_cache_size=prompt_cache_size,
             prompt_cache_bytes=prompt_cache_bytes,
         )
+
+    def retune(self, options: GeneratorOptions) -> None:
+        """Take rank 0's per-call values of `options` (loop detection, cache clearing, memory
+        logs) for the next requests, e.g. after a chat's ``\\set``. ``reseed_each_turn`` and
+        the load-time options (`GeneratorOptions.LOAD_TIME`) were built into every rank's
+        engine: a change raises ValueError."""
+        for name in ("reseed_each_turn", *GeneratorOptions.LOAD_TIME):
+            if getattr(options, name) != getattr(self.options, name):
+                raise ValueError(
+                    f"{name} is fixed on every rank of a sharded model when it loads "
+                    f"({getattr(self.options, name)!r}); set it back, or launch again with "
+                    f"{name}={getattr(options, name)!r}"
+                )
+        self.options = options
+        self.loop_detector = options.loop_detector()
+        self._housekeeping.options = options
 
     def reset_cache(self) -> None:
         """Forget every cached prompt prefix, on every rank at the same step."""
@@ -585,6 +635,8 @@ class ShardedBatchTokenGenerator(BatchTokenGenerator):
                 break
             if item is not None:
                 item.outbox.put(BatchOutput(-1, None, error=failure))
+        if self._on_failure is not None:
+            self._on_failure(failure)
 
     def _take_submissions(self, dist: DistributedEngine) -> bool:
         """Insert what arrived (waiting up to a heartbeat when idle); False on close()."""
@@ -607,12 +659,12 @@ class ShardedBatchTokenGenerator(BatchTokenGenerator):
         except queue.Empty:
             return True
 
-    def _serve_requests(self, engine: BatchGenerator) -> None:
+    def _serve_requests(self, engine: BatchGenerator) -> bool:
+        """Drive the lockstep engine until `close`; False when a rank was lost instead."""
         dist = DistributedEngine(
             engine, self.group, **self._timeouts, on_failure=self._fail_in_flight
         )
-        housekeeping = _Housekeeping(self.options)
-        every_tokens = self.options.clear_cache_tokens
+        housekeeping = self._housekeeping
         try:
             while self._take_submissions(dist):
                 if self._clear_asked.is_set():
@@ -632,14 +684,15 @@ class ShardedBatchTokenGenerator(BatchTokenGenerator):
                     box.put(output)
                     if ended:
                         housekeeping.after_generation()
-                if every_tokens:
+                if housekeeping.options.clear_cache_tokens:
                     housekeeping.after_tokens(engine.stats.generated_tokens)
             dist.close()
         except RankFailedError:
-            return  # on_failure ended the requests; the watchdog ends the process
+            return False  # on_failure ended the requests; the watchdog ends the process
         shutdown = RuntimeError("the batch generator was closed")
         with self._outbox_lock:
             for output in dist.fail_all(shutdown):
                 box = self._outboxes.pop(output.uid, None)
                 if box is not None:
                     box.put(output)
+        return True

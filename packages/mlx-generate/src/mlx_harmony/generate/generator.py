@@ -18,12 +18,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import mlx.core as mx
+import mlx.nn as nn
 from mlx.utils import tree_reduce
 
 from .cache import PromptCache
 from .detokenizer import token_bytes_table
 from .loading import LoadedModel, load_model
-from .loop import Cancel, LogitsProcessor, StreamEvent, stream_generate
+from .loop import Cancel, LogitsProcessor, Sampler, StreamEvent, stream_generate
 from .loop_detection import LoopDetectionMode, LoopDetector, make_loop_detector
 from .speculative import DEFAULT_NUM_DRAFT_TOKENS, DraftModel, speculation_options
 from .stats import GenerationStats
@@ -188,7 +189,7 @@ class _Housekeeping:
             )
 
 
-def _wire_memory(model: Any) -> int | None:
+def _wire_memory(model: nn.Module) -> int | None:
     """Raise Metal's wired limit to keep `model` resident; the old limit, or None when
     nothing was changed (not Metal)."""
     global _warned_mlock
@@ -231,7 +232,7 @@ def _harmony_stop_tokens() -> frozenset[int]:
     return frozenset(int(t) for t in STOP_TOKENS)
 
 
-def _model_bytes(model: Any) -> int:
+def _model_bytes(model: nn.Module) -> int:
     return cast(
         "int",
         tree_reduce(
@@ -258,7 +259,7 @@ class ModelFacts:
     loaded: LoadedModel
 
     @property
-    def model(self) -> Any:
+    def model(self) -> nn.Module:
         return self.loaded.model
 
     @property
@@ -530,7 +531,7 @@ class TokenGenerator(ModelFacts):
         self.last_stats: GenerationStats | None = None
         self._seed: int | None = None
         self._chain: mx.array | None = None
-        self._active: weakref.ref[Generator[Any, None, None]] | None = None
+        self._active: weakref.ref[Generator[object, None, None]] | None = None
         self._old_wired_limit = _wire_memory(self.model) if options.mlock else None
         # Speculative decoding (speculative.py): checked, and the draft loaded, once.
         if options.speculates or options.num_draft_tokens != DEFAULT_NUM_DRAFT_TOKENS:
@@ -624,7 +625,7 @@ class TokenGenerator(ModelFacts):
 
     def _sampling(
         self, sampling: SamplingParams | None, extra: Sequence[LogitsProcessor] | None
-    ) -> tuple[Any, list[LogitsProcessor]]:
+    ) -> tuple[Sampler | None, list[LogitsProcessor]]:
         processors = list(extra or ())
         if sampling is None:
             return None, processors

@@ -212,7 +212,7 @@ def _check_folder(folder: Path) -> tuple[dict[str, Any], str]:
 def _cast_for_cpu(model: nn.Module) -> None:
     """MLX's CPU GatherMM (gpt-oss' experts) runs only in float32: widen half-precision."""
 
-    def widen(x: Any) -> Any:
+    def widen(x: object) -> object:
         if isinstance(x, mx.array) and x.dtype in (mx.bfloat16, mx.float16):
             return x.astype(mx.float32)
         return x

@@ -71,7 +71,7 @@ Cancel = _IsSet | Callable[[], bool] | None
 """A `threading.Event` (or anything with `is_set()`) or a callable: checked every token."""
 
 
-def _new_generation_stream() -> Any:
+def _new_generation_stream() -> mx.Stream | mx.ThreadLocalStream:
     make = getattr(mx, "new_thread_local_stream", None) or mx.new_stream
     return make(mx.default_device())
 
@@ -117,7 +117,7 @@ def generate_step(
     prompt_progress_callback: Callable[[int, int], None] | None = None,
     prompt_end_callback: Callable[[], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-    stream: Any = None,
+    stream: mx.Stream | mx.ThreadLocalStream | None = None,
     compiled: bool | None = None,
     min_bucket: int = DEFAULT_MIN_BUCKET,
 ) -> Generator[tuple[int, mx.array | None], None, None]:
@@ -130,10 +130,10 @@ def generate_step(
     never stops on length.
 
     `compiled=None` decodes with the compiled static-shape step where it applies (gpt_oss with
-    its own caches, no `kv_bits`), eagerly elsewhere; `True` requires it (ValueError naming why
-    it does not apply); `False` is always eager. The compiled step holds the full-attention
-    layers in buckets of `min_bucket` * 2**k positions and writes the positions back into
-    `cache` when the generator ends or is closed.
+    its own caches, no `kv_bits`; not on MLX's CUDA backend, see `on_cuda`), eagerly
+    elsewhere; `True` requires it (ValueError naming why it does not apply); `False` is always
+    eager. The compiled step holds the full-attention layers in buckets of `min_bucket` * 2**k
+    positions and writes the positions back into `cache` when the generator ends or is closed.
     """
     if prompt.size == 0:
         raise ValueError("prompt must hold at least one token to generate from")
@@ -255,6 +255,14 @@ def generate_step(
                 decoder.write_back()
 
 
+def on_cuda() -> bool:
+    """Whether MLX runs on its CUDA backend. There the compiled step is not the default: on an
+    H100 it decoded at 0.93-0.94x the eager step's speed at 4 bits and 1.01x in bfloat16 (the
+    step is bound by ~1,000 kernels' fixed cost, which compiling does not reduce)."""
+    cuda = getattr(mx, "cuda", None)
+    return cuda is not None and mx.default_device() == mx.gpu and bool(cuda.is_available())
+
+
 def _use_compiled(
     compiled: bool | None,
     model: nn.Module,
@@ -264,7 +272,7 @@ def _use_compiled(
     max_tokens: int,
 ) -> bool:
     """Whether to decode with the compiled step; `compiled=True` where it cannot is an error."""
-    if compiled is False:
+    if compiled is False or (compiled is None and on_cuda()):
         return False
     reason = compiled_decode_unsupported_reason(model, cache)
     if reason is None and kv_bits is not None:

@@ -18,7 +18,7 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from mlx_lm.models.cache import load_prompt_cache, save_prompt_cache
 
@@ -44,6 +44,12 @@ _FORMAT_KEY = "mlx_harmony_prompt_cache"
 _SAMPLE = 1 << 20  # bytes hashed from each end of each weight file
 
 
+class _Digest(Protocol):
+    """What `_file_sample` needs of a hashlib object."""
+
+    def update(self, data: bytes, /) -> None: ...
+
+
 _identities: weakref.WeakKeyDictionary[LoadedModel, ModelIdentity] = weakref.WeakKeyDictionary()
 
 
@@ -62,7 +68,7 @@ class ModelIdentity:
     vocab_size: int
 
 
-def _file_sample(path: Path, digest: Any) -> None:
+def _file_sample(path: Path, digest: _Digest) -> None:
     size = path.stat().st_size
     digest.update(f"{path.name}:{size}".encode())
     with path.open("rb") as f:

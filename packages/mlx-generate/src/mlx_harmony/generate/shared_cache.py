@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -73,7 +73,7 @@ class _Entry:
     """Rotating-layer snapshots at message boundaries: length -> {layer index: cache}."""
 
 
-def _nbytes(caches: Any) -> int:
+def _nbytes(caches: Iterable[object]) -> int:
     return sum(getattr(c, "nbytes", 0) for c in caches)
 
 

@@ -334,7 +334,7 @@ def speculative_generate_step(
     prompt_progress_callback: Callable[[int, int], None] | None = None,
     prompt_end_callback: Callable[[], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
-    stream: Any = None,
+    stream: mx.Stream | mx.ThreadLocalStream | None = None,
     counts: SpeculationCounts | None = None,
 ) -> Generator[tuple[int, mx.array | None], None, None]:
     """`generate_step` with speculation: yield (token, log-probabilities or None) for `prompt`

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from functools import partial
-from typing import Annotated, Any
+from typing import Annotated
 
 import mlx.core as mx
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic.config import JsonDict
 
 from mlx_harmony.sampling import _checks
 from mlx_harmony.sampling.processors import LogitsProcessor, make_logits_processors
@@ -18,9 +19,9 @@ __all__ = ["SamplingParams"]
 PENALTY_LIMIT = 2.0
 
 
-def _range(minimum: float | None = None, maximum: float | None = None, **bounds: float) -> Any:
+def _range(minimum: float | None = None, maximum: float | None = None, **bounds: float) -> JsonDict:
     """JSON-schema bounds for clients; the AfterValidator does the checking and the message."""
-    schema: dict[str, float] = dict(bounds)
+    schema: JsonDict = {**bounds}
     if minimum is not None:
         schema["minimum"] = minimum
     if maximum is not None:
@@ -164,7 +165,7 @@ class SamplingParams(BaseModel):
             frequency_context_size=self.frequency_context_size,
         )
 
-    def updated(self, **changes: Any) -> SamplingParams:
+    def updated(self, **changes: object) -> SamplingParams:
         """A copy with `changes` applied and everything validated again (unknown names and
         out-of-range values raise ValidationError); the fields set explicitly stay set."""
         return type(self).model_validate({**self.model_dump(exclude_unset=True), **changes})

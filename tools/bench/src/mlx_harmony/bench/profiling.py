@@ -96,7 +96,8 @@ def profile_target(
                 profiler.dump_stats(f"{stem}.prof")
                 written.append(Path(f"{stem}.prof"))
             else:
-                from pyinstrument import Profiler
+                # the optional `pyinstrument` extra, absent from the default environment
+                from pyinstrument import Profiler  # pyright: ignore[reportMissingImports]
 
                 pyi = Profiler()
                 pyi.start()

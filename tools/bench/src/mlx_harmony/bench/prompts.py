@@ -42,7 +42,7 @@ class Prompt(BaseModel):
     id: str = Field(min_length=1, description="Unique in the set; records refer to it.")
     category: str = Field(min_length=1)
     turns: tuple[str, ...] = Field(min_length=1, description="The user's messages, in order.")
-    max_tokens: int | None = Field(None, ge=1, description="This prompt's reply budget.")
+    max_tokens: int | None = Field(default=None, ge=1, description="This prompt's reply budget.")
 
     @field_validator("turns")
     @classmethod

@@ -53,42 +53,50 @@ class TurnRecord(BaseModel):
     turn: int = Field(ge=0, description="0 for the first user message of the conversation.")
     target: str
     category: str | None = None
-    client: int = Field(0, ge=0, description="Which concurrent client ran it.")
+    client: int = Field(default=0, ge=0, description="Which concurrent client ran it.")
     prompt_tokens: int | None = Field(
-        None, description="Prompt tokens of the reply (summed over tool rounds and retries)."
+        default=None,
+        description="Prompt tokens of the reply (summed over tool rounds and retries).",
     )
     reused_prompt_tokens: int | None = Field(
-        None, description="Prompt tokens served from the prompt cache (server: cached_tokens)."
+        default=None,
+        description="Prompt tokens served from the prompt cache (server: cached_tokens).",
     )
     context_tokens: int | None = Field(
-        None, description="Tokens in the context when the turn started (its first prompt)."
+        default=None, description="Tokens in the context when the turn started (its first prompt)."
     )
     ttft_s: float | None = Field(
-        None,
+        default=None,
         description="Request sent -> first generated token (in-process) or first streamed "
         "chunk with text (servers), seconds.",
     )
     prefill_tokens_per_s: float | None = Field(
-        None, description="(prompt_tokens - reused_prompt_tokens) / ttft_s."
+        default=None, description="(prompt_tokens - reused_prompt_tokens) / ttft_s."
     )
     decode_tokens_per_s: float | None = Field(
-        None,
+        default=None,
         description="(completion_tokens - 1) / (last token - first token), seen by the client.",
     )
     completion_tokens: int | None = None
     reasoning_tokens: int | None = Field(
-        None, description="Completion tokens of the analysis channel."
+        default=None, description="Completion tokens of the analysis channel."
     )
     stop_reason: str | None = None
-    retries: int | None = Field(None, description="Attempts thrown away and generated again.")
+    retries: int | None = Field(
+        default=None, description="Attempts thrown away and generated again."
+    )
     peak_memory_gb: float | None = Field(
-        None, description="MLX's peak memory during the turn (in-process targets)."
+        default=None, description="MLX's peak memory during the turn (in-process targets)."
     )
     process_peak_rss_gb: float | None = Field(
-        None, description="The server process's peak resident memory so far (Linux VmHWM)."
+        default=None, description="The server process's peak resident memory so far (Linux VmHWM)."
     )
-    wall_s: float | None = Field(None, description="Request sent -> reply complete, seconds.")
-    error: str | None = Field(None, description="Why the turn failed; None when it did not.")
+    wall_s: float | None = Field(
+        default=None, description="Request sent -> reply complete, seconds."
+    )
+    error: str | None = Field(
+        default=None, description="Why the turn failed; None when it did not."
+    )
 
     @property
     def ok(self) -> bool:
@@ -124,11 +132,11 @@ class RunInfo(BaseModel):
     turns: int = 0
     errors: int = 0
     measured_s: float | None = Field(
-        None, description="Wall time of the measured requests (no start-up, no warm-up)."
+        default=None, description="Wall time of the measured requests (no start-up, no warm-up)."
     )
     completion_tokens: int | None = None
     aggregate_completion_tokens_per_s: float | None = Field(
-        None, description="All completion tokens / measured_s: throughput across clients."
+        default=None, description="All completion tokens / measured_s: throughput across clients."
     )
     server_log: str | None = None
 
@@ -229,7 +237,8 @@ def package_versions() -> dict[str, str | None]:
     """mlx, mlx-lm (and MLX's CUDA backend if there) and every mlx-harmony distribution."""
     names = {"mlx", "mlx-lm", "mlx-metal", "mlx-cuda-13", "mlx-cuda", "openai-harmony"}
     for dist in distributions():
-        name = dist.metadata.get("Name") or ""
+        given = dist.metadata.get_all("Name")  # `PackageMetadata` declares no `get`
+        name = given[0] if given else ""
         if name.lower().startswith("mlx-harmony"):
             names.add(name.lower())
     found: dict[str, str | None] = {}

@@ -107,8 +107,9 @@ def run_prompts(
             with contextlib.suppress(subprocess.TimeoutExpired):
                 server.process.wait(timeout=2)
         if not server.alive():
+            status = server.process.returncode if server.process is not None else None
             raise TargetDiedError(
-                f"{server.name} exited (status {server.process.returncode}) during the run; "
+                f"{server.name} exited (status {status}) during the run; "
                 f"see its log {server.log_path}"
             )
 

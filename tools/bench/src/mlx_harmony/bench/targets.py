@@ -483,7 +483,8 @@ class MlxLmTarget:
         from mlx_lm import load
         from mlx_lm.sample_utils import make_sampler
 
-        self.lm_model, self.tokenizer = load(self.model)
+        loaded = load(self.model)  # (model, tokenizer): mlx-lm types the return_config form too
+        self.lm_model, self.tokenizer = loaded[0], loaded[1]
         self.sampler = make_sampler(temp=self.temperature)
         self.harmony = _harmony_ids(self.tokenizer)
         self.notes = {"prompt": "the tokenizer's chat template", "prompt_cache": "none"}
