@@ -345,6 +345,7 @@ def test_clear_and_undo_keep_the_saved_chat_in_step(tmp_path: Path) -> None:
     assert data["schema_version"] == 3
 
 
+@pytest.mark.slow  # seconds: the quick tier stays under its budget
 def test_a_second_ctrl_c_warns_and_a_third_leaves() -> None:
     story = " ".join(f"word{i}" for i in range(300))
     generator = InterruptingGenerator(Script.harmony(story), presses=2)

@@ -47,6 +47,7 @@ def gpt_oss_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_model(model, config, root / "model", cache_dir=root / "cache")
 
 
+@pytest.mark.slow  # seconds: the quick tier stays under its budget
 def test_a_key_gpt_oss_cannot_use_is_a_usage_error(
     gpt_oss_dir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -90,6 +90,7 @@ def _health_seconds(url: str) -> float:
 # -- connections ------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # seconds: the quick tier stays under its budget
 def test_half_sent_requests_are_closed_after_the_header_timeout(
     limited: Callable[..., tuple[str, int]],
 ) -> None:
@@ -105,6 +106,7 @@ def test_half_sent_requests_are_closed_after_the_header_timeout(
             sock.close()
 
 
+@pytest.mark.slow  # seconds: the quick tier stays under its budget
 def test_a_stalled_body_is_closed_after_the_body_timeout(
     limited: Callable[..., tuple[str, int]],
 ) -> None:
@@ -122,6 +124,7 @@ def test_a_stalled_body_is_closed_after_the_body_timeout(
         sock.close()
 
 
+@pytest.mark.slow  # seconds: the quick tier stays under its budget
 def test_health_answers_beyond_the_connection_cap(
     limited: Callable[..., tuple[str, int]],
 ) -> None:

@@ -388,6 +388,7 @@ def _generated_schemas(count: int) -> list[dict[str, Any]]:
     return list(drawn.values())[:count]
 
 
+@pytest.mark.slow  # seconds: the quick tier stays under its budget
 def test_generated_schemas_are_valid_and_each_has_instances() -> None:
     from hypothesis import find
 

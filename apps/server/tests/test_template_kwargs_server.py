@@ -124,6 +124,7 @@ def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.slow  # seconds: the quick tier stays under its budget
 def test_a_native_template_gets_the_keywords_over_the_servers(
     start_server: Any, llama_dir: Path, tmp_path: Path
 ) -> None:

@@ -127,6 +127,7 @@ def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+@pytest.mark.slow  # seconds: the quick tier stays under its budget
 def test_a_real_template_renders_differently_with_a_keyword(llama_dir: Path) -> None:
     """A tiny Llama whose chat template reads a keyword of its own (mlx-lm's tokenizer sets
     ``enable_thinking`` itself, so a template keyword nobody sets is the clearer test)."""

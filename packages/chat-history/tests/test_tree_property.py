@@ -107,6 +107,7 @@ def original_v2_logs(draw: st.DrawFn) -> dict[str, Any]:
     return json.loads(json.dumps(data))
 
 
+@pytest.mark.slow  # seconds: the quick tier stays under its budget
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(original_v2_logs())
 def test_original_v2_trees_migrate_to_v3_losing_nothing(data: dict[str, Any]) -> None:

@@ -342,6 +342,7 @@ def test_a_name_that_rebinds_to_loopback_cannot_reach_the_local_server() -> None
     assert public.requests == [f"rebind.test:{secret.port}/"]  # the original Host header
 
 
+@pytest.mark.slow  # seconds: the quick tier stays under its budget
 def test_a_redirect_to_a_private_address_is_refused() -> None:
     secret = _Server(200, {}, "LOCAL SECRET")
     public = _Server(302, {"Location": f"http://127.0.0.1:{secret.port}/admin"}, "moved")

@@ -121,6 +121,7 @@ def test_a_fork_bomb_gets_only_the_process_limit_and_returns_promptly(tool: Pyth
     assert elapsed < 2.0  # the sleeping children die with the run
 
 
+@pytest.mark.slow  # seconds: the quick tier stays under its budget
 @linux_only
 def test_a_setsid_child_does_not_outlive_the_call(tool: PythonTool, tmp_path: Path) -> None:
     marker = tool.scratch_dir / "survivor.txt"
@@ -150,6 +151,7 @@ def test_a_child_holding_the_pipes_does_not_hold_the_call(tool: PythonTool) -> N
     assert elapsed < 1.0
 
 
+@pytest.mark.slow  # seconds: the quick tier stays under its budget
 @linux_only
 def test_the_timeout_kills_every_process_of_the_run(tmp_path: Path) -> None:
     tool = PythonTool(scratch_dir=tmp_path / "scratch", timeout_s=1.0, max_processes=4)

@@ -129,6 +129,7 @@ def test_requests_after_the_engine_thread_died_fail_at_once(tiny: LoadedModel) -
         assert "the handler failed too" in str(first)
 
 
+@pytest.mark.slow  # seconds: the quick tier stays under its budget
 def test_a_model_loaded_on_the_main_thread_runs_on_an_engine_thread(
     tiny_model_dir: Any,
 ) -> None:

@@ -12,6 +12,7 @@ from mlx_harmony.generate import load_model
 from mlx_harmony.generate.compiled import compiled_decode_unsupported_reason
 
 
+@pytest.mark.slow  # seconds: the quick tier stays under its budget
 def test_a_sharded_model_falls_back_to_the_eager_step_with_one_notice(
     tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

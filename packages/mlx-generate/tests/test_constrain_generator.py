@@ -113,6 +113,7 @@ def _final_json(generator: TokenGenerator, tokens: list[int]) -> Any:
     return json.loads(messages[-1].text)
 
 
+@pytest.mark.slow  # seconds: the quick tier stays under its budget
 def test_generated_schemas_validate_when_the_reply_stops(
     generator: TokenGenerator, prompt: list[int]
 ) -> None:
@@ -150,6 +151,7 @@ def test_generated_schemas_validate_when_the_reply_stops(
     assert any(stopped), "no reply finished: the property was never checked"
 
 
+@pytest.mark.slow  # seconds: the quick tier stays under its budget
 def test_length_before_the_json_closes_is_reported_as_length(
     generator: TokenGenerator, prompt: list[int]
 ) -> None:

@@ -107,6 +107,7 @@ def _agreement(a: Sequence[int], b: Sequence[int]) -> tuple[int, int]:
     return first, sum(x == y for x, y in zip(a, b, strict=True))
 
 
+@pytest.mark.slow  # builds a second model (seconds)
 def test_gpt_oss_runs_with_kv_bits_and_agrees_with_unquantized(
     gpt_oss64: LoadedModel, assert_same_tokens: Callable[..., None]
 ) -> None:
@@ -123,6 +124,7 @@ def test_gpt_oss_runs_with_kv_bits_and_agrees_with_unquantized(
     assert_same_tokens(gpt_oss64, q8.tokens[:first], plain.tokens[:first])
 
 
+@pytest.mark.slow  # builds a second model (seconds)
 def test_only_full_attention_layers_are_quantized_and_memory_shrinks(
     gpt_oss64: LoadedModel,
 ) -> None:
@@ -151,6 +153,7 @@ def test_only_full_attention_layers_are_quantized_and_memory_shrinks(
     assert quant.nbytes < plain.nbytes
 
 
+@pytest.mark.slow  # builds a second model (seconds)
 def test_quantized_kv_start_converts_the_full_layers_on_the_way(gpt_oss64: LoadedModel) -> None:
     cache = PromptCache(gpt_oss64.model, kv_bits=8, quantized_kv_start=200)
     assert [type(c) for c in cache.caches] == [RotatingKVCache, KVCache]
@@ -166,6 +169,7 @@ def test_quantized_kv_start_converts_the_full_layers_on_the_way(gpt_oss64: Loade
     assert [type(c) for c in cache.caches] == [RotatingKVCache, QuantizedKVCache]
 
 
+@pytest.mark.slow  # builds a second model (seconds)
 def test_prompt_cache_reuse_with_kv_bits_is_exact_past_the_window(
     gpt_oss64: LoadedModel, assert_same_tokens: Callable[..., None]
 ) -> None:

@@ -120,6 +120,7 @@ def test_adapter_path_reaches_both_generators(
         TokenGenerator(tiny, options)  # a LoadedModel without that adapter
 
 
+@pytest.mark.slow  # seconds: the quick tier stays under its budget
 def test_chat_template_replaces_the_tokenizers(llama_model_dir: Path, tiny: LoadedModel) -> None:
     template = "{% for m in messages %}<<{{ m['content'] }}>>{% endfor %}"
     generator = TokenGenerator(llama_model_dir, GeneratorOptions(chat_template=template))

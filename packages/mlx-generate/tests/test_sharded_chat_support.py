@@ -26,6 +26,7 @@ def test_rank_zero_must_send_something() -> None:
         broadcast_bytes(None, mx.distributed.init())
 
 
+@pytest.mark.slow  # seconds: the quick tier stays under its budget
 def test_retune_takes_rank_zero_options_and_refuses_engine_ones(tiny_model_dir: Path) -> None:
     loaded = load_sharded(tiny_model_dir, mx.distributed.init())
     options = GeneratorOptions(loop_detection="off")

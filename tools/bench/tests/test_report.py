@@ -87,6 +87,7 @@ def test_the_summary_table_has_independent_medians_p90s_and_ratios(runs: Path) -
     assert reused["median"] == 0.0, "five first turns reuse 0; the null one is left out"
 
 
+@pytest.mark.slow  # seconds: the quick tier stays under its budget
 def test_write_report_writes_markdown_summary_and_pngs(runs: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
     path = write_report([runs], out=out, title="Test report", command="mlx-harmony-bench x")
@@ -117,6 +118,7 @@ def test_write_report_writes_markdown_summary_and_pngs(runs: Path, tmp_path: Pat
     assert summary["runs"][1]["cache_reuse_by_turn"] == {"1": 0.0, "2": 0.2}
 
 
+@pytest.mark.slow  # seconds: the quick tier stays under its budget
 def test_the_report_goes_into_the_first_folder_by_default(runs: Path) -> None:
     path = write_report([runs / "local"])
     assert path == runs / "local" / "report.md"
