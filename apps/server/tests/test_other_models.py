@@ -220,32 +220,14 @@ QWEN_TEMPLATE = (
 
 @pytest.fixture(scope="module")
 def qwen_like_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-    from mlx_lm.models.llama import Model, ModelArgs
+    from mlx_harmony.demo_model.random_model import save_random_llama
 
-    from mlx_harmony.demo_model.tokenizer import VOCAB_SIZE, write_tokenizer_files
-
-    config = {
-        "model_type": "llama",
-        "hidden_size": 64,
-        "num_hidden_layers": 1,
-        "intermediate_size": 64,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-        "rms_norm_eps": 1e-5,
-        "vocab_size": VOCAB_SIZE,
-        "tie_word_embeddings": True,
-        "rope_theta": 10000.0,
-        "eos_token_id": ENDOFTEXT,
-    }
-    mx.random.seed(0)
-    model = Model(ModelArgs.from_dict(config))
-    folder = tmp_path_factory.mktemp("tiny-qwen-like")
-    weights = dict(tree_flatten(model.parameters()))
-    mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
-    (folder / "config.json").write_text(json.dumps(config))
-    write_tokenizer_files(folder, cache_dir=tmp_path_factory.mktemp("tokenizer-cache"))
+    folder = save_random_llama(
+        tmp_path_factory.mktemp("tiny-qwen-like"),
+        cache_dir=tmp_path_factory.mktemp("tokenizer-cache"),
+        seed=0,
+        eos_token_id=ENDOFTEXT,
+    )
     tokenizer_config = json.loads((folder / "tokenizer_config.json").read_text())
     tokenizer_config["chat_template"] = QWEN_TEMPLATE
     (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))

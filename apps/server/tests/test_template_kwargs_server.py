@@ -4,7 +4,6 @@ them in its template, over the server's ``--chat-template-args``."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -96,32 +95,10 @@ PERSONA_TEMPLATE = (
 
 @pytest.fixture(scope="module")
 def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import mlx.core as mx
-    from mlx.utils import tree_flatten
-    from mlx_lm.models.llama import Model, ModelArgs
+    from mlx_harmony.demo_model.random_model import save_random_llama
 
-    from mlx_harmony.demo_model.tokenizer import VOCAB_SIZE, write_tokenizer_files
-
-    config = {
-        "model_type": "llama",
-        "hidden_size": 64,
-        "num_hidden_layers": 1,
-        "intermediate_size": 64,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-        "rms_norm_eps": 1e-5,
-        "vocab_size": VOCAB_SIZE,
-        "tie_word_embeddings": True,
-        "rope_theta": 10000.0,
-        "eos_token_id": 199999,
-    }
-    mx.random.seed(2)
-    model = Model(ModelArgs.from_dict(config))
-    folder = tmp_path_factory.mktemp("llama")
-    mx.save_safetensors(str(folder / "model.safetensors"), dict(tree_flatten(model.parameters())))
-    (folder / "config.json").write_text(json.dumps(config))
-    write_tokenizer_files(folder, cache_dir=tmp_path_factory.mktemp("tokenizer-cache"))
-    return folder
+    cache = tmp_path_factory.mktemp("tokenizer-cache")
+    return save_random_llama(tmp_path_factory.mktemp("llama"), cache_dir=cache, seed=2)
 
 
 @pytest.mark.slow  # seconds: the quick tier stays under its budget

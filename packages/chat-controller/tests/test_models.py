@@ -8,7 +8,6 @@ own while the content stays predictable.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -90,33 +89,12 @@ def gpt_oss(tmp_path_factory: pytest.TempPathFactory, tokenizer_cache: Path) -> 
 
 @pytest.fixture(scope="session")
 def llama(tmp_path_factory: pytest.TempPathFactory, tokenizer_cache: Path) -> Any:
-    from mlx.utils import tree_flatten
-    from mlx_lm.models.llama import Model, ModelArgs
-
     from mlx_harmony.generate import load_model
 
-    tokenizer = pytest.importorskip("mlx_harmony.demo_model.tokenizer")
-    VOCAB_SIZE, write_tokenizer_files = tokenizer.VOCAB_SIZE, tokenizer.write_tokenizer_files  # noqa: N806
-
-    config = {
-        "model_type": "llama",
-        "hidden_size": 64,
-        "num_hidden_layers": 2,
-        "intermediate_size": 64,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-        "rms_norm_eps": 1e-5,
-        "vocab_size": VOCAB_SIZE,
-        "tie_word_embeddings": True,
-        "rope_theta": 10000.0,
-        "eos_token_id": 199999,
-    }
-    mx.random.seed(1)
-    model = Model(ModelArgs.from_dict(config))
-    folder = tmp_path_factory.mktemp("llama")
-    mx.save_safetensors(str(folder / "model.safetensors"), dict(tree_flatten(model.parameters())))
-    (folder / "config.json").write_text(json.dumps(config))
-    write_tokenizer_files(folder, cache_dir=tokenizer_cache)
+    random_model = pytest.importorskip("mlx_harmony.demo_model.random_model")
+    folder = random_model.save_random_llama(
+        tmp_path_factory.mktemp("llama"), cache_dir=tokenizer_cache, num_hidden_layers=2
+    )
     return load_model(folder)
 
 

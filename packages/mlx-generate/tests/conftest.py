@@ -3,13 +3,11 @@ stop reasons need a real model's mechanics, not a trained one."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import mlx.core as mx
 import pytest
-from mlx.utils import tree_flatten
 
 from mlx_harmony.generate import LoadedModel, load_model
 
@@ -39,31 +37,15 @@ def tiny(tiny_model_dir: Path) -> LoadedModel:
 @pytest.fixture(scope="session")
 def llama_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_cache: Path) -> Path:
     """A non-Harmony model: plain KV caches, its own chat template, head_dim 64 for kv_bits."""
-    from mlx_lm.models.llama import Model, ModelArgs
+    from mlx_harmony.demo_model.random_model import save_random_llama
 
-    from mlx_harmony.demo_model.tokenizer import VOCAB_SIZE, write_tokenizer_files
-
-    config = {
-        "model_type": "llama",
-        "hidden_size": 128,
-        "num_hidden_layers": 2,
-        "intermediate_size": 128,
-        "num_attention_heads": 2,
-        "num_key_value_heads": 1,
-        "rms_norm_eps": 1e-5,
-        "vocab_size": VOCAB_SIZE,
-        "tie_word_embeddings": True,
-        "rope_theta": 10000.0,
-        "eos_token_id": 199999,
-    }
-    mx.random.seed(1)
-    model = Model(ModelArgs.from_dict(config))
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    weights = dict(tree_flatten(model.parameters()))
-    mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
-    (folder / "config.json").write_text(json.dumps(config))
-    write_tokenizer_files(folder, cache_dir=tokenizer_cache)
-    return folder
+    return save_random_llama(
+        tmp_path_factory.mktemp("tiny-llama"),
+        cache_dir=tokenizer_cache,
+        hidden_size=128,
+        num_hidden_layers=2,
+        intermediate_size=128,
+    )
 
 
 @pytest.fixture(scope="session")

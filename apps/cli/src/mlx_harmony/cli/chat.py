@@ -150,22 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     rank 0 chats, the other ranks follow it. The launcher hands rank 0 its input through a
     pipe, so there the chat reads one message per line (no prompt line editing).
     """
-    from .sharding import RankZero, launched_group, run_other_rank
+    from .sharding import run_ranked
 
-    group = launched_group()
-    if group is not None and group.rank() != 0:
-        return run_other_rank(group, "mlx-harmony-chat")
-    lead = RankZero(group, "mlx-harmony-chat") if group is not None else None
-    try:
-        status = _run_chat(argv, lead)
-    finally:
-        if lead is not None:
-            lead.finish()
-    if lead is not None and lead.failure is not None:
-        from mlx_harmony.generate.distributed import EXIT_RANK_FAILURE
-
-        return EXIT_RANK_FAILURE
-    return status
+    return run_ranked("mlx-harmony-chat", lambda lead: _run_chat(argv, lead))
 
 
 def _run_chat(argv: Sequence[str] | None, lead: RankZero | None) -> int:

@@ -176,22 +176,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     Under ``mlx.launch`` with several ranks the model is sharded over them (see `sharding`):
     rank 0 reads the prompt and prints the answer, the other ranks follow it.
     """
-    from .sharding import RankZero, launched_group, run_other_rank
+    from .sharding import run_ranked
 
-    group = launched_group()
-    if group is not None and group.rank() != 0:
-        return run_other_rank(group, "mlx-harmony-generate")
-    lead = RankZero(group, "mlx-harmony-generate") if group is not None else None
-    try:
-        status = _main(argv, lead)
-    finally:
-        if lead is not None:
-            lead.finish()
-    if lead is not None and lead.failure is not None:
-        from mlx_harmony.generate.distributed import EXIT_RANK_FAILURE
-
-        return EXIT_RANK_FAILURE
-    return status
+    return run_ranked("mlx-harmony-generate", lambda lead: _main(argv, lead))
 
 
 def _main(argv: Sequence[str] | None, lead: RankZero | None) -> int:

@@ -104,17 +104,14 @@ def _container(annotation: object) -> type | None:
     return None
 
 
-def _json_object(text: str) -> dict[str, Any]:
-    """A JSON object from the command line (``--chat-template-args``, as mlx-lm's)."""
+def _json_object(text: str) -> dict[str, object]:
+    """A JSON object from the command line (mlx-lm's ``--chat-template-args``)."""
+    from mlx_harmony.controller.template_kwargs import template_args_from_json
+
     try:
-        value = json.loads(text)
+        return template_args_from_json(text)
     except ValueError as error:
-        raise argparse.ArgumentTypeError(f"not valid JSON ({error}): {text!r}") from None
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(
-            f"expected a JSON object such as '{{\"enable_thinking\": false}}', got {text!r}"
-        )
-    return value
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _logit_bias_item(text: str) -> tuple[int, float]:

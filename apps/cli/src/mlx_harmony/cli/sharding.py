@@ -43,6 +43,7 @@ __all__ = [
     "launched_group",
     "line_input",
     "run_other_rank",
+    "run_ranked",
 ]
 
 _LAUNCHER_VARIABLES = ("MLX_RANK", "OMPI_COMM_WORLD_SIZE", "PMI_SIZE")
@@ -300,3 +301,23 @@ def run_other_rank(group: mx.distributed.Group, prog: str) -> int:
         heartbeat_s=HEARTBEAT_S,
         grace_s=GRACE_S,
     )
+
+
+def run_ranked(prog: str, run: Callable[[RankZero | None], int]) -> int:
+    """`run` on rank 0 (with its `RankZero`) or alone (with None); a follower rank when this
+    process is one of several but not rank 0. The exit status: `run`'s, or 75 when a rank was
+    lost."""
+    group = launched_group()
+    if group is not None and group.rank() != 0:
+        return run_other_rank(group, prog)
+    lead = RankZero(group, prog) if group is not None else None
+    try:
+        status = run(lead)
+    finally:
+        if lead is not None:
+            lead.finish()
+    if lead is not None and lead.failure is not None:
+        from mlx_harmony.generate.distributed import EXIT_RANK_FAILURE
+
+        return EXIT_RANK_FAILURE
+    return status

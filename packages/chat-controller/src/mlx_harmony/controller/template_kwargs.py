@@ -21,6 +21,7 @@ from .config import PromptConfig
 __all__ = [
     "HARMONY_TEMPLATE_KEYS",
     "TemplateKwargsError",
+    "template_args_from_json",
     "with_request_template_kwargs",
     "with_template_kwargs",
 ]
@@ -33,6 +34,22 @@ HARMONY_TEMPLATE_KEYS: Mapping[str, str] = {
 }
 """For gpt-oss: each chat-template keyword that maps to a Harmony setting, and the
 prompt-config field it sets."""
+
+
+def template_args_from_json(text: str) -> dict[str, object]:
+    """The JSON object of a ``--chat-template-args`` flag (mlx-lm's); ValueError says what is
+    wrong with any other text."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except ValueError as error:
+        raise ValueError(f"not valid JSON ({error}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise ValueError(
+            f"expected a JSON object such as '{{\"enable_thinking\": false}}', got {text!r}"
+        )
+    return value
 
 
 class TemplateKwargsError(ValueError):

@@ -19,6 +19,7 @@ __all__ = [
     "default_dtype",
     "gpt_oss_config",
     "save_model",
+    "save_random_llama",
 ]
 
 _YARN = {
@@ -140,5 +141,37 @@ def save_model(model: nn.Module, config: dict[str, Any], folder: Path, *, cache_
     weights = dict(tree_flatten(model.parameters()))
     mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
     (folder / "config.json").write_text(json.dumps(config, indent=2))
+    write_tokenizer_files(folder, cache_dir=cache_dir)
+    return folder
+
+
+def save_random_llama(folder: Path, *, cache_dir: Path, seed: int = 1, **overrides: Any) -> Path:
+    """A tiny random-weight Llama folder in the Hugging Face layout, with the o200k_harmony
+    tokenizer and its chat template: a model that is not gpt-oss (a Jinja template, plain KV
+    caches) for tests and benchmarks of that path without a download. `overrides` change the
+    config (hidden size, layers, EOS id, ...)."""
+    from mlx_lm.models.llama import Model as Llama
+    from mlx_lm.models.llama import ModelArgs as LlamaArgs
+
+    config: dict[str, Any] = {
+        "model_type": "llama",
+        "hidden_size": 64,
+        "num_hidden_layers": 1,
+        "intermediate_size": 64,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "rms_norm_eps": 1e-5,
+        "vocab_size": VOCAB_SIZE,
+        "tie_word_embeddings": True,
+        "rope_theta": 10000.0,
+        "eos_token_id": 199999,
+        **overrides,
+    }
+    mx.random.seed(seed)
+    model = Llama(LlamaArgs.from_dict(config))
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = dict(tree_flatten(model.parameters()))
+    mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata={"format": "mlx"})
+    (folder / "config.json").write_text(json.dumps(config))
     write_tokenizer_files(folder, cache_dir=cache_dir)
     return folder
