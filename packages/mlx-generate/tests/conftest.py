@@ -42,9 +42,9 @@ def llama_model_dir(tmp_path_factory: pytest.TempPathFactory, tokenizer_cache: P
     return save_random_llama(
         tmp_path_factory.mktemp("tiny-llama"),
         cache_dir=tokenizer_cache,
-        hidden_size=128,
         num_hidden_layers=2,
-        intermediate_size=128,
+        num_attention_heads=1,  # one 64-wide head: half the embedding of two 64-wide heads
+        num_key_value_heads=1,
     )
 
 
