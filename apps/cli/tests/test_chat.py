@@ -85,6 +85,7 @@ def test_enter_sends_and_esc_enter_adds_a_line() -> None:
     assert user_texts(backend) == ["line one\nline two"]
 
 
+@pytest.mark.slow  # seconds: the quick tier stays under its budget
 def test_tab_completes_commands() -> None:
     backend = FakeBackend()
     run = run_chat([], ["\\reas", TAB, " hi", TAB, ENTER + QUIT], backend=backend)

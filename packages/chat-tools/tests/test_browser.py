@@ -314,6 +314,7 @@ class _LoopbackForPublic(httpcore.NetworkBackend):
         return self._real.connect_tcp(host, port, timeout)
 
 
+@pytest.mark.slow  # seconds: the quick tier stays under its budget
 def test_a_name_that_rebinds_to_loopback_cannot_reach_the_local_server() -> None:
     public = _Server(200, {}, "PUBLIC PAGE")
     secret = _Server(200, {}, "LOCAL SECRET")

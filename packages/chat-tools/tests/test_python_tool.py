@@ -120,6 +120,7 @@ def test_memory_limit_stops_a_large_allocation(tool: PythonTool) -> None:
     )
 
 
+@pytest.mark.slow  # seconds: the quick tier stays under its budget
 def test_timeout_kills_the_run_and_says_so(tmp_path: Path) -> None:
     tool = PythonTool(scratch_dir=tmp_path, timeout_s=1.0)
     start = time.monotonic()

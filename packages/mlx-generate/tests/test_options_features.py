@@ -150,6 +150,7 @@ def test_prompt_cache_file_starts_both_generators(
         TokenGenerator(tiny, GeneratorOptions(prompt_cache_file=path, kv_bits=8))
 
 
+@pytest.mark.slow  # seconds: the quick tier stays under its budget
 def test_prompt_cache_file_for_another_model_is_refused(
     tiny: LoadedModel, llama: LoadedModel, tmp_path: Path
 ) -> None:

@@ -263,6 +263,7 @@ def test_reuse_off_prefills_everything(tiny: LoadedModel) -> None:
     assert stats.prefilled_tokens == 31
 
 
+@pytest.mark.slow  # seconds: the quick tier stays under its budget
 def test_max_kv_size_rotates_every_layer_and_bounds_the_cache(
     tiny: LoadedModel, assert_same_tokens
 ) -> None:

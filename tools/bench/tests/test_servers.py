@@ -73,6 +73,7 @@ def test_a_server_that_exits_while_starting_raises_a_clear_error(tmp_path: Path)
     assert_gone(server, port)
 
 
+@pytest.mark.slow  # seconds: the quick tier stays under its budget
 def test_a_server_that_never_answers_times_out_and_is_killed(tmp_path: Path) -> None:
     port = free_port()
     server = ServerProcess(
