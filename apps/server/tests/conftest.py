@@ -11,6 +11,7 @@ without sleeping.
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -199,3 +200,14 @@ def echo() -> type[EchoGenerator]:
 @pytest.fixture(name="wait_for")
 def wait_for_fixture() -> Callable[..., bool]:
     return wait_for
+
+
+@pytest.fixture(scope="session")
+def demo_model() -> Path:
+    """The trained demo model: ``MLX_HARMONY_DEMO_MODEL``, else built once per machine."""
+    env = os.environ.get("MLX_HARMONY_DEMO_MODEL")
+    if env:
+        return Path(env)
+    from mlx_harmony.demo_model import ensure_demo_model
+
+    return Path(ensure_demo_model(progress=False))

@@ -4,7 +4,6 @@ a streamed answer, then a function tool round trip through previous_response_id.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +18,6 @@ TIME_TOOL = {
     "description": "Get the current time.",
     "parameters": {"type": "object", "properties": {}},
 }
-
-
-@pytest.fixture(scope="module")
-def demo_model() -> Path:
-    env = os.environ.get("MLX_HARMONY_DEMO_MODEL")
-    if env:
-        return Path(env)
-    from mlx_harmony.demo_model import ensure_demo_model
-
-    return Path(ensure_demo_model(progress=False))
 
 
 def test_the_demo_model_streams_and_round_trips_a_tool_call(

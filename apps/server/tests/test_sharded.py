@@ -7,7 +7,6 @@ ring`` would, so that the test owns each rank's pid and exit status."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -43,17 +42,6 @@ TIME_TOOL: Any = {
         "parameters": {"type": "object", "properties": {}},
     },
 }
-
-
-@pytest.fixture(scope="module")
-def demo_model() -> Path:
-    """The trained demo model (built once per machine, as the real-model tests use it)."""
-    env = os.environ.get("MLX_HARMONY_DEMO_MODEL")
-    if env:
-        return Path(env)
-    from mlx_harmony.demo_model import ensure_demo_model
-
-    return Path(ensure_demo_model(progress=False))
 
 
 @pytest.fixture(scope="module")

@@ -125,18 +125,6 @@ def test_structured_output_on_a_speculating_model_is_a_400(
 # -- the demo model behind a real server --------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def demo_model() -> Path:
-    import os
-
-    env = os.environ.get("MLX_HARMONY_DEMO_MODEL")
-    if env:
-        return Path(env)
-    from mlx_harmony.demo_model import ensure_demo_model
-
-    return Path(ensure_demo_model(progress=False))
-
-
 QUESTION = "Repeat after me, twice: the quick brown fox jumps over the lazy dog."
 
 

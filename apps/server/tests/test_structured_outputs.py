@@ -168,16 +168,6 @@ def test_the_default_loader_starts_the_tokenizer_view_at_load(
 # -- the demo model behind a real server ----------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def demo_model() -> Path:
-    env = os.environ.get("MLX_HARMONY_DEMO_MODEL")
-    if env:
-        return Path(env)
-    from mlx_harmony.demo_model import ensure_demo_model
-
-    return Path(ensure_demo_model(progress=False))
-
-
 @pytest.fixture
 def real(start_server: Any, demo_model: Path, tmp_path: Path) -> Any:
     config = tmp_path / "prompt-config.json"

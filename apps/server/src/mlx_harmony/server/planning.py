@@ -35,6 +35,7 @@ from .tool_names import ToolNameMap
 from .worker import Finished, TurnPlan
 
 __all__ = [
+    "REQUEST_SAMPLING_FIELDS",
     "SERVER_RETRY_POLICY",
     "STRICT_RETRY_POLICY",
     "AnswerFormat",
@@ -51,6 +52,7 @@ __all__ = [
     "plan_constraint",
     "plan_tools_and_format",
     "plan_turn",
+    "request_sampling",
     "retry_policy",
     "was_cut",
 ]
@@ -91,6 +93,25 @@ class FunctionSpec:
     """The tool itself (``tools[0]``)."""
     strict: bool = False
     """``strict: true``: a call's arguments must match `parameters` (a grammar constraint)."""
+
+
+REQUEST_SAMPLING_FIELDS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "logit_bias",
+)
+"""The sampling fields chat and raw completions requests share (the extras come separately)."""
+
+
+def request_sampling(body: object) -> dict[str, object]:
+    """A chat or completions request's sampling fields, for `build_config`."""
+    return {name: getattr(body, name) for name in REQUEST_SAMPLING_FIELDS}
 
 
 def retry_policy(*, explicit_limit: bool) -> RetryPolicy:

@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from mlx_harmony.sampling import SamplingParams
 
 __all__ = [
+    "ChannelJob",
     "CountJob",
     "Finished",
     "Job",
@@ -223,10 +224,19 @@ Job = _Job
 """What `ModelWorker.submit` runs; a job of another API (raw completions) subclasses it."""
 
 
-class _PlanJob(_Job, Generic[ItemT]):
-    """A job of a request's `TurnPlan` that answers into the request's `channel`."""
+class _Planned(Protocol):
+    @property
+    def entry(self) -> ModelEntry: ...
 
-    def __init__(self, plan: TurnPlan, channel: EventChannel[ItemT]) -> None:
+
+PlanT = TypeVar("PlanT", bound=_Planned)
+
+
+class ChannelJob(_Job, Generic[PlanT, ItemT]):
+    """A job of a request's plan (a `TurnPlan`, or another API's) that answers into the
+    request's `channel`."""
+
+    def __init__(self, plan: PlanT, channel: EventChannel[ItemT]) -> None:
         self.plan = plan
         self.entry = plan.entry
         self.channel = channel
@@ -237,7 +247,7 @@ class _PlanJob(_Job, Generic[ItemT]):
         self.channel.close(error)
 
 
-class TurnJob(_PlanJob["WorkerEvent"]):
+class TurnJob(ChannelJob[TurnPlan, "WorkerEvent"]):
     """Run one turn, streaming its events into `channel`."""
 
     batched = True
@@ -309,7 +319,7 @@ class TurnJob(_PlanJob["WorkerEvent"]):
         self.channel.close()
 
 
-class CountJob(_PlanJob[PromptCount]):
+class CountJob(ChannelJob[TurnPlan, PromptCount]):
     """Count a conversation's prompt tokens (``POST /v1/tokenize``)."""
 
     def run(self, state: LoadedState, worker: ModelWorker) -> None:

@@ -34,6 +34,7 @@ from ..planning import (
     openai_calls,
     plan_tools_and_format,
     plan_turn,
+    request_sampling,
 )
 from ..tool_names import ToolNameMap
 from ..worker import TurnPlan
@@ -70,17 +71,6 @@ __all__ = [
     "tool_calls",
 ]
 
-_SAMPLING_FIELDS = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "repetition_penalty",
-    "presence_penalty",
-    "frequency_penalty",
-    "seed",
-    "logit_bias",
-)
 FinishName = Literal["stop", "length", "tool_calls"]
 _FINISH: dict[FinishReason, FinishName] = {
     FinishReason.STOP: "stop",
@@ -255,7 +245,7 @@ def plan_chat(
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or ())
     config = build_config(
         entry.prompt_config,
-        sampling={name: getattr(body, name) for name in _SAMPLING_FIELDS},
+        sampling=request_sampling(body),
         reasoning_effort=body.reasoning_effort,
         instructions=planned.instructions,
         max_tokens=body.max_completion_tokens or body.max_tokens,

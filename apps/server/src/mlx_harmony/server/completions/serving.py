@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
@@ -21,9 +20,9 @@ from ..channel import EventChannel
 from ..errors import APIError
 from ..extras import check_unknown_fields
 from ..models import ModelEntry, ModelRegistry
-from ..planning import build_config
+from ..planning import build_config, request_sampling
 from ..serving import KEEPALIVE, EventStreamResponse, Outcome, Receive
-from ..worker import Job, LoadedState, LogprobEntry, ModelWorker, _TokenTap
+from ..worker import ChannelJob, LoadedState, LogprobEntry, ModelWorker, _TokenTap
 from .protocol import (
     Completion,
     CompletionChoice,
@@ -34,17 +33,6 @@ from .protocol import (
 
 __all__ = ["CompletionJob", "CompletionPlan", "plan_completion", "serve_completion"]
 
-_SAMPLING_FIELDS = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "repetition_penalty",
-    "presence_penalty",
-    "frequency_penalty",
-    "seed",
-    "logit_bias",
-)
 _DONE = b"data: [DONE]\n\n"
 
 
@@ -110,7 +98,7 @@ def plan_completion(
     stops = [body.stop] if isinstance(body.stop, str) else list(body.stop or ())
     config = build_config(
         entry.prompt_config,
-        sampling={name: getattr(body, name) for name in _SAMPLING_FIELDS},
+        sampling=request_sampling(body),
         reasoning_effort=None,
         instructions=None,
         max_tokens=body.max_tokens,
@@ -148,20 +136,10 @@ class Done:
 CompletionEvent = TextDelta | Done
 
 
-class CompletionJob(Job):
+class CompletionJob(ChannelJob[CompletionPlan, CompletionEvent]):
     """Generate from a raw prompt; a row of the batch engine, like a chat turn."""
 
     batched = True
-
-    def __init__(self, plan: CompletionPlan, channel: EventChannel[CompletionEvent]) -> None:
-        self.plan = plan
-        self.entry = plan.entry
-        self.channel = channel
-        self.cancel = threading.Event()
-        self.submitted = time.perf_counter()
-
-    def fail(self, error: BaseException) -> None:
-        self.channel.close(error)
 
     def run(self, state: LoadedState, worker: ModelWorker) -> None:
         try:
