@@ -18,7 +18,7 @@ from mlx_harmony.chat_history import load_chat, new_chat, save_chat
 from mlx_harmony.cli.chat import DEMO_NOTE, main
 from mlx_harmony.cli.launch import CliError
 from mlx_harmony.cli.render import HIDDEN_THINKING, THINKING_HEADING
-from mlx_harmony.cli.testing import CTRL_D, ENTER, ESC_ENTER, TAB, UP, run_chat
+from mlx_harmony.cli.testing import CTRL_D, ENTER, ESC_ENTER, TAB, UP, Shows, run_chat
 from mlx_harmony.controller import FinishReason, LocalBackend
 from mlx_harmony.controller.testing import FakeBackend, FakeReply, Script, ScriptedGenerator
 
@@ -88,7 +88,16 @@ def test_enter_sends_and_esc_enter_adds_a_line() -> None:
 @pytest.mark.slow  # seconds: the quick tier stays under its budget
 def test_tab_completes_commands() -> None:
     backend = FakeBackend()
-    run = run_chat([], ["\\reas", TAB, " hi", TAB, ENTER + QUIT], backend=backend)
+    keys = [
+        "\\reas",
+        TAB,
+        Shows("\\reasoning"),
+        " hi",
+        TAB,
+        Shows("\\reasoning high"),
+        ENTER + QUIT,
+    ]
+    run = run_chat([], keys, backend=backend)
     assert run.frontend.config.reasoning_effort == "high"
 
 

@@ -31,13 +31,22 @@ from .frontend import ChatFrontend
 from .launch import Launch, ModelLocation
 from .session import ChatSession
 
-__all__ = ["CTRL_D", "ENTER", "ESC_ENTER", "TAB", "UP", "ChatRun", "run_chat"]
+__all__ = ["CTRL_D", "ENTER", "ESC_ENTER", "TAB", "UP", "ChatRun", "Shows", "run_chat"]
 
 ENTER = "\r"
 ESC_ENTER = "\x1b\r"
 CTRL_D = "\x04"
 UP = "\x1b[A"
 TAB = "\t"
+
+
+@dataclass(frozen=True)
+class Shows:
+    """A step in a list of key chunks: wait until the input line reads `text` (completion runs
+    on the event loop, so a fixed pause between keys loses the race on a busy machine)."""
+
+    text: str
+    timeout_s: float = 20.0
 
 
 @dataclass
@@ -56,7 +65,7 @@ class ChatRun:
 
 def run_chat(
     argv: Sequence[str],
-    keys: str | Sequence[str],
+    keys: str | Sequence[str | Shows],
     *,
     backend: ChatBackend | Callable[[Launch], ChatBackend] | None = None,
     history: History | None = None,
@@ -66,7 +75,7 @@ def run_chat(
     """Run ``mlx-harmony-chat argv`` with `keys` typed, on `backend` (a `FakeBackend` with no
     replies unless given, or a function of the `Launch` that builds one). `keys` should end
     the chat (``\\quit`` or Ctrl-D). A list of key chunks is typed one chunk every `pause`
-    seconds, for what needs time between keys (completion menus)."""
+    seconds; a `Shows` in it waits for the input line to read its text first."""
     backend = backend if backend is not None else FakeBackend()
     buffer = io.StringIO()
     console = Console(file=buffer, width=width, color_system=None, force_terminal=False)
@@ -79,11 +88,23 @@ def run_chat(
         return backend(launch) if callable(backend) else backend
 
     chunks = [keys] if isinstance(keys, str) else list(keys)
+    failures: list[AssertionError] = []
     with create_pipe_input() as pipe:
-        pipe.send_text(chunks[0])
+        first = chunks[0]
+        if isinstance(first, str):  # typed ahead: the chat reads it as soon as it starts
+            pipe.send_text(first)
+            chunks = chunks[1:]
 
         def type_the_rest() -> None:
-            for chunk in chunks[1:]:
+            for chunk in chunks:
+                if isinstance(chunk, Shows):
+                    try:
+                        _wait_for_line(session, chunk)
+                    except AssertionError as failure:
+                        failures.append(failure)
+                        pipe.send_text("\x03" + CTRL_D)  # clear the line and leave
+                        return
+                    continue
                 time.sleep(pause)
                 pipe.send_text(chunk)
 
@@ -99,4 +120,15 @@ def run_chat(
         typist.start()
         status = session.run()
         typist.join()
+    if failures:
+        raise failures[0]
     return ChatRun(status, buffer.getvalue(), session, calls)
+
+
+def _wait_for_line(session: ChatSession, shows: Shows) -> None:
+    deadline = time.monotonic() + shows.timeout_s
+    line = session.prompt_session.default_buffer
+    while line.text != shows.text:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the input line reads {line.text!r}, not {shows.text!r}")
+        time.sleep(0.02)
