@@ -37,12 +37,13 @@ def _own_tokens(user: str) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("max_concurrency", [8, 1])
 def test_a_second_conversation_reuses_the_shared_instructions(
-    start_server: Any, demo_folder: Path, tmp_path: Path
+    start_server: Any, demo_folder: Path, tmp_path: Path, max_concurrency: int
 ) -> None:
     """The default server (--max-concurrency 8: the batch engine and its shared prompt
-    cache, which checkpoints the sliding-window layers after the system and developer
-    messages)."""
+    cache) and one request at a time (--max-concurrency 1: one conversation's cache); both
+    checkpoint the sliding-window layers after the system and developer messages."""
     config = tmp_path / "prompt-config.json"
     config.write_text(json.dumps({"loop_detection": "off"}))
     server = start_server(
@@ -50,6 +51,7 @@ def test_a_second_conversation_reuses_the_shared_instructions(
         model=str(demo_folder),
         prompt_config=str(config),
         preload=True,
+        max_concurrency=max_concurrency,
     )
     client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="x", max_retries=0)
     model = client.models.list().data[0].id

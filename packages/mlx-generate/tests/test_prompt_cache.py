@@ -343,3 +343,60 @@ def test_common_prefix_len_of_equal_tokens_in_a_list_and_a_tuple() -> None:
     # of one request met here and read past the end.
     assert common_prefix_len([1, 2, 3], (1, 2, 3)) == 3
     assert common_prefix_len((1, 2, 3, 4), [1, 2, 9]) == 2
+
+
+# -- conversations that share only the instructions ----------------------------------------------
+
+
+def _harmony_like(seed: int, user: int) -> tuple[list[int], int]:
+    """System and developer messages (each ending in <|end|>) shared by every conversation of
+    one application, then a user message of its own; and where the instructions end."""
+    instructions = [*_tokens(70, seed=seed), END, *_tokens(90, seed=seed + 1), END]
+    return [*instructions, *_tokens(50, seed=user)], len(instructions)
+
+
+def test_another_conversation_reuses_the_instructions_past_the_window(
+    tiny: LoadedModel, chat: TokenGenerator, same_as_fresh
+) -> None:
+    a, shared = _harmony_like(50, user=51)
+    g1, s1 = _run(chat, a, 40)
+    assert s1.cache_reuse is CacheReuseMode.FRESH
+    assert chat.prompt_cache.boundary_checkpoints == [71, shared]
+    # The live sliding layers wrapped well past the instructions: only a checkpoint serves.
+    assert not chat.prompt_cache.can_trim(len(chat.prompt_cache) - shared)
+
+    b, _ = _harmony_like(50, user=52)
+    g2, s2 = _run(chat, b, 30)
+    assert s2.cache_reuse is CacheReuseMode.CHECKPOINT
+    assert s2.reused_prompt_tokens == shared
+    assert s2.prefilled_tokens == len(b) - shared
+    same_as_fresh(tiny, chat, b, g2)
+
+    # Back to the first conversation: the instructions' checkpoint is still there.
+    again, s3 = _run(chat, a, len(g1))
+    assert s3.reused_prompt_tokens == shared
+    assert again == g1
+
+
+def test_without_message_boundaries_another_conversation_recomputes(
+    chat: TokenGenerator,
+) -> None:
+    # The negative control: the same prompts with their <|end|> tokens replaced.
+    a, _ = _harmony_like(50, user=51)
+    b, _ = _harmony_like(50, user=52)
+    a = [t if t != END else 7 for t in a]
+    b = [t if t != END else 7 for t in b]
+    _run(chat, a, 40)
+    assert chat.prompt_cache.boundary_checkpoints == []
+    _, stats = _run(chat, b, 5)
+    assert stats.cache_reuse is CacheReuseMode.RECOMPUTE
+    assert stats.reused_prompt_tokens == 0
+
+
+def test_a_prompt_cache_keeps_the_shortest_boundary_checkpoints(tiny: LoadedModel) -> None:
+    cache = PromptCache(tiny.model)
+    layers = {0: object()}
+    cache.add_checkpoints(dict.fromkeys((500, 40, 300, 90, 1000, 10), layers))
+    assert cache.boundary_checkpoints == [10, 40, 90, 300]
+    cache.commit(list(range(95)), single_tail=True)  # the caches hold 0 of them: cut to 0
+    assert cache.boundary_checkpoints == []

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 from mlx_lm.models.cache import load_prompt_cache
 
-from mlx_harmony.generate import CacheReuseMode, LoadedModel, generate, load_model
+from mlx_harmony.generate import (
+    CacheReuseMode,
+    GeneratorOptions,
+    LoadedModel,
+    TokenGenerator,
+    generate,
+    load_model,
+)
 from mlx_harmony.generate.prompt_cache_file import (
     PromptCacheFileError,
     load_prompt_cache_file,
@@ -64,6 +71,23 @@ def test_boundary_checkpoints_round_trip(tiny: LoadedModel, tmp_path: Path) -> N
     # The boundary token went alone, so the snapshot holds the window, not window + chunk.
     assert saved.checkpoints[300][0].keys.shape[2] == 128
     assert len(saved.caches) == 2
+
+
+def test_a_prompt_that_shares_only_a_boundary_reuses_the_files_checkpoint(
+    tiny: LoadedModel, tmp_path: Path
+) -> None:
+    # What mlx-harmony-cache-prompt promises: a conversation that leaves the saved tokens after
+    # the instructions (a boundary) still reuses them, with one generator as with the server's.
+    path = write_prompt_cache(tmp_path / "c.safetensors", tiny, PROMPT, checkpoints=[150, 300])
+    prompt = [*PROMPT[:310], *range(5000, 5020)]
+    with_file = TokenGenerator(tiny, GeneratorOptions(prompt_cache_file=path))
+    got = list(with_file.generate(prompt_tokens=prompt, max_tokens=8, stop_tokens=()))
+    stats = with_file.last_stats
+    assert stats is not None
+    assert stats.cache_reuse is CacheReuseMode.CHECKPOINT
+    assert stats.reused_prompt_tokens == 300
+    fresh = TokenGenerator(tiny, prompt_cache=False)
+    assert got == list(fresh.generate(prompt_tokens=prompt, max_tokens=8, stop_tokens=()))
 
 
 @pytest.mark.slow  # seconds: the quick tier stays under its budget

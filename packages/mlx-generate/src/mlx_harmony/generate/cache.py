@@ -13,6 +13,12 @@ trim the full-attention layers to the same length, and prefill only the new toke
 are immutable values, so a checkpoint costs references, not copies; only the Python handles must
 be new, because the caches assign into their arrays in place.
 
+A conversation that shares only the instructions with the cached one (another chat of the same
+application) diverges long before that checkpoint. For it the loop also stops its prefill at a
+few message boundaries the caller names (the end of the system and developer messages) and the
+cache keeps the rotating layers' snapshots there (`add_checkpoints`): `reuse` restores the
+longest checkpoint at or before the common prefix.
+
 One more token can always be dropped, wrapped or not, when the last write was a single token:
 that write evicted the oldest position of the ring, which is exactly the one that falls out of
 the window of the token that replaces it. This serves the other common case: the next prompt
@@ -41,6 +47,7 @@ from .kv_quant import SINK_ATTENTION_MODEL_TYPES, install_sinks_attention
 from .stats import CacheReuseMode
 
 __all__ = [
+    "MAX_BOUNDARY_CHECKPOINTS",
     "CacheReuse",
     "PromptCache",
     "common_prefix_len",
@@ -229,12 +236,18 @@ class _Checkpoint:
     prompt's last token, which the loop always feeds alone."""
 
 
+MAX_BOUNDARY_CHECKPOINTS = 4
+"""Message-boundary checkpoints a `PromptCache` keeps (the shortest: where conversations of one
+application part); each holds the rotating layers, a window's worth of positions per layer."""
+
+
 class PromptCache:
     """The per-layer caches of one conversation and the tokens they hold.
 
     Call `reuse(prompt)` before a generation: it leaves the caches holding the longest prefix
     of `prompt` it can serve and returns its length; prefill the rest. The loop calls
-    `checkpoint()` at the end of the prompt and `commit()` at the end.
+    `checkpoint()` at the end of the prompt (and `add_checkpoints()` with the snapshots it took
+    at message boundaries) and `commit()` at the end.
     """
 
     def __init__(
@@ -260,6 +273,7 @@ class PromptCache:
         )
         self.tokens: list[int] = []
         self._checkpoint: _Checkpoint | None = None
+        self._boundaries: dict[int, _Checkpoint] = {}
         # Whether the caches' last write was a single token (then one more can be dropped).
         self._single_tail = False
         self._snapshot_layers = [
@@ -284,6 +298,11 @@ class PromptCache:
         return None if self._checkpoint is None else self._checkpoint.length
 
     @property
+    def boundary_checkpoints(self) -> list[int]:
+        """Where the message-boundary checkpoints were taken, shortest first."""
+        return sorted(self._boundaries)
+
+    @property
     def nbytes(self) -> int:
         return sum(getattr(c, "nbytes", 0) for c in self.caches)
 
@@ -298,6 +317,7 @@ class PromptCache:
         )
         self.tokens = []
         self._checkpoint = None
+        self._boundaries = {}
         self._single_tail = False
 
     def can_trim(self, n: int) -> bool:
@@ -315,8 +335,13 @@ class PromptCache:
             c.trim(n)
         del self.tokens[len(self.tokens) - n :]
         self._single_tail = False
-        if self._checkpoint is not None and self._checkpoint.length > len(self.tokens):
+        self._forget_checkpoints_past(len(self.tokens))
+
+    def _forget_checkpoints_past(self, n: int) -> None:
+        """Drop the checkpoints of tokens the caches no longer hold."""
+        if self._checkpoint is not None and self._checkpoint.length > n:
             self._checkpoint = None
+        self._boundaries = {k: v for k, v in self._boundaries.items() if k <= n}
 
     def _restore(self, checkpoint: _Checkpoint) -> None:
         for i, c in enumerate(self.caches):
@@ -326,6 +351,7 @@ class PromptCache:
                 c.trim(c.offset - checkpoint.length)
         del self.tokens[checkpoint.length :]
         self._single_tail = True
+        self._forget_checkpoints_past(checkpoint.length)
 
     def reuse(self, prompt: Sequence[int]) -> CacheReuse:
         """Make the caches hold the longest prefix of `prompt` they can; return its length.
@@ -348,9 +374,13 @@ class PromptCache:
         if self.can_trim(n_cached - target):
             self._trim(n_cached - target)
             return CacheReuse(target, CacheReuseMode.TRIM)
-        # The checkpoint holds self.tokens[:length], which agree with the prompt up to target.
-        checkpoint = self._checkpoint
-        if checkpoint is not None:
+        # A checkpoint holds self.tokens[:length], which agree with the prompt up to target.
+        # Longest first: one past the target that can trim back gives the target itself;
+        # else the first at or before it is the longest that serves.
+        checkpoints = [*self._boundaries.values()]
+        if self._checkpoint is not None:
+            checkpoints.append(self._checkpoint)
+        for checkpoint in sorted(checkpoints, key=lambda c: c.length, reverse=True):
             if checkpoint.length <= target:
                 self._restore(checkpoint)
                 return CacheReuse(checkpoint.length, CacheReuseMode.CHECKPOINT)
@@ -362,10 +392,19 @@ class PromptCache:
         self.reset()
         return CacheReuse(0, CacheReuseMode.RECOMPUTE)
 
-    def restore(self, tokens: Sequence[int], caches: list[Any], *, single_tail: bool) -> None:
+    def restore(
+        self,
+        tokens: Sequence[int],
+        caches: list[Any],
+        *,
+        single_tail: bool,
+        checkpoints: dict[int, dict[int, Any]] | None = None,
+    ) -> None:
         """Hold `caches`, which hold exactly `tokens` (a saved prompt cache, say), as if this
         cache had prefilled them: later prompts that extend them, or leave them at the end,
-        reuse them. The layer types must be the ones this cache makes (same `kv_bits`)."""
+        reuse them; `checkpoints` are message-boundary snapshots among them (as
+        `add_checkpoints` takes). The layer types must be the ones this cache makes (same
+        `kv_bits`)."""
         if len(caches) != len(self.caches):
             raise ValueError(
                 f"the caches have {len(caches)} layers but the model has {len(self.caches)}"
@@ -387,8 +426,11 @@ class PromptCache:
         self.tokens = list(tokens)
         self._single_tail = single_tail
         self._checkpoint = None
+        self._boundaries = {}
         if self.tokens:
             self.checkpoint(len(self.tokens))
+        self.add_checkpoints(checkpoints or {})
+        self._forget_checkpoints_past(len(self.tokens))
 
     def checkpoint(self, length: int) -> None:
         """Snapshot the layers that cannot be trimmed; the caches hold `length` tokens now."""
@@ -398,6 +440,16 @@ class PromptCache:
             length=length,
             layers={i: _snapshot(self.caches[i]) for i in self._snapshot_layers},
         )
+
+    def add_checkpoints(self, snapshots: dict[int, dict[int, Any]]) -> None:
+        """Keep the rotating layers' `snapshots` taken at message boundaries (token offset ->
+        layer index -> snapshot, what `BoundaryCheckpoints` collects while the caches held
+        this conversation's tokens), the `MAX_BOUNDARY_CHECKPOINTS` shortest of all."""
+        for length, layers in snapshots.items():
+            if length > 0:
+                self._boundaries[length] = _Checkpoint(length=length, layers=dict(layers))
+        for length in sorted(self._boundaries)[MAX_BOUNDARY_CHECKPOINTS:]:
+            del self._boundaries[length]
 
     def commit(self, tokens: Sequence[int], *, single_tail: bool) -> None:
         """Record the tokens the caches hold after a call: `tokens` (prompt and generated
@@ -414,5 +466,4 @@ class PromptCache:
             return
         self.tokens = list(tokens[:n])
         self._single_tail = single_tail
-        if self._checkpoint is not None and self._checkpoint.length > n:
-            self._checkpoint = None
+        self._forget_checkpoints_past(n)

@@ -26,6 +26,7 @@ from .detokenizer import token_bytes_table
 from .loading import LoadedModel, load_model
 from .loop import Cancel, LogitsProcessor, Sampler, StreamEvent, stream_generate
 from .loop_detection import LoopDetectionMode, LoopDetector, make_loop_detector
+from .prefill import harmony_message_boundaries
 from .speculative import DEFAULT_NUM_DRAFT_TOKENS, DraftModel, speculation_options
 from .stats import GenerationStats
 
@@ -687,6 +688,13 @@ class TokenGenerator(ModelFacts):
         self._active = weakref.ref(events)
         return events
 
+    def _checkpoints(self, prompt: Sequence[int]) -> list[int]:
+        """Where a Harmony prompt's cache keeps the sliding layers (the end of the system and
+        developer messages), so the next conversation of the same application reuses them."""
+        if not self.is_harmony or self._speculation or not self.reuse_prompt_cache:
+            return []
+        return harmony_message_boundaries(prompt, max_boundaries=2)
+
     def _opened(self, tokens: Generator[int, None, None]) -> None:
         self._active = weakref.ref(tokens)  # closing the token view closes the stream under it
 
@@ -731,6 +739,7 @@ class TokenGenerator(ModelFacts):
                 logprobs=logprobs,
                 prefill_step_size=self.prefill_step_size,
                 prompt_progress_callback=prompt_progress_callback,
+                checkpoints=self._checkpoints(prompt),
                 **self._speculation,
             ):
                 if event.stats is not None:

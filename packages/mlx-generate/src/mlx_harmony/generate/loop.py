@@ -35,6 +35,7 @@ from .compiled import (
 )
 from .emit import StreamEvent, TokenEvents
 from .loop_detection import LoopDetectionMode, LoopDetector
+from .prefill import BoundaryCheckpoints
 from .speculative import (
     DEFAULT_NUM_DRAFT_TOKENS,
     DraftModel,
@@ -120,6 +121,7 @@ def generate_step(
     stream: mx.Stream | mx.ThreadLocalStream | None = None,
     compiled: bool | None = None,
     min_bucket: int = DEFAULT_MIN_BUCKET,
+    checkpoints: BoundaryCheckpoints | None = None,
 ) -> Generator[tuple[int, mx.array | None], None, None]:
     """Yield (token, log-probabilities or None) for `prompt`, continuing `cache` in place.
 
@@ -127,7 +129,8 @@ def generate_step(
     processors ahead of `prompt`. `prompt_end_callback` runs once the whole prompt is in the
     cache, before the first generated token is fed back. `should_stop` is checked between
     prefill chunks; when it says stop, the generator ends without a token. ``max_tokens=-1``
-    never stops on length.
+    never stops on length. `checkpoints` (offsets into `prompt`) ends prefill chunks at its
+    boundaries and snapshots the rotating layers there.
 
     `compiled=None` decodes with the compiled static-shape step where it applies (gpt_oss with
     its own caches, no `kv_bits`; not on MLX's CUDA backend, see `on_cuda`), eagerly
@@ -207,6 +210,8 @@ def generate_step(
             if should_stop is not None and should_stop():
                 return
             n = min(prefill_step_size, total - processed - 1)
+            if checkpoints is not None:
+                n = checkpoints.clip(processed, n)
             chunk = prompt[processed : processed + n]
             model(chunk[None], cache=cache)
             if quantize:
@@ -215,6 +220,8 @@ def generate_step(
             if history is not None:  # there are processors
                 history.update_and_fetch(chunk)
             processed += n
+            if checkpoints is not None:
+                checkpoints.after_chunk(processed, cache)
             if prompt_progress_callback is not None:
                 prompt_progress_callback(processed, total)
             mx.clear_cache()
@@ -351,13 +358,17 @@ def stream_generate(
     draft_model: DraftModel | nn.Module | str | Path | None = None,
     num_draft_tokens: int = DEFAULT_NUM_DRAFT_TOKENS,
     prompt_lookup: int | None = None,
+    checkpoints: Sequence[int] = (),
 ) -> Generator[StreamEvent, None, None]:
     """Stream the generation for `prompt` as `StreamEvent`s; the last one has the stop reason
     and the stats.
 
     With a `prompt_cache`, the cache of the previous call is reused up to the longest common
     prefix (cache options then come from the `PromptCache`); without one, a fresh cache is
-    built from `max_kv_size` / `kv_bits`. `stop_tokens=None` means the tokenizer's EOS ids; a
+    built from `max_kv_size` / `kv_bits`. `checkpoints` are prompt offsets (message
+    boundaries, e.g. `harmony_message_boundaries(prompt, max_boundaries=2)`) where the prompt
+    cache keeps the rotating layers' state, so a later prompt that shares only that much
+    reuses it; not while speculating. `stop_tokens=None` means the tokenizer's EOS ids; a
     stop token is the last event's token, with no text. A stop string ends the text before it.
     `tokenizer` may be None when `detokenize=False` and no stop strings are given.
     `compiled` and `min_bucket` choose the decode step as in `generate_step`.
@@ -408,11 +419,18 @@ def stream_generate(
     context = mx.array(prompt_ids[:reused]) if logits_processors and reused else None
 
     prompt_done = False
+    marks = (
+        BoundaryCheckpoints([b - reused for b in checkpoints], end=n_prompt - reused - 1)
+        if checkpoints
+        else None
+    )
 
     def on_prompt_end() -> None:
         nonlocal prompt_done
         prompt_done = True
         cache.checkpoint(n_prompt)
+        if marks is not None:
+            cache.add_checkpoints({b + reused: snap for b, snap in marks.snapshots.items()})
 
     # What both step generators take: the caches, the sampling and the callbacks.
     shared: dict[str, Any] = {
@@ -440,6 +458,11 @@ def stream_generate(
                 "compiled=True does not apply while speculating (the target verifies several "
                 "tokens per pass); pass compiled=None or drop draft_model / prompt_lookup"
             )
+        if checkpoints:
+            raise ValueError(
+                "checkpoints are taken by the plain prefill, not while speculating; pass "
+                "checkpoints=() or drop draft_model / prompt_lookup"
+            )
         speculation = SpeculationCounts()
         steps = speculative_generate_step(
             prompt_ids[reused:],
@@ -458,6 +481,7 @@ def stream_generate(
             context=context,
             compiled=compiled,
             min_bucket=min_bucket,
+            checkpoints=marks,
             **shared,
         )
 

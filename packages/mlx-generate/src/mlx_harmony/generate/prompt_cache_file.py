@@ -333,7 +333,12 @@ def read_prompt_cache(
         quantized_kv_start=quantized_kv_start,
     )
     try:
-        cache.restore(saved.tokens, saved.caches, single_tail=saved.single_tail)
+        cache.restore(
+            saved.tokens,
+            saved.caches,
+            single_tail=saved.single_tail,
+            checkpoints=saved.checkpoints,
+        )
     except ValueError as e:
         raise PromptCacheFileError(f"prompt cache file {Path(path).expanduser()}: {e}") from e
     return cache
