@@ -1,6 +1,6 @@
 """What structured outputs cost, side by side in one run: decode tokens/s with and without a
 JSON-schema constraint at batch 1 (`TokenGenerator`) and at 8 streams (`BatchTokenGenerator`),
-alternating rounds; the time to first token a constraint adds (the tokenizer's llguidance view
+alternating rounds, and with the mask computed as before (after the step, not beside it); the time to first token a constraint adds (the tokenizer's llguidance view
 built on the first constrained request against one started at model load, then a schema's
 first use and a cached one). `--engines` also times llguidance against xgrammar on the
 o200k_harmony vocabulary (grammar compile, mask per token); xgrammar is optional
@@ -67,8 +67,38 @@ DOC = {
 HEADER = "<|channel|>final<|message|>"
 
 
+VARIANTS = ("free", "constrained", "waiting")
+"""A free run; a constrained one; and one with the mask computed as before 2026-12-06
+(`WaitingMask`), the side-by-side baseline for the overlap of mask and forward pass."""
+
+
+class WaitingMask:
+    """The constraint as its processor ran before: it submitted the forward pass, then read
+    the new token through a slice of the history, a new lazy op that queues behind the forward
+    pass, so the grammar advanced and the mask was filled only once the step had finished."""
+
+    def __init__(self, constraint: Any, vocab_size: int) -> None:
+        self.constraint = constraint
+        self.vocab_size = vocab_size
+        self.start: int | None = None
+
+    def __call__(self, tokens: Any, logits: Any) -> Any:
+        import mlx.core as mx
+
+        from mlx_harmony.generate.constrain import apply_mask
+
+        if self.start is None:
+            self.start = tokens.size
+        else:
+            mx.async_eval(logits)
+            self.constraint.advance(tokens[self.start + self.constraint.consumed :].tolist())
+            if self.constraint.is_finished:
+                return logits
+        return apply_mask(logits, self.constraint.allowed_mask(), self.vocab_size)
+
+
 class Bench:
-    """The prompt, the compiled schema and one decode per call, for free or constrained runs."""
+    """The prompt, the compiled schema and one decode per call, for each of `VARIANTS`."""
 
     def __init__(self, generator: Any) -> None:
         from mlx_harmony.generate.constrain import ConstraintSpec
@@ -81,20 +111,24 @@ class Bench:
             raise SystemExit(f"{HEADER!r} is not 3 special tokens in this tokenizer")
 
     def decode(
-        self, generator: Any, constrained: bool, seed: int, max_tokens: int
+        self, generator: Any, variant: str, seed: int, max_tokens: int
     ) -> Any:  # GenerationStats
         """One sampled run from the final header; a free run ignores stop tokens."""
         from mlx_harmony.sampling import SamplingParams
 
         processors = None
-        if constrained:
-            processors = [generator.compile_constraint(self.spec).new(prefix=self.header)]
+        if variant != "free":
+            compiled = generator.compile_constraint(self.spec)
+            constraint = compiled.new(prefix=self.header)
+            if variant == "waiting":
+                constraint = WaitingMask(constraint, compiled.tokenizer.vocab_size)
+            processors = [constraint]
         events = list(
             generator.stream(
                 prompt_tokens=self.prompt + self.header,
                 sampling=SamplingParams(temperature=1.0, seed=seed),
                 max_tokens=max_tokens,
-                stop_tokens=None if constrained else (),
+                stop_tokens=None if variant != "free" else (),
                 logits_processors=processors,
                 detokenize=False,
             )
@@ -172,50 +206,60 @@ def bench_ttft(generator: Any, bench: Bench, rounds: int) -> dict[str, float]:
     return result
 
 
+def _rotated(r: int) -> list[str]:
+    """Round `r`'s order of the variants: each goes first in turn."""
+    k = r % len(VARIANTS)
+    return [*VARIANTS[k:], *VARIANTS[:k]]
+
+
+def _summary(speeds: dict[str, list[float]]) -> dict[str, float]:
+    """Median tok/s of each variant and the median of each round's ratio to the free run."""
+    out = {f"{v}_tok_s": statistics.median(speeds[v]) for v in VARIANTS}
+    for v in VARIANTS[1:]:
+        ratios = [a / b for a, b in zip(speeds[v], speeds["free"], strict=True)]
+        out[f"{v}_over_free"] = statistics.median(ratios)
+    return out
+
+
+def _report(label: str, result: dict[str, Any]) -> None:
+    print(
+        f"decode tok/s, {label}: free {result['free_tok_s']:.1f} | constrained "
+        f"{result['constrained_tok_s']:.1f} | before (mask after the step) "
+        f"{result['waiting_tok_s']:.1f} | constrained/free {result['constrained_over_free']:.3f}"
+        f" | before/free {result['waiting_over_free']:.3f}"
+    )
+
+
 def bench_decode(generator: Any, bench: Bench, rounds: int, max_tokens: int) -> dict[str, Any]:
-    """Batch 1: free and constrained, alternating, the same number of tokens each."""
-    length = bench.decode(generator, True, 0, max_tokens).completion_tokens
-    free, constrained, ratios, counts = [], [], [], set()
+    """Batch 1: every variant in each round, rotating, the same number of tokens each."""
+    length = bench.decode(generator, "constrained", 0, max_tokens).completion_tokens
+    speeds: dict[str, list[float]] = {v: [] for v in VARIANTS}
+    counts = set()
     for r in range(rounds):
-        order = [False, True] if r % 2 == 0 else [True, False]
-        speeds = {}
-        for variant in order:
+        for variant in _rotated(r):
             stats = bench.decode(generator, variant, 0, length)
             counts.add(stats.completion_tokens)
-            speeds[variant] = stats.decode_tokens_per_s
-            name = "constrained" if variant else "free"
+            speeds[variant].append(stats.decode_tokens_per_s)
             print(
-                f"round {r} {name:11s} {stats.completion_tokens:4d} tokens "
+                f"round {r} {variant:11s} {stats.completion_tokens:4d} tokens "
                 f"{stats.decode_tokens_per_s:8.1f} tok/s ({stats.stop_reason})"
             )
-        free.append(speeds[False])
-        constrained.append(speeds[True])
-        ratios.append(speeds[True] / speeds[False])
-    result = {
-        "tokens": sorted(counts),
-        "free_tok_s": statistics.median(free),
-        "constrained_tok_s": statistics.median(constrained),
-        "constrained_over_free": statistics.median(ratios),
-    }
-    print(
-        f"decode tok/s, batch 1 ({'/'.join(map(str, result['tokens']))} tokens a run): free "
-        f"{result['free_tok_s']:.1f} | constrained {result['constrained_tok_s']:.1f} | "
-        f"constrained/free {result['constrained_over_free']:.3f}"
-    )
+    result: dict[str, Any] = {"tokens": sorted(counts), **_summary(speeds)}
+    _report(f"batch 1 ({'/'.join(map(str, result['tokens']))} tokens a run)", result)
     return result
 
 
 def bench_streams(
     batch: Any, bench: Bench, streams: int, rounds: int, max_tokens: int
 ) -> dict[str, Any]:
-    """`streams` requests at once in one `BatchTokenGenerator`, all free or all constrained
-    (seeds 0..streams-1): all streams' tokens over the wall time of the round."""
+    """`streams` requests at once in one `BatchTokenGenerator`, all of one variant (seeds
+    0..streams-1): all streams' tokens over the wall time of the round."""
 
-    def run(constrained: bool, lengths: list[int]) -> tuple[float, list[Any]]:
+    def run(variant: str, lengths: list[int]) -> tuple[float, list[Any]]:
         results: list[Any] = [None] * streams
 
         def one(i: int) -> None:
-            results[i] = bench.decode(batch, constrained, i, lengths[i])
+            results[i] = bench.decode(batch, variant, i, lengths[i])
 
         threads = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
         start = time.perf_counter()
@@ -226,32 +270,17 @@ def bench_streams(
         wall = time.perf_counter() - start
         return sum(r.completion_tokens for r in results) / wall, results
 
-    _, firsts = run(True, [max_tokens] * streams)
+    _, firsts = run("constrained", [max_tokens] * streams)
     lengths = [r.completion_tokens for r in firsts]
-    free, constrained, ratios = [], [], []
+    speeds: dict[str, list[float]] = {v: [] for v in VARIANTS}
     for r in range(rounds):
-        order = [False, True] if r % 2 == 0 else [True, False]
-        speeds = {}
-        for variant in order:
-            speeds[variant], results = run(variant, lengths)
+        for variant in _rotated(r):
+            speed, results = run(variant, lengths)
             assert [s.completion_tokens for s in results] == lengths, "token counts differ"
-            name = "constrained" if variant else "free"
-            print(f"round {r} {name:11s} {streams} streams {speeds[variant]:8.1f} tok/s in all")
-        free.append(speeds[False])
-        constrained.append(speeds[True])
-        ratios.append(speeds[True] / speeds[False])
-    result = {
-        "streams": streams,
-        "tokens": lengths,
-        "free_tok_s": statistics.median(free),
-        "constrained_tok_s": statistics.median(constrained),
-        "constrained_over_free": statistics.median(ratios),
-    }
-    print(
-        f"decode tok/s, {streams} streams ({sum(lengths)} tokens a round): free "
-        f"{result['free_tok_s']:.1f} | constrained {result['constrained_tok_s']:.1f} | "
-        f"constrained/free {result['constrained_over_free']:.3f}"
-    )
+            speeds[variant].append(speed)
+            print(f"round {r} {variant:11s} {streams} streams {speed:8.1f} tok/s in all")
+    result: dict[str, Any] = {"streams": streams, "tokens": lengths, **_summary(speeds)}
+    _report(f"{streams} streams ({sum(lengths)} tokens a round)", result)
     return result
 
 
@@ -381,6 +410,9 @@ def main(argv: list[str] | None = None) -> int:
         "--streams", type=int, default=8, help="streams at once in the batch run (0: skip it)"
     )
     parser.add_argument("--engines", action="store_true", help="also compare the engines")
+    parser.add_argument(
+        "--no-ttft", action="store_true", help="skip the time-to-first-token part (decode only)"
+    )
     parser.add_argument("--json", default=None, help="write the numbers to this file")
     args = parser.parse_args(argv)
     if not args.shape and (args.bits or args.dtype):
@@ -408,7 +440,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     if args.engines:
         results["engines"] = bench_engines(generator.tokenizer, args.rounds)
-    results["ttft_s"] = bench_ttft(generator, bench, args.rounds)
+    if not args.no_ttft:
+        results["ttft_s"] = bench_ttft(generator, bench, args.rounds)
     results["batch_1"] = bench_decode(generator, bench, args.rounds, args.max_tokens)
     if args.streams:
         loaded = generator.loaded

@@ -348,12 +348,18 @@ class BatchGenerator:
         rows = self._rows
         logits = self.model(y[:, None], cache=self._cache)[:, -1, :]
         if any(row.processors for row in rows):
+            histories = [
+                row.history.update_and_fetch(y[i : i + 1]) if row.history is not None else None
+                for i, row in enumerate(rows)
+            ]
+            # Submitted before the forward pass (which the first constraint submits): every
+            # row's processors then read their history without waiting for the step.
+            mx.async_eval([h for h in histories if h is not None])
             parts = []
             for i, row in enumerate(rows):
                 part = logits[i : i + 1]
-                if row.processors:
-                    assert row.history is not None
-                    tokens = row.history.update_and_fetch(y[i : i + 1])
+                tokens = histories[i]
+                if tokens is not None:
                     for processor in row.processors:
                         part = processor(tokens, part)
                 parts.append(part)

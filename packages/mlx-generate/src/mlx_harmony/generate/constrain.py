@@ -469,9 +469,15 @@ class Constraint:
         if self._start is None:
             self._start = tokens.size
         else:
-            mx.async_eval(logits)  # the forward pass runs while the CPU computes the mask
-            new = cast(list[int], tokens[self._start + self._consumed :].tolist())  # 1-D: a list
-            self.advance(new)
+            # Two submissions, the history first: the token sampled last step is then ready as
+            # soon as its sampling is done, while the forward pass submitted second runs on
+            # and the CPU advances the grammar and fills the mask beside it. Reading the
+            # history through a new lazy op (a slice) would queue it behind the forward pass
+            # and leave the device idle while the mask is computed.
+            mx.async_eval(tokens)
+            mx.async_eval(logits)
+            history = np.asarray(tokens)  # waits for the history's submission only
+            self.advance(cast(list[int], history[self._start + self._consumed :].tolist()))
             if self._matcher.is_stopped():
                 return logits  # the grammar is complete: what follows is free
         return apply_mask(logits, self.allowed_mask(), self._vocab_size)
