@@ -1,10 +1,10 @@
 """What structured outputs cost, side by side in one run: decode tokens/s with and without a
 JSON-schema constraint at batch 1 (`TokenGenerator`) and at 8 streams (`BatchTokenGenerator`),
-alternating rounds, and with the mask computed as before (after the step, not beside it); the time to first token a constraint adds (the tokenizer's llguidance view
-built on the first constrained request against one started at model load, then a schema's
-first use and a cached one). `--engines` also times llguidance against xgrammar on the
-o200k_harmony vocabulary (grammar compile, mask per token); xgrammar is optional
-(``pip install xgrammar``).
+alternating rounds, and with the mask computed as before (after the step, not beside it); the
+time to first token a constraint adds (the tokenizer's llguidance view built on the first
+constrained request against one started at model load, then a schema's first use and a cached
+one). `--engines` also times llguidance against xgrammar on the o200k_harmony vocabulary
+(grammar compile, mask per token); xgrammar is optional (``pip install xgrammar``).
 
     python tools/bench_constrain.py                        # the demo model
     python tools/bench_constrain.py --shape tiny           # a random tiny gpt-oss, CPU-sized
