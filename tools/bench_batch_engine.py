@@ -8,8 +8,10 @@ tokens, --tokens new tokens each) go into a fresh engine at once, and the clock 
 first step to the last token: aggregate tokens/s = C * tokens / time, prefill included (both
 engines prefill the same prompts). Variants, on the same model object, alternating per round:
 
-- `ours`: mlx_harmony.generate.BatchGenerator (prompts prefilled one at a time, between decode
-  steps; per-request samplers);
+- `ours`: mlx_harmony.generate.BatchGenerator (short prompts that arrive together prefilled in
+  one forward pass, up to `prefill_batch_size` 8; per-request samplers);
+- `ours_one_at_a_time`: the same with ``prefill_batch_size=1`` (every prompt prefilled alone,
+  between decode steps: the engine before 2026-12-06);
 - `mlx_lm`: mlx_lm.generate.BatchGenerator (prompts prefilled in batches).
 
 Each C gets a warm-up round first (MLX compiles kernels for every new batch shape). Prints a
@@ -38,10 +40,14 @@ def _prompts(n: int, length: int, seed: int) -> list[list[int]]:
     return [[rng.randrange(1000, 199_000) for _ in range(length)] for _ in range(n)]
 
 
-def run_ours(model: Any, prompts: list[list[int]], tokens: int) -> tuple[float, int]:
+def run_ours(
+    model: Any, prompts: list[list[int]], tokens: int, *, prefill_batch_size: int = 8
+) -> tuple[float, int]:
     from mlx_harmony.generate import BatchGenerator, BatchRequest
 
-    engine = BatchGenerator(model, max_batch_size=len(prompts))
+    engine = BatchGenerator(
+        model, max_batch_size=len(prompts), prefill_batch_size=prefill_batch_size
+    )
     for prompt in prompts:
         engine.insert(BatchRequest(prompt=prompt, max_tokens=tokens))
     produced = 0
@@ -75,7 +81,12 @@ def run_mlx_lm(model: Any, prompts: list[list[int]], tokens: int) -> tuple[float
     return elapsed, produced
 
 
-VARIANTS = {"ours": run_ours, "mlx_lm": run_mlx_lm}
+def run_ours_one_at_a_time(model: Any, prompts: list[list[int]], tokens: int) -> tuple[float, int]:
+    """Ours as before 2026-12-06: every newcomer prefilled alone, between decode steps."""
+    return run_ours(model, prompts, tokens, prefill_batch_size=1)
+
+
+VARIANTS = {"ours": run_ours, "ours_one_at_a_time": run_ours_one_at_a_time, "mlx_lm": run_mlx_lm}
 
 
 def main() -> None:
@@ -103,9 +114,10 @@ def main() -> None:
         for run in VARIANTS.values():  # warm-up: compile this batch shape
             run(model, prompts, min(args.tokens, 8))
         rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
+        names = list(VARIANTS)
         for r in range(args.rounds):
-            order = list(VARIANTS) if r % 2 == 0 else list(reversed(VARIANTS))
-            for name in order:
+            k = r % len(names)
+            for name in names[k:] + names[:k]:  # each variant goes first in turn
                 elapsed, produced = VARIANTS[name](model, prompts, args.tokens)
                 if produced != c * args.tokens:
                     raise RuntimeError(f"{name} produced {produced} of {c * args.tokens} tokens")
@@ -119,12 +131,20 @@ def main() -> None:
             flush=True,
         )
     base = statistics.median(results[str(levels[0])]["ours"])
-    print("\n| streams | ours tok/s | mlx-lm tok/s | ours / mlx-lm | ours vs 1 stream |")
-    print("|---:|---:|---:|---:|---:|")
+    print(
+        "\n| streams | ours tok/s | ours, one prefill at a time | mlx-lm tok/s | ours / mlx-lm "
+        "| one at a time / mlx-lm | ours vs 1 stream |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|")
     for c in levels:
-        ours = statistics.median(results[str(c)]["ours"])
-        theirs = statistics.median(results[str(c)]["mlx_lm"])
-        print(f"| {c} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f} | {ours / base:.2f} |")
+        ours, alone, theirs = (
+            statistics.median(results[str(c)][name])
+            for name in ("ours", "ours_one_at_a_time", "mlx_lm")
+        )
+        print(
+            f"| {c} | {ours:.1f} | {alone:.1f} | {theirs:.1f} | {ours / theirs:.2f} "
+            f"| {alone / theirs:.2f} | {ours / base:.2f} |"
+        )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(

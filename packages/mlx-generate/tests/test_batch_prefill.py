@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
-from mlx_harmony.generate import BatchGenerator, BatchRequest, LoadedModel, TokenGenerator
+from mlx_harmony.generate import (
+    BatchGenerator,
+    BatchRequest,
+    LoadedModel,
+    SharedPromptCache,
+    TokenGenerator,
+)
 
 
 def _tokens(n: int, seed: int) -> list[int]:
@@ -49,3 +56,61 @@ def test_newcomers_take_turns_and_respect_the_slots(tiny: LoadedModel) -> None:
         engine.step()
     assert engine.stats.max_batch <= 2
     assert engine.active == 0
+
+
+# -- newcomers prefilled together ----------------------------------------------------------------
+
+
+def _together(
+    loaded: LoadedModel, prompts: list[list[int]], n: int, **options: Any
+) -> BatchGenerator:
+    """Every prompt inserted at once; the engine's outputs checked against lone runs."""
+    engine = BatchGenerator(loaded.model, **options)
+    uids = [engine.insert(BatchRequest(prompt=p, max_tokens=n)) for p in prompts]
+    tokens: dict[int, list[int]] = {uid: [] for uid in uids}
+    while engine.has_work:
+        for output in engine.step():
+            if output.token is not None:
+                tokens[output.uid].append(output.token)
+    for uid, prompt in zip(uids, prompts, strict=True):
+        alone = TokenGenerator(loaded, prompt_cache=False, loop_detection="off")
+        want = list(alone.generate(prompt_tokens=prompt, max_tokens=n, stop_tokens=()))
+        assert tokens[uid] == want, f"prompt of {len(prompt)} tokens"
+    return engine
+
+
+def test_short_newcomers_prefill_together_and_give_their_lone_tokens(tiny: LoadedModel) -> None:
+    # Different lengths (right padding), two past the 128-token sliding window.
+    prompts = [_tokens(n, seed=20 + n) for n in (40, 7, 150, 90, 260)]
+    engine = _together(tiny, prompts, 30, max_batch_size=8, prefill_step_size=2048)
+    assert engine.stats.prefills_together == 1
+    assert engine.stats.rows_prefilled_together == 5
+
+
+def test_plain_kv_caches_prefill_together_exactly(llama: LoadedModel) -> None:
+    prompts = [_tokens(n, seed=40 + n) for n in (5, 50, 90, 33)]
+    engine = _together(llama, prompts, 30, max_batch_size=8, prefill_step_size=1024)
+    assert engine.stats.rows_prefilled_together == 4
+
+
+def test_the_group_respects_the_chunk_and_the_batch_size(tiny: LoadedModel) -> None:
+    # Six 100-token rests (99 but the last token): 2 fit a 256-token chunk with their padding.
+    prompts = [_tokens(100, seed=60 + i) for i in range(6)]
+    engine = _together(tiny, prompts, 4, max_batch_size=8, prefill_step_size=256)
+    assert engine.stats.prefills_together == 3
+    engine = _together(tiny, prompts, 4, max_batch_size=8, prefill_batch_size=4)
+    assert engine.stats.rows_prefilled_together == 6  # 4, then 2
+    engine = _together(tiny, prompts[:3], 4, max_batch_size=8, prefill_batch_size=1)
+    assert engine.stats.prefills_together == 0  # one at a time, as before
+
+
+def test_a_cached_prefix_and_fresh_prompts_prefill_together(tiny: LoadedModel) -> None:
+    # The first turn leaves its prompt in the shared cache; the next turn (a 200-token prefix
+    # in the cache, past the window) goes in with two fresh prompts: left and right padding.
+    first = _tokens(200, seed=80)
+    engine = _together(tiny, [first], 3, prompt_cache=SharedPromptCache())
+    cache = engine.prompt_cache
+    prompts = [[*first, *_tokens(30, seed=81)], _tokens(60, seed=82), _tokens(140, seed=83)]
+    engine = _together(tiny, prompts, 20, prompt_cache=cache)
+    assert engine.stats.reused_tokens == 199
+    assert engine.stats.rows_prefilled_together == 3

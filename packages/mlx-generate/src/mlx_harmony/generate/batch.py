@@ -6,10 +6,13 @@ over the batch) and then at most `prefill_step_size` prompt tokens of newcomers,
 taken round-robin across them (a newcomer's first chunk comes first), so a long prompt never
 stalls the running requests for more than a chunk, nor a short newcomer for more than one: the
 short one starts at the next step and joins while the long one is still prefilling. A newcomer
-is prefilled alone in its own single-sequence cache (the same cache and chunks as a lone
-generation) and joins the batch when only its last prompt token is left, which the next
-batched step feeds. Finished, cancelled
-and failed requests leave the batch at the step that finds them; the rest go on.
+is prefilled in its own single-sequence cache (the same cache and chunks as a lone generation)
+and joins the batch when only its last prompt token is left, which the next batched step feeds.
+Newcomers whose whole rest fits in one chunk (and holds no message boundary to checkpoint) are
+prefilled together instead, up to ``prefill_batch_size`` of them in one right-padded forward
+pass over their merged caches (mlx-lm's batch prefill), then handed their own caches back: many
+short prompts arriving at once cost one pass, not one step each. Finished, cancelled and failed
+requests leave the batch at the step that finds them; the rest go on.
 
 Steps are pipelined as in mlx-lm: the next forward pass is queued before the tokens of the
 current one are read back, so the device works while Python hands tokens out.
@@ -38,7 +41,7 @@ from typing import TYPE_CHECKING, Any, cast
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx_lm.models.cache import TokenBuffer
+from mlx_lm.models.cache import KVCache, RotatingKVCache, TokenBuffer
 
 from .cache import make_cache
 from .detokenizer import token_bytes_table
@@ -80,6 +83,10 @@ __all__ = [
     "BatchTokenGenerator",
     "PrefillInfo",
 ]
+
+
+_BATCHABLE_CACHES = (KVCache, RotatingKVCache)
+"""Layer caches whose batch forms (mlx-lm's) take a right-padded prefill."""
 
 
 @dataclass(eq=False)
@@ -138,6 +145,9 @@ class BatchStats:
     max_batch: int = 0
     batch_token_sum: int = 0
     """Sum over steps of the batch size: / steps is the mean batch."""
+    prefills_together: int = 0
+    """Forward passes that prefilled several newcomers at once."""
+    rows_prefilled_together: int = 0
 
     @property
     def mean_batch(self) -> float:
@@ -185,6 +195,7 @@ class BatchGenerator:
         *,
         max_batch_size: int = 8,
         prefill_step_size: int = 1024,
+        prefill_batch_size: int = 8,
         prompt_cache: SharedPromptCache | None = None,
         stream: mx.Stream | mx.ThreadLocalStream | None = None,
         reseed_each_turn: bool = True,
@@ -193,9 +204,12 @@ class BatchGenerator:
             raise ValueError(f"max_batch_size must be >= 1, got {max_batch_size}")
         if prefill_step_size < 1:
             raise ValueError(f"prefill_step_size must be positive, got {prefill_step_size}")
+        if prefill_batch_size < 1:
+            raise ValueError(f"prefill_batch_size must be >= 1, got {prefill_batch_size}")
         self.model = model
         self.max_batch_size = max_batch_size
         self.prefill_step_size = prefill_step_size
+        self.prefill_batch_size = prefill_batch_size
         self.prompt_cache = prompt_cache
         self.stream = stream if stream is not None else _new_generation_stream()
         self.stats = BatchStats()
@@ -386,8 +400,12 @@ class BatchGenerator:
     def _prefill(self) -> list[BatchOutput]:
         """Prefill newcomers: at most `prefill_step_size` tokens per step, one chunk at a time
         round-robin across them; a newcomer whose prompt is in its cache joins the batch, and
-        the step ends there so it decodes at once."""
+        the step ends there so it decodes at once. Newcomers whose whole rest fits in one
+        chunk go in together (`_prefill_together`)."""
         outputs = self._admit()
+        group = self._prefill_group()
+        if len(group) > 1:
+            return outputs + self._prefill_together(group)
         budget = self.prefill_step_size
         rotation = self._prefilling
         for _ in range(len(rotation)):
@@ -422,6 +440,82 @@ class BatchGenerator:
                 raise
             if budget < self.prefill_step_size:
                 break  # the newcomer decodes at the next step, before another chunk
+        return outputs
+
+    def _prefill_group(self) -> list[_Row]:
+        """The newcomers to prefill in one forward pass: from the head of the rotation, those
+        whose rest (but the last token) fits in one chunk with no message boundary before its
+        end, with plain or rotating KV caches, up to `prefill_batch_size` rows and
+        `prefill_step_size` tokens counting the padding."""
+        group: list[_Row] = []
+        width = 0
+        for row in self._prefilling:
+            rest = len(row.prompt) - 1 - row.done
+            batchable = (
+                rest >= 1
+                and row.marks.clip(row.done, rest) == rest
+                and all(type(c) in _BATCHABLE_CACHES for c in row.cache or ())
+            )
+            if not batchable:
+                if not group:
+                    return []  # the head goes alone: the rotation's order holds
+                continue
+            if (len(group) + 1) * max(width, rest) > self.prefill_step_size:
+                break
+            group.append(row)
+            width = max(width, rest)
+            if len(group) == self.prefill_batch_size:
+                break
+        return group
+
+    def _prefill_together(self, group: list[_Row]) -> list[BatchOutput]:
+        """Prefill `group`'s rests in one forward pass over their merged caches (right-padded,
+        as mlx-lm's batch prefill), hand each row its own caches back and join them all."""
+        for row in group:
+            self._prefilling.remove(row)
+        pending = list(group)
+        outputs: list[BatchOutput] = []
+        try:
+            rests = [len(row.prompt) - 1 - row.done for row in group]
+            width = max(rests)
+            layers = [row.cache for row in group]
+            assert all(c is not None for c in layers)  # `_start` gave every row its cache
+            merged = [
+                caches[0].merge(list(caches))
+                for caches in zip(*cast("list[list[Any]]", layers), strict=True)
+            ]
+            padding = [width - n for n in rests]
+            for c in merged:
+                c.prepare(lengths=rests, right_padding=padding)
+            tokens = mx.array(
+                [
+                    row.prompt[row.done : row.done + n] + [0] * (width - n)
+                    for row, n in zip(group, rests, strict=True)
+                ]
+            )
+            self.model(tokens, cache=merged)
+            mx.eval([c.state for c in merged])
+            for c in merged:
+                c.finalize()
+            mx.eval([c.state for c in merged])
+            mx.clear_cache()
+            self.stats.prefilled_tokens += sum(rests)
+            self.stats.prefills_together += 1
+            self.stats.rows_prefilled_together += len(group)
+            for i, (row, n) in enumerate(zip(group, rests, strict=True)):
+                row.cache = [c.extract(i) for c in merged]
+                row.done += n
+                row.last_chunk = n
+            while pending:
+                row = pending[0]
+                if row.cancelled():
+                    outputs.append(self._cancelled(row))
+                else:
+                    self._join(row)
+                pending.pop(0)
+        except BaseException:
+            self._prefilling.extendleft(reversed(pending))  # `fail_all` must end them too
+            raise
         return outputs
 
     def _admit(self) -> list[BatchOutput]:
@@ -543,7 +637,8 @@ class BatchTokenGenerator(ModelFacts):
     same answer, OpenAI's ``seed``); without it, requests with the same seed continue one key
     chain (the n-th request with a seed is reproducible from a fresh generator).
     ``max_kv_size`` does not batch: it is refused (use `TokenGenerator`). ``loop_detection``
-    given as a keyword is a shorthand for the options' field.
+    given as a keyword is a shorthand for the options' field. ``prefill_batch_size``
+    newcomers at most are prefilled in one forward pass (1: one at a time).
     """
 
     def __init__(
@@ -555,6 +650,7 @@ class BatchTokenGenerator(ModelFacts):
         revision: str | None = None,
         max_batch_size: int = 8,
         prefill_step_size: int = 1024,
+        prefill_batch_size: int = 8,
         prompt_cache_size: int = 16,
         prompt_cache_bytes: int | None = None,
         loop_detection: LoopDetector | LoopDetectionMode | str | None = None,
@@ -597,7 +693,7 @@ class BatchTokenGenerator(ModelFacts):
         self.engine: BatchGenerator | None = None
         self._thread = threading.Thread(
             target=self._serve,
-            args=(model, lazy, revision, max_batch_size, prefill_step_size),
+            args=(model, lazy, revision, max_batch_size, prefill_step_size, prefill_batch_size),
             name="mlx-harmony-batch",
             daemon=True,
         )
@@ -638,6 +734,7 @@ class BatchTokenGenerator(ModelFacts):
         revision: str | None,
         max_batch_size: int,
         prefill_step_size: int,
+        prefill_batch_size: int,
     ) -> None:
         old_wired_limit: int | None = None
         try:
@@ -653,6 +750,7 @@ class BatchTokenGenerator(ModelFacts):
                 self.loaded.model,
                 max_batch_size=max_batch_size,
                 prefill_step_size=prefill_step_size,
+                prefill_batch_size=prefill_batch_size,
                 prompt_cache=self.prompt_cache,
                 reseed_each_turn=self.options.reseed_each_turn,
             )
