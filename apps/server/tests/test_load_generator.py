@@ -75,3 +75,11 @@ def test_a_seeded_request_repeats_itself_unless_the_config_chains_seeds(
     config = PromptConfig(**written)
     generator = load_generator(ModelEntry("m", str(tmp_path), config), max_concurrency=4)
     assert generator.options.reseed_each_turn is expected
+
+
+@pytest.mark.usefixtures("fakes")
+def test_prompt_concurrency_is_the_batch_engines_prefill_batch_size(tmp_path: Path) -> None:
+    entry = ModelEntry("m", str(tmp_path), PromptConfig())
+    generator = load_generator(entry, max_concurrency=4, prefill_batch_size=2)
+    assert isinstance(generator, _Batch)
+    assert generator.kwargs["prefill_batch_size"] == 2

@@ -208,6 +208,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="requests that decode together in one batch (default 8; 1: one at a time)",
     )
     parser.add_argument(
+        "--prompt-concurrency",
+        type=_positive,
+        default=None,
+        help="newcomers whose prompts are prefilled together in one forward pass (default 8; "
+        "1: each alone, as a lone request; needs --max-concurrency 2 or more)",
+    )
+    parser.add_argument(
         "--prompt-cache-size",
         type=_count,
         default=16,
@@ -368,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
             max_body_bytes=args.max_body_bytes,
             max_queue=args.max_queue,
             max_concurrency=args.max_concurrency,
+            prompt_concurrency=args.prompt_concurrency,
             prompt_cache_size=args.prompt_cache_size,
             prompt_cache_bytes=args.prompt_cache_bytes,
             response_store_size=args.response_store_size,

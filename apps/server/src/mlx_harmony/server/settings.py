@@ -57,6 +57,9 @@ class ServerSettings:
     """Requests one client (API key, else address) may have waiting; None: half of max_queue."""
     max_concurrency: int = 8
     """Requests that decode together in one batch; 1 runs them one at a time."""
+    prompt_concurrency: int | None = None
+    """Newcomers whose prompts the batch engine prefills in one forward pass (mlx-lm's
+    ``--prompt-concurrency``); None: 8. Needs ``max_concurrency`` of 2 or more."""
     header_timeout_s: float = 10.0
     """Seconds a client has to send a request's headers (also between keep-alive requests)."""
     body_timeout_s: float = 30.0
@@ -152,6 +155,13 @@ class ServerSettings:
             raise ValueError("an API key must not be empty")
         if self.max_concurrency < 1:
             raise ValueError(f"max_concurrency must be >= 1, got {self.max_concurrency}")
+        if self.prompt_concurrency is not None and self.prompt_concurrency < 1:
+            raise ValueError(f"prompt_concurrency must be >= 1, got {self.prompt_concurrency}")
+        if self.prompt_concurrency is not None and self.max_concurrency == 1:
+            raise ValueError(
+                "--prompt-concurrency prefills the batch engine's newcomers together; it needs "
+                "--max-concurrency 2 or more (one request at a time prefills alone)"
+            )
         if self.prompt_cache_size < 0:
             raise ValueError(f"prompt_cache_size must be >= 0, got {self.prompt_cache_size}")
         if self.prompt_cache_bytes is not None and self.prompt_cache_bytes < 0:
@@ -206,6 +216,11 @@ class ServerSettings:
         if self.allowed_hosts is None:
             return default_allowed_hosts(self.host)
         return None if "*" in self.allowed_hosts else self.allowed_hosts
+
+    @property
+    def prefill_batch_size(self) -> int:
+        """The batch engine's ``prefill_batch_size``: `prompt_concurrency`, else 8."""
+        return 8 if self.prompt_concurrency is None else self.prompt_concurrency
 
     @property
     def serves_demo(self) -> bool:

@@ -106,6 +106,7 @@ class EngineOptions(TypedDict):
 
     max_batch_size: int
     prefill_step_size: int
+    prefill_batch_size: int
     prompt_cache_size: int
     prompt_cache_bytes: int | None
     reseed_each_turn: bool
@@ -132,6 +133,7 @@ def _plan(settings: ServerSettings, registry: ModelRegistry) -> _Plan:
     engine = EngineOptions(
         max_batch_size=settings.max_concurrency,
         prefill_step_size=PREFILL_STEP_SIZE,
+        prefill_batch_size=settings.prefill_batch_size,
         prompt_cache_size=settings.prompt_cache_size,
         prompt_cache_bytes=settings.prompt_cache_bytes,
         reseed_each_turn=options.reseed_each_turn,
@@ -183,6 +185,7 @@ def serve_sharded(
         grace_s=GRACE_S,
         max_batch_size=plan.engine["max_batch_size"],
         prefill_step_size=plan.engine["prefill_step_size"],
+        prefill_batch_size=plan.engine["prefill_batch_size"],
         prompt_cache_size=plan.engine["prompt_cache_size"],
         prompt_cache_bytes=plan.engine["prompt_cache_bytes"],
     )

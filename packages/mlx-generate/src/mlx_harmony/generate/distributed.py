@@ -528,6 +528,7 @@ def make_engine(
     *,
     max_batch_size: int = 8,
     prefill_step_size: int = 1024,
+    prefill_batch_size: int = 8,
     prompt_cache_size: int = 16,
     prompt_cache_bytes: int | None = None,
     reseed_each_turn: bool = True,
@@ -538,6 +539,7 @@ def make_engine(
         model,
         max_batch_size=max_batch_size,
         prefill_step_size=prefill_step_size,
+        prefill_batch_size=prefill_batch_size,
         prompt_cache=SharedPromptCache(max_entries=prompt_cache_size, max_bytes=prompt_cache_bytes),
         reseed_each_turn=reseed_each_turn,
     )
@@ -570,6 +572,7 @@ class ShardedBatchTokenGenerator(BatchTokenGenerator):
         grace_s: float = 5.0,
         max_batch_size: int = 8,
         prefill_step_size: int = 1024,
+        prefill_batch_size: int = 8,
         prompt_cache_size: int = 16,
         prompt_cache_bytes: int | None = None,
         on_failure: Callable[[RankFailedError], None] | None = None,
@@ -597,6 +600,7 @@ class ShardedBatchTokenGenerator(BatchTokenGenerator):
             options,
             max_batch_size=max_batch_size,
             prefill_step_size=prefill_step_size,
+            prefill_batch_size=prefill_batch_size,
             prompt_cache_size=prompt_cache_size,
             prompt_cache_bytes=prompt_cache_bytes,
         )
