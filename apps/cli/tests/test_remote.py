@@ -24,6 +24,7 @@ from mlx_harmony.controller import (
     ToolCallEvent,
     Turn,
     TurnDone,
+    timing_line,
 )
 from mlx_harmony.harmony_format import FunctionTool, Message
 
@@ -94,6 +95,28 @@ def test_it_is_a_chat_backend_and_maps_the_stream_onto_turn_events() -> None:
     assert result.turn.replies == (Message.analysis("Thinking."), Message.assistant("Hello."))
     assert result.new_replies == result.turn.replies
     assert server.requests[0]["model"] == "m"
+
+
+def test_a_speculating_servers_counts_reach_the_stats_line() -> None:
+    usage = {
+        **USAGE,
+        "completion_tokens_details": {
+            "reasoning_tokens": 4,
+            "accepted_prediction_tokens": 5,
+            "rejected_prediction_tokens": 2,
+        },
+    }
+    chunks = [
+        {"choices": [{"index": 0, "delta": {"content": "Hi."}, "finish_reason": "stop"}]},
+        {"choices": [], "usage": usage},
+    ]
+    body = "".join(f"data: {json.dumps(c)}\n\n" for c in chunks) + "data: [DONE]\n\n"
+    backend = FakeServer(body.encode()).backend(model="m")
+    events = list(backend.stream_turn(ChatRequest(Turn(Message.user("Hi")))))
+    [stats] = [e for e in events if isinstance(e, StatsEvent)]
+    assert (stats.info.draft_tokens, stats.info.accepted_draft_tokens) == (7, 5)
+    [done] = [e for e in events if isinstance(e, TurnDone)]
+    assert "drafts accepted 5/7 (71%)" in timing_line(done.result.timing())
 
 
 def test_the_conversation_goes_out_as_openai_messages() -> None:

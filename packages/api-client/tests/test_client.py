@@ -299,3 +299,22 @@ def test_importing_the_client_imports_neither_mlx_nor_the_controller() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_usage_carries_the_servers_speculation_counts() -> None:
+    usage = Usage.from_openai(
+        {
+            "prompt_tokens": 4,
+            "completion_tokens": 9,
+            "total_tokens": 13,
+            "completion_tokens_details": {
+                "accepted_prediction_tokens": 6,
+                "rejected_prediction_tokens": 3,
+            },
+        }
+    )
+    assert usage is not None
+    assert (usage.accepted_prediction_tokens, usage.rejected_prediction_tokens) == (6, 3)
+    plain = Usage.from_openai({"prompt_tokens": 4, "completion_tokens": 9, "total_tokens": 13})
+    assert plain is not None
+    assert (plain.accepted_prediction_tokens, plain.rejected_prediction_tokens) == (0, 0)

@@ -216,6 +216,10 @@ class ServerBackend:
             decode_s=decode_s,
             decode_tokens_per_s=(completion - 1) / decode_s if completion > 1 and decode_s else 0.0,
             stop_reason="cancelled" if cancelled else (stream.finish_reason or "stop"),
+            draft_tokens=(
+                usage.accepted_prediction_tokens + usage.rejected_prediction_tokens if usage else 0
+            ),
+            accepted_draft_tokens=usage.accepted_prediction_tokens if usage else 0,
         )
         yield StatsEvent(info, 1, 0)
         replies: list[Message] = []

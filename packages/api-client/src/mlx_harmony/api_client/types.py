@@ -58,6 +58,9 @@ class Usage:
     cached_tokens: int = 0
     """Prompt tokens the server's prompt cache already held."""
     reasoning_tokens: int = 0
+    accepted_prediction_tokens: int = 0
+    """Speculative decoding: the server's guesses the model kept (OpenAI's name)."""
+    rejected_prediction_tokens: int = 0
 
     @classmethod
     def from_openai(cls, data: Mapping[str, Any] | None) -> Usage | None:
@@ -71,6 +74,8 @@ class Usage:
             int(data.get("total_tokens") or 0),
             int(prompt_details.get("cached_tokens") or 0),
             int(completion_details.get("reasoning_tokens") or 0),
+            int(completion_details.get("accepted_prediction_tokens") or 0),
+            int(completion_details.get("rejected_prediction_tokens") or 0),
         )
 
 
