@@ -12,6 +12,7 @@ from mlx_lm.models.cache import KVCache, QuantizedKVCache, RotatingKVCache
 
 from mlx_harmony.generate import LoadedModel, PromptCache, generate, load_model, make_cache
 from mlx_harmony.generate.kv_quant import (
+    QuantizedKVCacheError,
     install_sinks_attention,
     quantized_sdpa_with_sinks,
     sdpa_with_quantized_sinks,
@@ -187,3 +188,25 @@ def test_prompt_cache_reuse_with_kv_bits_is_exact_past_the_window(
 def test_a_group_size_that_does_not_divide_head_dim_is_refused(tiny: LoadedModel) -> None:
     with pytest.raises(ValueError, match="does not divide the model's head_dim 16"):
         make_cache(tiny.model, kv_bits=8)
+
+
+def test_a_backend_without_the_quantized_kernel_gets_an_error_naming_kv_bits(
+    llama: LoadedModel, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What MLX 0.32's CUDA backend raises for a prefill chunk against a quantized cache.
+    def missing_kernel(*args: object, **kwargs: object) -> mx.array:
+        raise RuntimeError(
+            "[quantized_matmul] No implementation for problem shape: 511x8191x64x64, "
+            "transpose: true, activation: bfloat16, bits: 8, group size: 32"
+        )
+
+    monkeypatch.setattr(mx, "quantized_matmul", missing_kernel)
+    prompt = list(range(1000, 1040))
+    with pytest.raises(QuantizedKVCacheError) as caught:
+        generate(llama.model, llama.tokenizer, prompt, max_tokens=4, kv_bits=8, kv_group_size=32)
+    message = str(caught.value)
+    assert "kv_bits=8 (kv_group_size=32)" in message
+    assert "No implementation for problem shape" in message
+    assert "leave kv_bits unset" in message
+    # Without kv_bits nothing changes: the same model generates.
+    assert len(generate(llama.model, llama.tokenizer, prompt, max_tokens=4).tokens) >= 1

@@ -21,6 +21,7 @@ from .generator import (
     ModelFacts,
     TokenGenerator,
 )
+from .kv_quant import QuantizedKVCacheError
 from .loading import (
     HARMONY_MODEL_TYPES,
     LoadedModel,
@@ -79,6 +80,7 @@ __all__ = [
     "ModelLoadError",
     "PrefillInfo",
     "PromptCache",
+    "QuantizedKVCacheError",
     "Sampler",
     "SharedPromptCache",
     "StopReason",

@@ -30,6 +30,7 @@ from mlx_lm.models import base as _base
 
 __all__ = [
     "SINK_ATTENTION_MODEL_TYPES",
+    "QuantizedKVCacheError",
     "install_sinks_attention",
     "quantized_sdpa_with_sinks",
     "sdpa_with_quantized_sinks",
@@ -39,6 +40,20 @@ SINK_ATTENTION_MODEL_TYPES = frozenset({"gpt_oss"})
 """mlx-lm model modules with attention sinks whose quantized-cache attention we provide."""
 
 _mlx_lm_sdpa = _base.scaled_dot_product_attention
+
+
+class QuantizedKVCacheError(RuntimeError):
+    """MLX could not attend over the quantized KV cache on this device (a missing kernel)."""
+
+    def __init__(self, error: BaseException, *, bits: int, group_size: int) -> None:
+        version = getattr(mx, "__version__", "?")
+        super().__init__(
+            f"kv_bits={bits} (kv_group_size={group_size}) failed on this MLX build "
+            f"(mlx {version}, {mx.default_device()}): {error}. Some MLX backends lack "
+            "quantized attention kernels for some shapes (MLX 0.32's CUDA backend for a prefill "
+            "chunk against a quantized cache); leave kv_bits unset (--kv-bits), or run on Metal "
+            "or the CPU, or with a newer MLX"
+        )
 
 
 def quantized_sdpa_with_sinks(

@@ -34,6 +34,7 @@ from .compiled import (
     compiled_decode_unsupported_reason,
 )
 from .emit import StreamEvent, TokenEvents
+from .kv_quant import QuantizedKVCacheError
 from .loop_detection import LoopDetectionMode, LoopDetector
 from .prefill import BoundaryCheckpoints
 from .speculative import (
@@ -485,6 +486,8 @@ def stream_generate(
             **shared,
         )
 
+    if cache.kv_bits is not None:
+        steps = _explaining_kv_bits(steps, cache.kv_bits, cache.kv_group_size)
     committed = False
     t_prefill = time.perf_counter()
     t_first = t_prefill
@@ -536,6 +539,19 @@ def stream_generate(
         steps.close()
         if not committed:
             cache.commit(prompt_ids + out.generated, single_tail=prompt_done)
+
+
+def _explaining_kv_bits(
+    steps: Generator[tuple[int, mx.array | None], None, None], bits: int, group_size: int
+) -> Generator[tuple[int, mx.array | None], None, None]:
+    """`steps`, with MLX's error for a quantized attention it has no kernel for turned into
+    one that names ``kv_bits`` and the way out."""
+    try:
+        yield from steps
+    except RuntimeError as error:
+        if "quantized" not in str(error) or isinstance(error, QuantizedKVCacheError):
+            raise
+        raise QuantizedKVCacheError(error, bits=bits, group_size=group_size) from error
 
 
 def generate(
