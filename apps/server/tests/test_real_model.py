@@ -151,27 +151,33 @@ def test_a_client_that_leaves_stops_the_real_generation(real: Any, wait_for: Any
     assert batch.stats.generated_tokens < 3000
 
 
-@pytest.mark.parametrize(
-    ("fields", "status"),
-    [
-        ({"top_k": 10**9}, 400),
-        ({"logit_bias": {str(10**8): 5}}, 400),
-        ({"logit_bias": {"0": 100, "1": -100}}, 200),
-        ({"seed": 2**64 - 1, "temperature": 1e30}, 400),  # OpenAI's range is 0 to 2
-        ({"seed": 2**64 - 1, "temperature": 2.0}, 200),
-        ({"top_p": 1e-9, "min_p": 1.0, "top_k": 1}, 200),
-        ({"repetition_penalty": 1e9, "presence_penalty": 2, "frequency_penalty": -2}, 200),
-        ({"stop": ["", "a", "the"], "max_tokens": 2**40}, 200),
-    ],
-)
-def test_extreme_sampling_values_never_break_the_real_model(
-    real: Any, fields: dict[str, Any], status: int
-) -> None:
-    body = {"messages": ask("Hi"), "max_tokens": 8, **fields}
-    response = httpx.post(f"{real.url}/v1/chat/completions", json=body, timeout=120)
-    assert response.status_code == status, response.text
-    if status == 400:
-        assert response.json()["error"]["param"] in fields
+EXTREME_SAMPLING = [
+    ({"top_k": 10**9}, 400),
+    ({"logit_bias": {str(10**8): 5}}, 400),
+    ({"logit_bias": {"0": 100, "1": -100}}, 200),
+    ({"seed": 2**64 - 1, "temperature": 1e30}, 400),  # OpenAI's range is 0 to 2
+    ({"seed": 2**64 - 1, "temperature": 2.0}, 200),
+    ({"top_p": 1e-9, "min_p": 1.0, "top_k": 1}, 200),
+    ({"repetition_penalty": 1e9, "presence_penalty": 2, "frequency_penalty": -2}, 200),
+    ({"stop": ["", "a", "the"], "max_tokens": 2**40}, 200),
+]
+
+
+def test_extreme_sampling_values_never_break_the_real_model(real: Any) -> None:
+    # One server for every case (each is its own request): a server start loads the model.
+    for fields, status in EXTREME_SAMPLING:
+        body = {"messages": ask("Hi"), "max_tokens": 8, **fields}
+        response = httpx.post(f"{real.url}/v1/chat/completions", json=body, timeout=120)
+        assert response.status_code == status, (fields, response.text)
+        if status == 400:
+            assert response.json()["error"]["param"] in fields, (fields, response.text)
+    # ... and the server still answers a plain request after all of them.
+    plain = httpx.post(
+        f"{real.url}/v1/chat/completions",
+        json={"messages": ask("Hi"), "max_tokens": 4},
+        timeout=120,
+    )
+    assert plain.status_code == 200, plain.text
 
 
 def test_the_trained_model_streams_reasoning_then_answer(real: Any) -> None:

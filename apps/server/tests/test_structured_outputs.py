@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, create_model
 from mlx_harmony.generate.constrain import (
     ConstraintSpec,
     FunctionSpec,
+    clear_constraint_cache,
     prepare_tokenizer,
     tokenizer_view_state,
 )
@@ -158,6 +159,7 @@ def test_the_default_loader_starts_the_tokenizer_view_at_load(
     generator = ScriptedGenerator([FINAL])
     generator.tokenizer = tokenizer  # type: ignore[attr-defined]
     monkeypatch.setattr(app_module, "load_generator", lambda entry, **_: generator)
+    clear_constraint_cache(tokenizer_views=True)  # views are kept per vocabulary: none yet
     assert tokenizer_view_state(tokenizer) == "absent"
     start_server(real=True, preload=True)  # the default loader, with load_generator replaced
     assert tokenizer_view_state(tokenizer) in ("building", "ready")

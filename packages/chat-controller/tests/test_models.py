@@ -197,12 +197,15 @@ def demo_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if env:
         return Path(env)
     try:
-        from mlx_harmony.demo_model import ensure_demo_model  # type: ignore[attr-defined]
+        from mlx_harmony.demo_model import demo_model_for_tests  # type: ignore[attr-defined]
     except ImportError:
-        pytest.skip("mlx_harmony.demo_model.ensure_demo_model is not available yet")
+        pytest.skip("mlx_harmony.demo_model.demo_model_for_tests is not available yet")
     if "MLX_HARMONY_HOME" not in os.environ:
-        os.environ["MLX_HARMONY_HOME"] = str(tmp_path_factory.mktemp("mlx-harmony-home"))
-    return Path(ensure_demo_model())
+        # The home demo_model_for_tests builds in: later suites that build the demo model in
+        # the default home (the server's) find this one instead of building a second.
+        home = Path(tmp_path_factory.getbasetemp()) / "mlx-harmony-home"
+        os.environ["MLX_HARMONY_HOME"] = str(home)
+    return Path(demo_model_for_tests(tmp_path_factory))
 
 
 @pytest.fixture(scope="session")

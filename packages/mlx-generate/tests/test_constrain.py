@@ -297,6 +297,13 @@ def test_compile_timeout_is_a_clear_error(
 # -- the tokenizer view, built ahead in the background -----------------------------------------
 
 
+@pytest.fixture
+def no_views() -> None:
+    """Views are kept per vocabulary across tokenizer objects: start these tests with none."""
+    clear_constraint_cache(tokenizer_views=True)
+
+
+@pytest.mark.usefixtures("no_views")
 def test_the_background_view_is_the_one_requests_use() -> None:
     tok = _byte_tokenizer()
     assert tokenizer_view_state(tok) == "absent"
@@ -309,6 +316,7 @@ def test_the_background_view_is_the_one_requests_use() -> None:
     assert tokenizer_view_state(tok, harmony=False) == "absent"  # another view: its own build
 
 
+@pytest.mark.usefixtures("no_views")
 def test_a_request_during_the_build_waits_for_it_instead_of_building_again(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -338,6 +346,7 @@ def test_a_request_during_the_build_waits_for_it_instead_of_building_again(
     assert len(calls) == 1
 
 
+@pytest.mark.usefixtures("no_views")
 def test_a_failed_background_build_is_raised_by_the_first_request() -> None:
     tok = _byte_tokenizer(["<|endoftext|>"])  # no <|return|> / <|call|>: not Harmony
     future = prepare_tokenizer_in_background(tok)
@@ -348,6 +357,31 @@ def test_a_failed_background_build_is_raised_by_the_first_request() -> None:
     assert tokenizer_view_state(tok, harmony=False) == "absent"
     prepare_tokenizer(tok, harmony=False)  # the plain view works: EOS ends the output
     assert tokenizer_view_state(tok, harmony=False) == "ready"
+
+
+@pytest.mark.usefixtures("no_views")
+def test_a_tokenizer_loaded_again_reuses_the_view_of_the_same_vocabulary(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A model loaded again, or another model with the same tokenizer, builds nothing.
+    from mlx_harmony.generate import constrain
+
+    real = constrain._make_view
+    builds: list[object] = []
+
+    def counted(tokenizer: object, harmony: bool) -> object:
+        builds.append(tokenizer)
+        return real(tokenizer, harmony)
+
+    monkeypatch.setattr(constrain, "_make_view", counted)
+    first, again = _byte_tokenizer(), _byte_tokenizer()
+    assert first is not again
+    assert prepare_tokenizer(again) is prepare_tokenizer(first)
+    assert tokenizer_view_state(again) == "ready"
+    other = _byte_tokenizer([*SPECIALS, "<|extra|>"])  # another vocabulary: its own view
+    assert tokenizer_view_state(other) == "absent"
+    assert prepare_tokenizer(other) is not prepare_tokenizer(first)
+    assert builds == [again, other]  # one build per vocabulary
 
 
 def test_a_prefix_opens_the_answer_in_the_prompt(tokenizer: object) -> None:

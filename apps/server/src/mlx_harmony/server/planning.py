@@ -31,6 +31,7 @@ from mlx_harmony.harmony_format import (
 from .conversation import Conversation
 from .errors import APIError
 from .models import ModelEntry
+from .protocol import SamplingFields
 from .tool_names import ToolNameMap
 from .worker import Finished, TurnPlan
 
@@ -95,21 +96,11 @@ class FunctionSpec:
     """``strict: true``: a call's arguments must match `parameters` (a grammar constraint)."""
 
 
-REQUEST_SAMPLING_FIELDS = (
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "repetition_penalty",
-    "presence_penalty",
-    "frequency_penalty",
-    "seed",
-    "logit_bias",
-)
+REQUEST_SAMPLING_FIELDS = tuple(SamplingFields.model_fields)
 """The sampling fields chat and raw completions requests share (the extras come separately)."""
 
 
-def request_sampling(body: object) -> dict[str, object]:
+def request_sampling(body: SamplingFields) -> dict[str, object]:
     """A chat or completions request's sampling fields, for `build_config`."""
     return {name: getattr(body, name) for name in REQUEST_SAMPLING_FIELDS}
 

@@ -15,6 +15,7 @@ __all__ = [
     "ModelCard",
     "ModelList",
     "ReasoningTokens",
+    "SamplingFields",
 ]
 
 
@@ -30,6 +31,24 @@ class FunctionFields(BaseModel):
         None,
         description="true: a call's arguments are constrained to match parameters (also with "
         "tool_choice auto); unset or false: constrained only when the call is forced.",
+    )
+
+
+class SamplingFields(BaseModel):
+    """The sampling fields chat and raw completions requests share (the extras come apart)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    temperature: float | None = Field(None, ge=0, le=2, description="0 to 2, as OpenAI's.")
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    seed: int | None = None
+    logit_bias: dict[str, float] | None = Field(
+        None, description="Token id (as a string) to a bias added to its logit."
     )
 
 

@@ -18,6 +18,7 @@ constrains never pays for it; a server starts it at model load with
 from __future__ import annotations
 
 import concurrent.futures
+import hashlib
 import json
 import threading
 import weakref
@@ -149,10 +150,15 @@ class ConstraintSpec:
 
 ViewState = Literal["absent", "building", "ready"]
 
-# One future per (tokenizer, harmony): whoever asks first builds the view, later askers wait on
-# the same future (a request that comes while the background build runs waits only for the rest).
+# One future per vocabulary (the tokenizer's content, the stop tokens): whoever asks first builds
+# the view, later askers wait on the same future (a request that comes while the background
+# build runs waits only for the rest). Keyed by content, not by object, so a model loaded again,
+# or another model with the same tokenizer (gpt-oss-20b and -120b), reuses the view.
 _ViewFuture = concurrent.futures.Future[llguidance.LLTokenizer]
-_views: weakref.WeakKeyDictionary[Any, dict[bool, _ViewFuture]] = weakref.WeakKeyDictionary()
+_ViewKey = tuple[str, bool, tuple[int, ...] | None]
+_MAX_VIEWS = 4
+_views: OrderedDict[_ViewKey, _ViewFuture] = OrderedDict()
+_digests: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
 _views_lock = threading.Lock()
 
 
@@ -196,16 +202,43 @@ def _make_view(tokenizer: Any, harmony: bool) -> llguidance.LLTokenizer:
         ) from error
 
 
+def _digest(tokenizer: Any) -> str:
+    """A digest of the tokenizer's content (its tokenizer.json), computed once per object."""
+    with _views_lock:
+        known = _digests.get(tokenizer)
+    if known is not None:
+        return known
+    try:
+        text = _hf_tokenizer(tokenizer).backend_tokenizer.to_str()
+    except Exception:  # not a fast tokenizer: building its view says so
+        text = f"object {id(tokenizer)}"
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    with _views_lock:
+        _digests[tokenizer] = digest
+    return digest
+
+
+def _view_key(tokenizer: Any, harmony: bool) -> _ViewKey:
+    try:
+        stops: tuple[int, ...] | None = tuple(_stop_ids(tokenizer, harmony))
+    except ConstraintError:
+        stops = None  # the build raises it again, into the future
+    return _digest(tokenizer), harmony, stops
+
+
 def _view_future(tokenizer: Any, harmony: bool) -> tuple[_ViewFuture, bool]:
     """The view's future and whether the caller must build it (it is the first to ask). A
     failed build is forgotten, so the next caller tries again and gets the error itself."""
+    key = _view_key(tokenizer, harmony)
     with _views_lock:
-        futures = _views.setdefault(tokenizer, {})
-        future = futures.get(harmony)
+        future = _views.get(key)
         if future is not None and not (future.done() and future.exception() is not None):
+            _views.move_to_end(key)
             return future, False
         future = concurrent.futures.Future()
-        futures[harmony] = future
+        _views[key] = future
+        while len(_views) > _MAX_VIEWS:
+            _views.popitem(last=False)
         return future, True
 
 
@@ -219,7 +252,8 @@ def _build_view(tokenizer: Any, harmony: bool, future: _ViewFuture) -> None:
 
 def prepare_tokenizer(tokenizer: Any, *, harmony: bool = True) -> llguidance.LLTokenizer:
     """The llguidance view of `tokenizer` (mlx-lm's wrapper or a Hugging Face fast tokenizer),
-    built once and kept as long as the tokenizer lives (seconds for a 200k vocabulary). Raises
+    built once per vocabulary (seconds for a 200k one) and shared by every tokenizer with the
+    same content and stop tokens; the last few vocabularies' views are kept. Raises
     `ConstraintError` for a tokenizer that cannot be used. If `prepare_tokenizer_in_background`
     started the build, this waits only for what is left of it."""
     future, mine = _view_future(tokenizer, harmony)
@@ -250,8 +284,9 @@ def prepare_tokenizer_in_background(tokenizer: Any, *, harmony: bool = True) -> 
 def tokenizer_view_state(tokenizer: Any, *, harmony: bool = True) -> ViewState:
     """Whether `tokenizer`'s llguidance view is ``absent`` (never asked for, or its build
     failed), ``building`` or ``ready``."""
+    key = _view_key(tokenizer, harmony)
     with _views_lock:
-        future = _views.get(tokenizer, {}).get(harmony)
+        future = _views.get(key)
     if future is None:
         return "absent"
     if not future.done():
@@ -321,6 +356,7 @@ def clear_constraint_cache(*, tokenizer_views: bool = False) -> None:
     if tokenizer_views:
         with _views_lock:
             _views.clear()
+            _digests.clear()
 
 
 def _compile(

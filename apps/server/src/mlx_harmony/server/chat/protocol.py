@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..extras import OriginalFields
-from ..protocol import CachedTokens, FunctionFields, ReasoningTokens
+from ..protocol import CachedTokens, FunctionFields, ReasoningTokens, SamplingFields
 
 __all__ = [
     "AssistantMessage",
@@ -166,7 +166,7 @@ class StreamOptions(_Model):
     include_usage: bool = False
 
 
-class ChatCompletionRequest(OriginalFields):
+class ChatCompletionRequest(OriginalFields, SamplingFields):
     """``POST /v1/chat/completions``. Unknown fields are kept (``extra="allow"``) so that the
     service can refuse them by name; OpenAI's fields without effect here are declared."""
 
@@ -178,17 +178,6 @@ class ChatCompletionRequest(OriginalFields):
     )
     stream: bool = False
     stream_options: StreamOptions | None = None
-    temperature: float | None = Field(None, ge=0, le=2, description="0 to 2, as OpenAI's.")
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    seed: int | None = None
-    logit_bias: dict[str, float] | None = Field(
-        None, description="Token id (as a string) to a bias added to its logit."
-    )
     stop: str | list[str] | None = None
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)

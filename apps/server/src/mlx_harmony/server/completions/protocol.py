@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..protocol import SamplingFields
+
 __all__ = [
     "Completion",
     "CompletionChoice",
@@ -29,7 +31,7 @@ class _StreamOptions(_Model):
     include_usage: bool = False
 
 
-class CompletionRequest(_Model):
+class CompletionRequest(SamplingFields):
     """``POST /v1/completions``. Unknown fields are kept (``extra="allow"``) so that the plan
     can refuse them by name."""
 
@@ -42,15 +44,6 @@ class CompletionRequest(_Model):
         None, description="A name from GET /v1/models; empty or absent: the default model."
     )
     max_tokens: int | None = Field(16, ge=1, description="Tokens to generate (OpenAI: 16).")
-    temperature: float | None = Field(None, ge=0, le=2)
-    top_p: float | None = None
-    top_k: int | None = None
-    min_p: float | None = None
-    repetition_penalty: float | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    seed: int | None = None
-    logit_bias: dict[str, float] | None = None
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: _StreamOptions | None = None
