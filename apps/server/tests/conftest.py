@@ -136,9 +136,22 @@ def _serve(app: Any) -> tuple[uvicorn.Server, threading.Thread, int]:
     return server, thread, port
 
 
+@pytest.fixture(scope="session")
+def _stopping_servers() -> Iterator[list[threading.Thread]]:
+    """Servers told to stop, joined at the end of the session: uvicorn takes 0.1-0.2 s to
+    shut down (a tick, then a fixed pause), which would otherwise be paid by every test."""
+    stopping: list[threading.Thread] = []
+    yield stopping
+    for thread in stopping:
+        thread.join(30)
+
+
 @pytest.fixture
-def start_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
-    """``start_server(generator=..., **settings)``: a running server; stopped after the test.
+def start_server(
+    tmp_path: Path, _stopping_servers: list[threading.Thread]
+) -> Iterator[Callable[..., RunningServer]]:
+    """``start_server(generator=..., **settings)``: a running server; told to stop after the
+    test (it shuts down while the next test runs).
 
     ``loader`` replaces the generator for tests of loading itself.
     """
@@ -174,7 +187,7 @@ def start_server(tmp_path: Path) -> Iterator[Callable[..., RunningServer]]:
     yield start
     for server, thread in running:
         server.should_exit = True
-        thread.join(30)
+        _stopping_servers.append(thread)
 
 
 @pytest.fixture
