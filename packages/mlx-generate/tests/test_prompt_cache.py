@@ -24,6 +24,7 @@ from mlx_harmony.generate import (
     PromptCache,
     TokenGenerator,
     common_prefix_len,
+    stream_generate,
 )
 
 WINDOW = 128
@@ -400,3 +401,12 @@ def test_a_prompt_cache_keeps_the_shortest_boundary_checkpoints(tiny: LoadedMode
     assert cache.boundary_checkpoints == [10, 40, 90, 300]
     cache.commit(list(range(95)), single_tail=True)  # the caches hold 0 of them: cut to 0
     assert cache.boundary_checkpoints == []
+
+
+def test_checkpoints_while_speculating_are_refused(tiny: LoadedModel) -> None:
+    prompt, shared = _harmony_like(50, user=53)
+    events = stream_generate(
+        tiny.model, tiny.tokenizer, prompt, max_tokens=4, prompt_lookup=2, checkpoints=[shared]
+    )
+    with pytest.raises(ValueError, match="checkpoints are taken by the plain prefill"):
+        next(events)
