@@ -26,21 +26,7 @@ from mlx_harmony.cli.testing import ENTER, run_chat
 pytestmark = pytest.mark.slow
 
 # Read before the autouse fixture replaces it with a stand-in folder.
-PREBUILT_DEMO = os.environ.get("MLX_HARMONY_DEMO_MODEL")
 QUIT = "\\quit" + ENTER
-
-
-@pytest.fixture(scope="session")
-def demo_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """$MLX_HARMONY_DEMO_MODEL, else one build shared by every member's tests."""
-    from mlx_harmony.demo_model import demo_model_for_tests
-
-    with pytest.MonkeyPatch.context() as patch:  # not the fast tests' stand-in folder
-        if PREBUILT_DEMO:
-            patch.setenv("MLX_HARMONY_DEMO_MODEL", PREBUILT_DEMO)
-        else:
-            patch.delenv("MLX_HARMONY_DEMO_MODEL", raising=False)
-        return Path(demo_model_for_tests(tmp_path_factory))
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import subprocess
 import sys
 import time
@@ -28,23 +27,9 @@ from mlx_harmony.generate.testing import start_ranks, stop_ranks
 
 pytestmark = pytest.mark.slow
 
-PREBUILT_DEMO = os.environ.get("MLX_HARMONY_DEMO_MODEL")  # before the autouse stand-in
 BIN = Path(sys.executable).parent
 QUESTIONS = ("What time is it?", "Tell me about the moon.")
 STEP_TIMEOUT = 8
-
-
-@pytest.fixture(scope="session")
-def demo_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """$MLX_HARMONY_DEMO_MODEL, else one build shared by every member's tests."""
-    from mlx_harmony.demo_model import demo_model_for_tests
-
-    with pytest.MonkeyPatch.context() as patch:
-        if PREBUILT_DEMO:
-            patch.setenv("MLX_HARMONY_DEMO_MODEL", PREBUILT_DEMO)
-        else:
-            patch.delenv("MLX_HARMONY_DEMO_MODEL", raising=False)
-        return Path(demo_model_for_tests(tmp_path_factory))
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ import ast
 import contextlib
 import io
 import json
-import os
 import re
 from pathlib import Path
 
@@ -76,21 +75,8 @@ def test_the_timing_line_shows_the_acceptance_rate() -> None:
 # -- the demo model, greedy: speculation changes how fast, never what -------------------------
 
 # Read before the autouse fixture replaces it with a stand-in folder.
-PREBUILT_DEMO = os.environ.get("MLX_HARMONY_DEMO_MODEL")
 PROMPT = "Repeat after me, twice: the quick brown fox jumps over the lazy dog."
 _IDS = re.compile(r"\[debug\] response token ids: (\[.*\])")
-
-
-@pytest.fixture(scope="module")
-def demo_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from mlx_harmony.demo_model import demo_model_for_tests
-
-    with pytest.MonkeyPatch.context() as patch:
-        if PREBUILT_DEMO:
-            patch.setenv("MLX_HARMONY_DEMO_MODEL", PREBUILT_DEMO)
-        else:
-            patch.delenv("MLX_HARMONY_DEMO_MODEL", raising=False)
-        return Path(demo_model_for_tests(tmp_path_factory))
 
 
 def _generate(model: Path, *extra: str) -> tuple[list[list[int]], dict[str, object]]:

@@ -4,7 +4,6 @@ generator under many clients that come and go."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import threading
 import time
@@ -189,23 +188,13 @@ def test_the_worker_dispatches_clients_fairly(echo: Any) -> None:
 # -- the real batching generator ----------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def demo_folder() -> Path:
-    env = os.environ.get("MLX_HARMONY_DEMO_MODEL")
-    if env:
-        return Path(env)
-    from mlx_harmony.demo_model import ensure_demo_model
-
-    return Path(ensure_demo_model(progress=False))
-
-
 @pytest.fixture
-def batched(start_server: Any, demo_folder: Path, tmp_path: Path) -> Any:
+def batched(start_server: Any, demo_model: Path, tmp_path: Path) -> Any:
     config = tmp_path / "prompt-config.json"
     config.write_text(json.dumps({"loop_detection": "off"}))
     return start_server(
         real=True,
-        model=str(demo_folder),
+        model=str(demo_model),
         prompt_config=str(config),
         preload=True,
         max_concurrency=8,

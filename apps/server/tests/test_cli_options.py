@@ -18,8 +18,7 @@ def test_prompt_concurrency_reaches_the_settings_and_needs_the_batch_engine(
     parser = build_parser()
     assert parser.parse_args(["--prompt-concurrency", "3"]).prompt_concurrency == 3
     assert parser.parse_args([]).prompt_concurrency is None
-    assert ServerSettings(prompt_concurrency=3).prefill_batch_size == 3
-    assert ServerSettings().prefill_batch_size == 8
+    assert ServerSettings(prompt_concurrency=3).prompt_concurrency == 3
     with pytest.raises(SystemExit) as exit_info:
         parser.parse_args(["--prompt-concurrency", "0"])
     assert exit_info.value.code == 2

@@ -80,6 +80,8 @@ def test_a_seeded_request_repeats_itself_unless_the_config_chains_seeds(
 @pytest.mark.usefixtures("fakes")
 def test_prompt_concurrency_is_the_batch_engines_prefill_batch_size(tmp_path: Path) -> None:
     entry = ModelEntry("m", str(tmp_path), PromptConfig())
-    generator = load_generator(entry, max_concurrency=4, prefill_batch_size=2)
+    generator = load_generator(entry, max_concurrency=4, prompt_concurrency=2)
     assert isinstance(generator, _Batch)
     assert generator.kwargs["prefill_batch_size"] == 2
+    default = load_generator(entry, max_concurrency=4)  # not given: the engine's default, 8
+    assert default.kwargs["prefill_batch_size"] == 8

@@ -5,7 +5,6 @@ so in ``prompt_tokens_details.cached_tokens``."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,16 +19,6 @@ INSTRUCTIONS = " ".join(
 TOOLS_NOTE = "You may use no tools. Keep every answer under twenty words."
 
 
-@pytest.fixture(scope="module")
-def demo_folder() -> Path:
-    env = os.environ.get("MLX_HARMONY_DEMO_MODEL")
-    if env:
-        return Path(env)
-    from mlx_harmony.demo_model import ensure_demo_model
-
-    return Path(ensure_demo_model(progress=False))
-
-
 def _own_tokens(user: str) -> int:
     """The tokens after the shared instructions: the user message and the assistant header."""
     text = f"<|start|>user<|message|>{user}<|end|><|start|>assistant"
@@ -39,7 +28,7 @@ def _own_tokens(user: str) -> int:
 @pytest.mark.slow
 @pytest.mark.parametrize("max_concurrency", [8, 1])
 def test_a_second_conversation_reuses_the_shared_instructions(
-    start_server: Any, demo_folder: Path, tmp_path: Path, max_concurrency: int
+    start_server: Any, demo_model: Path, tmp_path: Path, max_concurrency: int
 ) -> None:
     """The default server (--max-concurrency 8: the batch engine and its shared prompt
     cache) and one request at a time (--max-concurrency 1: one conversation's cache); both
@@ -48,7 +37,7 @@ def test_a_second_conversation_reuses_the_shared_instructions(
     config.write_text(json.dumps({"loop_detection": "off"}))
     server = start_server(
         real=True,
-        model=str(demo_folder),
+        model=str(demo_model),
         prompt_config=str(config),
         preload=True,
         max_concurrency=max_concurrency,

@@ -78,7 +78,7 @@ def create_app(
             or functools.partial(
                 _load_and_prepare,
                 max_concurrency=settings.max_concurrency,
-                prefill_batch_size=settings.prefill_batch_size,
+                prompt_concurrency=settings.prompt_concurrency,
                 prompt_cache_size=settings.prompt_cache_size,
                 prompt_cache_bytes=settings.prompt_cache_bytes,
                 prompt_cache_dir=settings.prompt_cache_dir,

@@ -95,7 +95,7 @@ def load_generator(
     entry: ModelEntry,
     *,
     max_concurrency: int = 1,
-    prefill_batch_size: int = 8,
+    prompt_concurrency: int | None = None,
     prompt_cache_size: int = 16,
     prompt_cache_bytes: int | None = None,
     prompt_cache_dir: str | Path | None = None,
@@ -105,11 +105,12 @@ def load_generator(
 
     A rotating KV cache (``max_kv_size``), a quantized one (``kv_bits``) and speculative
     decoding (``draft_model``, ``prompt_lookup``) do not batch, so they keep the one-at-a-time
-    generator (and say so in the log). `prefill_batch_size`: newcomers the batch engine
-    prefills in one forward pass. `prompt_cache_dir`: the
+    generator (and say so in the log). `prompt_concurrency`: newcomers the batch engine
+    prefills in one forward pass (None: its default). `prompt_cache_dir`: the
     batch generator's shared caches persist in a subfolder named after the entry.
     """
     from mlx_harmony.generate import BatchTokenGenerator, TokenGenerator
+    from mlx_harmony.generate.batch import DEFAULT_PREFILL_BATCH_SIZE
 
     options = generator_options(entry)
     path: str | Path = demo_model_folder() if entry.is_demo else entry.model
@@ -128,7 +129,7 @@ def load_generator(
             path,
             options,
             max_batch_size=max_concurrency,
-            prefill_batch_size=prefill_batch_size,
+            prefill_batch_size=prompt_concurrency or DEFAULT_PREFILL_BATCH_SIZE,
             prompt_cache_size=prompt_cache_size,
             prompt_cache_bytes=prompt_cache_bytes,
         )

@@ -59,7 +59,8 @@ class ServerSettings:
     """Requests that decode together in one batch; 1 runs them one at a time."""
     prompt_concurrency: int | None = None
     """Newcomers whose prompts the batch engine prefills in one forward pass (mlx-lm's
-    ``--prompt-concurrency``); None: 8. Needs ``max_concurrency`` of 2 or more."""
+    ``--prompt-concurrency``); None: the engine's default (8). Needs ``max_concurrency`` of 2
+    or more."""
     header_timeout_s: float = 10.0
     """Seconds a client has to send a request's headers (also between keep-alive requests)."""
     body_timeout_s: float = 30.0
@@ -216,11 +217,6 @@ class ServerSettings:
         if self.allowed_hosts is None:
             return default_allowed_hosts(self.host)
         return None if "*" in self.allowed_hosts else self.allowed_hosts
-
-    @property
-    def prefill_batch_size(self) -> int:
-        """The batch engine's ``prefill_batch_size``: `prompt_concurrency`, else 8."""
-        return 8 if self.prompt_concurrency is None else self.prompt_concurrency
 
     @property
     def serves_demo(self) -> bool:

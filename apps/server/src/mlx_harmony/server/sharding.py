@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, NoReturn, TypedDict
 import mlx.core as mx
 
 from mlx_harmony.generate import StreamEvent
+from mlx_harmony.generate.batch import DEFAULT_PREFILL_BATCH_SIZE
 from mlx_harmony.generate.constrain import ConstraintError
 from mlx_harmony.generate.distributed import (
     RankFailedError,
@@ -133,7 +134,7 @@ def _plan(settings: ServerSettings, registry: ModelRegistry) -> _Plan:
     engine = EngineOptions(
         max_batch_size=settings.max_concurrency,
         prefill_step_size=PREFILL_STEP_SIZE,
-        prefill_batch_size=settings.prefill_batch_size,
+        prefill_batch_size=settings.prompt_concurrency or DEFAULT_PREFILL_BATCH_SIZE,
         prompt_cache_size=settings.prompt_cache_size,
         prompt_cache_bytes=settings.prompt_cache_bytes,
         reseed_each_turn=options.reseed_each_turn,

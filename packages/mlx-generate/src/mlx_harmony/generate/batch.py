@@ -76,6 +76,7 @@ if TYPE_CHECKING:
     from .constrain import ConstraintSpec
 
 __all__ = [
+    "DEFAULT_PREFILL_BATCH_SIZE",
     "BatchGenerator",
     "BatchOutput",
     "BatchRequest",
@@ -84,6 +85,9 @@ __all__ = [
     "PrefillInfo",
 ]
 
+
+DEFAULT_PREFILL_BATCH_SIZE = 8
+"""Newcomers prefilled together in one forward pass at most (mlx-lm's prompt concurrency)."""
 
 _BATCHABLE_CACHES = (KVCache, RotatingKVCache)
 """Layer caches whose batch forms (mlx-lm's) take a right-padded prefill."""
@@ -195,7 +199,7 @@ class BatchGenerator:
         *,
         max_batch_size: int = 8,
         prefill_step_size: int = 1024,
-        prefill_batch_size: int = 8,
+        prefill_batch_size: int = DEFAULT_PREFILL_BATCH_SIZE,
         prompt_cache: SharedPromptCache | None = None,
         stream: mx.Stream | mx.ThreadLocalStream | None = None,
         reseed_each_turn: bool = True,
@@ -506,13 +510,12 @@ class BatchGenerator:
                 row.cache = [c.extract(i) for c in merged]
                 row.done += n
                 row.last_chunk = n
-            while pending:
-                row = pending[0]
+            for row in group:
                 if row.cancelled():
                     outputs.append(self._cancelled(row))
                 else:
                     self._join(row)
-                pending.pop(0)
+                pending.remove(row)
         except BaseException:
             self._prefilling.extendleft(reversed(pending))  # `fail_all` must end them too
             raise
@@ -650,7 +653,7 @@ class BatchTokenGenerator(ModelFacts):
         revision: str | None = None,
         max_batch_size: int = 8,
         prefill_step_size: int = 1024,
-        prefill_batch_size: int = 8,
+        prefill_batch_size: int = DEFAULT_PREFILL_BATCH_SIZE,
         prompt_cache_size: int = 16,
         prompt_cache_bytes: int | None = None,
         loop_detection: LoopDetector | LoopDetectionMode | str | None = None,

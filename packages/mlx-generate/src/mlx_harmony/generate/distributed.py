@@ -40,7 +40,14 @@ from typing import TYPE_CHECKING, Any, cast
 
 import mlx.core as mx
 
-from .batch import BatchGenerator, BatchOutput, BatchRequest, BatchStats, BatchTokenGenerator
+from .batch import (
+    DEFAULT_PREFILL_BATCH_SIZE,
+    BatchGenerator,
+    BatchOutput,
+    BatchRequest,
+    BatchStats,
+    BatchTokenGenerator,
+)
 from .generator import GeneratorOptions, _Housekeeping
 from .loading import LoadedModel
 from .shared_cache import SharedPromptCache
@@ -528,7 +535,7 @@ def make_engine(
     *,
     max_batch_size: int = 8,
     prefill_step_size: int = 1024,
-    prefill_batch_size: int = 8,
+    prefill_batch_size: int = DEFAULT_PREFILL_BATCH_SIZE,
     prompt_cache_size: int = 16,
     prompt_cache_bytes: int | None = None,
     reseed_each_turn: bool = True,
@@ -572,7 +579,7 @@ class ShardedBatchTokenGenerator(BatchTokenGenerator):
         grace_s: float = 5.0,
         max_batch_size: int = 8,
         prefill_step_size: int = 1024,
-        prefill_batch_size: int = 8,
+        prefill_batch_size: int = DEFAULT_PREFILL_BATCH_SIZE,
         prompt_cache_size: int = 16,
         prompt_cache_bytes: int | None = None,
         on_failure: Callable[[RankFailedError], None] | None = None,

@@ -549,7 +549,7 @@ def _explaining_kv_bits(
     try:
         yield from steps
     except RuntimeError as error:
-        if "quantized" not in str(error) or isinstance(error, QuantizedKVCacheError):
+        if "quantized" not in str(error):
             raise
         raise QuantizedKVCacheError(error, bits=bits, group_size=group_size) from error
 
